@@ -1,0 +1,30 @@
+# The README's quick start: `make speedrun` and `make test`, on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: speedrun test test-fast lint bench clean
+
+$(BIN)/llmos: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+speedrun: $(BIN)/llmos  ## the whole pipeline on the cpu-tiny preset
+	$(BIN)/llmos speedrun --preset $(or $(PRESET),cpu-tiny)
+
+test: lint  ## lint, then every test (slow end-to-end ones included)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/llmos  ## skip the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(BIN)/llmos
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(BIN)/llmos  ## the benchmarks, one JSON line each
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/pretrain_quality.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

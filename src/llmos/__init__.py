@@ -1,0 +1,3 @@
+"""llmos: a complete, hackable large-language-model system."""
+
+__version__ = "0.1.0"

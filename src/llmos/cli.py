@@ -1,0 +1,197 @@
+"""The `llmos` command: one sub-command per stage. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from llmos import config as config_
+
+CONFIG_HELP = """Settings come from a preset (configs/*.toml), then --set overrides, e.g.
+  --set train.lr=1e-3 --set model.n_layers=6 --set data.sources=docs/,notes.md
+Sections: model, data, train (see `llmos config` for every key and its value)."""
+
+
+def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "cpu-tiny"):
+    g = p.add_argument_group("run configuration")
+    g.add_argument("--preset", default=default_preset,
+                   help=f"preset name or path to a TOML file (default {default_preset}); "
+                        f"available: {', '.join(config_.list_presets())}")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. train.max_steps=200 (repeatable)")
+    g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: the preset's)")
+    g.add_argument("--runs-dir", help="where runs live (default runs/)")
+    g.add_argument("--source", action="append", default=[], metavar="SPEC",
+                   help="a corpus source, replacing the preset's (repeatable): builtin:stdlib, "
+                        "a file or folder (.txt .md .rst .py .jsonl .parquet), or hf:NAME[:CONFIG]")
+
+
+def resolve_config(args) -> config_.RunConfig:
+    cfg = config_.load_config(args.preset, args.overrides)
+    if args.name:
+        cfg.name = args.name
+    if args.runs_dir:
+        cfg.runs_dir = args.runs_dir
+    if args.source:
+        cfg.data.sources = list(args.source)
+    return cfg
+
+
+# ---- sub-commands ------------------------------------------------------------------------------
+
+
+def cmd_config(args):
+    print(config_.dumps(resolve_config(args)))
+
+
+def cmd_data(args):
+    from llmos.data.prepare import prepare
+
+    cfg = resolve_config(args)
+    out = Path(args.out) if args.out else cfg.run_dir / "data"
+    prepare(cfg.data, out)
+
+
+def cmd_tokenizer(args):
+    from llmos import tokenizer as tk
+
+    if args.show:
+        tok = tk.load(args.tokenizer)
+        enc = tok.encode(args.show, add_special_tokens=False)
+        print(f"{len(enc.ids)} tokens for {len(args.show.encode())} bytes")
+        print(" ".join(f"{t!r}:{i}" for t, i in zip(enc.tokens, enc.ids)))
+        return
+    from llmos.data.prepare import split_documents
+    from llmos.data.sources import load_corpus
+
+    docs, report = load_corpus(args.source or ["builtin:stdlib"])
+    train, _ = split_documents(docs, args.val_fraction)
+    tok = tk.train_bpe((d.text for d in train), args.vocab_size)
+    tk.save(tok, args.out, max_len=1 << 30)
+    print(f"trained a {tok.get_vocab_size():,}-token tokenizer on {len(train):,} documents "
+          f"({report.summary()}) -> {args.out}/tokenizer.json")
+
+
+def cmd_pretrain(args):
+    from llmos.train import pretrain
+
+    cfg = resolve_config(args)
+    try:
+        pretrain.run(cfg, resume=args.resume, overwrite=args.overwrite)
+    except pretrain.AlreadyTrained as e:
+        print(e)
+
+
+def cmd_generate(args):
+    from llmos import checkpoint
+    from llmos import tokenizer as tk
+    from llmos.infer.engine import Engine, SamplingParams, TextStream
+
+    model = checkpoint.load_model(args.model)
+    tok = tk.load(Path(args.model))
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            stop_tokens=[tk.eot_id(tok)])
+    prompts = args.prompt or [""]
+    ids = [tok.encode(p, add_special_tokens=False).ids or [tk.eot_id(tok)] for p in prompts]
+    engine = Engine(model)
+    if len(prompts) == 1:  # stream one completion to the terminal as it is produced
+        stream = TextStream(tok)
+        sys.stdout.write(prompts[0])
+        for (t,) in engine.stream(ids, params):
+            if t is not None:
+                sys.stdout.write(stream.push(t))
+                sys.stdout.flush()
+        print()
+        return
+    for prompt, out in zip(prompts, engine.generate(ids, params)):
+        print(f"--- {prompt!r}\n{prompt}{tok.decode(out)}")
+
+
+def cmd_speedrun(args):
+    from llmos import speedrun
+
+    speedrun.run(resolve_config(args))
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmos", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="llmos: make an LLM end to end. Stages: data -> pretrain -> generate.",
+        epilog="Quick start: `llmos speedrun` (cpu-tiny preset, about 10 minutes on 2 cores).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("config", help="print the resolved run configuration",
+                       description=CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("data", help="corpus -> tokenizer -> token shards",
+                       description="Read the corpus sources, train a BPE tokenizer (or use "
+                       "data.tokenizer), and write token shards + manifest.json. Re-running with "
+                       "the same inputs reuses the shards.\n\n" + CONFIG_HELP,
+                       formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--out", help="output folder (default RUNS_DIR/NAME/data)")
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("tokenizer", help="train a BPE tokenizer, or show how one splits text")
+    s.add_argument("--source", action="append", default=[], metavar="SPEC",
+                   help="corpus source (repeatable; default builtin:stdlib)")
+    s.add_argument("--vocab-size", type=int, default=4096,
+                   help="vocabulary size, special tokens included (default 4096)")
+    s.add_argument("--val-fraction", type=float, default=0.02,
+                   help="share of documents held out from training, as `llmos data` does")
+    s.add_argument("--out", default="tokenizer", help="output folder (default ./tokenizer)")
+    s.add_argument("--show", metavar="TEXT", help="instead of training, print TEXT's tokens")
+    s.add_argument("--tokenizer", default="tokenizer",
+                   help="with --show: a tokenizer.json or a folder holding one")
+    s.set_defaults(func=cmd_tokenizer)
+
+    s = sub.add_parser("pretrain", help="train a base model on token shards",
+                       description="Pretrain a transformer on the run's token shards (prepared "
+                       "first if missing). Ctrl-C saves a checkpoint; --resume continues it "
+                       "exactly. For several processes: torchrun --nproc_per_node N -m llmos "
+                       "pretrain ...\n\n" + CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--resume", action="store_true",
+                   help="continue from RUNS_DIR/NAME/base/trainer_state")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint in RUNS_DIR/NAME/base")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("generate", help="sample text from a checkpoint")
+    s.add_argument("--model", required=True, help="checkpoint directory (e.g. runs/cpu-tiny/base)")
+    s.add_argument("--prompt", action="append",
+                   help="prompt text (repeatable: several prompts decode as one batch)")
+    s.add_argument("-n", "--max-new-tokens", type=int, default=128,
+                   help="tokens to generate (default 128)")
+    s.add_argument("-t", "--temperature", type=float, default=0.8,
+                   help="sampling temperature; 0 = greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
+    s.add_argument("--top-p", type=float, default=0.95,
+                   help="nucleus sampling: keep the smallest set with this much mass (1 = off)")
+    s.add_argument("--seed", type=int, help="random seed for reproducible samples")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in samples",
+                       description="data -> tokenizer -> shards -> pretrain -> eval -> samples. "
+                       "Picks up where it stopped when run again.\n\n" + CONFIG_HELP,
+                       formatter_class=fmt)
+    add_config_args(s)
+    s.set_defaults(func=cmd_speedrun)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"llmos {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)

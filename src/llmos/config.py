@@ -1,0 +1,177 @@
+"""Run configs: one dataclass per concern, TOML presets, `--set section.key=value` overrides.
+
+A resolved `RunConfig` is saved with every checkpoint (in `llmos.json`) so a later stage or a
+resumed run sees exactly the settings that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096  # overwritten by the tokenizer's size when a run starts
+    dim: int = 256  # hidden size
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4  # < n_heads gives grouped-query attention
+    ffn_dim: int = 0  # SwiGLU inner size; 0 = 8/3 * dim rounded up to a multiple of 64
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        if self.ffn_dim == 0:
+            self.ffn_dim = 64 * ((8 * self.dim // 3 + 63) // 64)
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["builtin:stdlib"])
+    tokenizer: str = ""  # path to an existing tokenizer.json; empty = train a BPE one
+    vocab_size: int = 4096
+    val_fraction: float = 0.02
+    max_doc_chars: int = 0  # 0 = no limit; longer documents are cut and counted
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # sequences per micro-batch per process; lower it on out-of-memory
+    seq_len: int = 256
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    optimizer: str = "adamw"  # adamw | muon (Muon for 2-D hidden matrices, AdamW for the rest)
+    lr: float = 3e-3  # peak learning rate for AdamW parameters
+    muon_lr: float = 0.02
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    warmup_steps: int = 50
+    decay_frac: float = 0.2  # wsd: share of steps spent decaying
+    min_lr_frac: float = 0.1  # final lr as a share of the peak
+    dtype: str = "auto"  # auto | fp32 | bf16 (autocast); auto = bf16 where the hardware has it
+    compile: bool = False
+    eval_every: int = 200  # steps between validation runs; 0 = only at the end
+    eval_tokens: int = 65536  # validation tokens per evaluation
+    sample_every: int = 0  # steps between sample generations; 0 = only at the end
+    save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    seed: int = 1337
+    log_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        cfg = cls()
+        apply_dict(cfg, d)
+        return cfg
+
+
+def _coerce(value: str, current):
+    """Parse a command-line string into the type of the field it overrides."""
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if isinstance(current, int):
+        return int(float(value)) if "e" in value.lower() else int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, list):
+        return [v for v in value.split(",") if v]
+    return value
+
+
+def apply_dict(obj, d: dict, where: str = "") -> None:
+    """Set fields of a (nested) dataclass from a dict, rejecting unknown keys."""
+    names = {f.name: f for f in fields(obj)}
+    for key, value in d.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {where + key!r}; known: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where + key} is a section, not a value")
+            apply_dict(current, value, where + key + ".")
+        else:
+            setattr(obj, key, value)
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
+
+
+def apply_override(cfg: RunConfig, assignment: str) -> None:
+    """Apply one `section.key=value` override (e.g. `train.lr=1e-3`)."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like section.key=value")
+    path, value = assignment.split("=", 1)
+    parts = path.strip().split(".")
+    obj = cfg
+    for p in parts[:-1]:
+        if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+            raise ValueError(f"unknown config section {p!r} in {assignment!r}")
+        obj = getattr(obj, p)
+    key = parts[-1]
+    if key not in {f.name for f in fields(obj)}:
+        known = ", ".join(f.name for f in fields(obj))
+        raise ValueError(f"unknown config key {path!r}; known in this section: {known}")
+    setattr(obj, key, _coerce(value, getattr(obj, key)))
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_config(preset: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """A preset name (or path to a TOML file), then overrides, in that order."""
+    cfg = RunConfig()
+    if preset:
+        path = Path(preset) if preset.endswith(".toml") else PRESET_DIR / f"{preset}.toml"
+        if not path.exists():
+            raise ValueError(f"no preset {preset!r}; available: {', '.join(list_presets())}")
+        with open(path, "rb") as f:
+            apply_dict(cfg, tomllib.load(f))
+        if cfg.name == "default":
+            cfg.name = path.stem
+    for o in overrides:
+        apply_override(cfg, o)
+    return cfg
+
+
+def dumps(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2)

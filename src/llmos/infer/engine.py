@@ -1,0 +1,131 @@
+"""Inference: KV-cached, batched sampling with streaming.
+
+Batches are left-padded so every row's newest token sits in the same column; each row keeps its
+own rotary positions (starting at 0 at its first real token), so a prompt decodes to the same
+tokens alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from llmos.model import KVCache, Transformer
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    stop_tokens: Sequence[int] = field(default_factory=tuple)
+    seed: int | None = None
+
+
+def sample_next(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None):
+    """logits: [B, V] -> token ids [B]."""
+    if p.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / p.temperature
+    if p.top_k > 0:
+        kth = torch.topk(logits, min(p.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token once the mass before it already reaches top_p (the first always stays).
+        drop = probs.cumsum(-1) - probs >= p.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+class Engine:
+    def __init__(self, model: Transformer):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @torch.inference_mode()
+    def stream(self, prompts: Sequence[Sequence[int]], p: SamplingParams
+               ) -> Iterator[list[int | None]]:
+        """Yield, per decoding step, the new token of each row (None once a row has stopped).
+        A stop token ends its row and is not yielded."""
+        if not prompts or any(len(x) == 0 for x in prompts):
+            raise ValueError("every prompt needs at least one token")
+        max_len = self.model.cfg.max_seq_len
+        prompts = [list(x)[-(max_len - 1):] for x in prompts]  # keep the most recent context
+        B, L = len(prompts), max(len(x) for x in prompts)
+        budget = min(p.max_new_tokens, max_len - L)
+        if budget <= 0:
+            return
+        gen = None
+        if p.seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(p.seed)
+        pads = torch.tensor([L - len(x) for x in prompts], device=self.device)
+        idx = torch.tensor([[0] * (L - len(x)) + x for x in prompts], device=self.device)
+        cache = KVCache(self.model.cfg, B, L + budget, self.dtype, self.device)
+        cols = torch.arange(L + budget, device=self.device)
+        key_valid = cols[None, :] >= pads[:, None]  # [B, S]: False on left padding
+
+        if bool((pads == 0).all()):
+            logits = self.model(idx, cache=cache)[:, -1]
+        else:
+            positions = (torch.arange(L, device=self.device)[None] - pads[:, None]).clamp(min=0)
+            causal = cols[None, :L] <= torch.arange(L, device=self.device)[:, None]  # [L, L]
+            mask = causal[None] & key_valid[:, None, :L]
+            mask |= torch.eye(L, dtype=torch.bool, device=self.device)[None]  # pads see themselves
+            logits = self.model(idx, cache=cache, positions=positions, mask=mask[:, None])[:, -1]
+
+        stops = torch.tensor(list(p.stop_tokens) or [-1], device=self.device)
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        next_pos = L - pads
+        for step in range(budget):
+            tok = sample_next(logits, p, gen)
+            done |= torch.isin(tok, stops)
+            yield [None if d else t for t, d in zip(tok.tolist(), done.tolist())]
+            if bool(done.all()) or step == budget - 1:
+                return
+            mask = None if bool((pads == 0).all()) else key_valid[:, None, None, :cache.length + 1]
+            logits = self.model(tok[:, None], cache=cache, positions=next_pos[:, None] + step,
+                                mask=mask)[:, -1]
+
+    def generate(self, prompts: Sequence[Sequence[int]], p: SamplingParams) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        for step_tokens in self.stream(prompts, p):
+            for i, t in enumerate(step_tokens):
+                if t is None:
+                    finished[i] = True
+                elif not finished[i]:
+                    out[i].append(t)
+        return out
+
+
+class TextStream:
+    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):
+            return ""  # a multi-byte character is still arriving
+        delta, self.emitted = text[self.emitted:], len(text)
+        return delta
+
+
+@torch.inference_mode()
+def greedy_reference(model: Transformer, prompt: Sequence[int], n: int) -> list[int]:
+    """No-cache greedy decoding: the whole sequence is recomputed every step (for tests)."""
+    ids = list(prompt)
+    for _ in range(n):
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device))
+        ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt):]

@@ -1,0 +1,119 @@
+"""Byte-level BPE tokenizers (Hugging Face `tokenizers`), special tokens and the chat template.
+
+The special tokens of the chat format in DESIGN.md are reserved from the first training run,
+so a base model's vocabulary already has them and finetuning never resizes the embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+EOT = "<|endoftext|>"
+SPECIAL_TOKENS = [
+    EOT,  # id 0: separates documents; also the base model's end of sequence
+    "<|im_start|>", "<|im_end|>",  # ChatML turns
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+    "<think>", "</think>",
+    "<|pad|>",
+]
+
+# GPT-4's split pattern: words with a leading space, numbers in groups of up to three, runs of
+# punctuation, newlines and other whitespace kept apart, so merges never cross these borders.
+SPLIT_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# ChatML, with tool calls rendered Hermes-style. Stage 2 owns the full renderer; the template
+# lives here so every tokenizer we save carries it.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a byte-level BPE tokenizer; the result has `vocab_size` entries (specials included)."""
+    tok = Tokenizer(models.BPE(byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte is encodable
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer at {path}")
+    return Tokenizer.from_file(str(path))
+
+
+def eot_id(tok: Tokenizer) -> int:
+    """The document separator: ours, or the closest equivalent of an imported tokenizer."""
+    for name in (EOT, "</s>", "<|end_of_text|>", "<eos>"):
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    raise ValueError("the tokenizer has no end-of-text token (looked for <|endoftext|>, </s>, "
+                     "<|end_of_text|>, <eos>)")
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def token_byte_lengths(tok: Tokenizer) -> list[int]:
+    """UTF-8 bytes each token stands for, special tokens counting 0 (for bits-per-byte).
+
+    For byte-level vocabularies each character of a token's string is one byte; for others we
+    fall back to decoding the token on its own."""
+    vocab = tok.get_vocab()
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    byte_alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    sizes = [0] * tok.get_vocab_size()
+    for text, i in vocab.items():
+        if text in special or i >= len(sizes):
+            continue
+        if all(c in byte_alphabet for c in text):
+            sizes[i] = len(text)
+        else:
+            sizes[i] = len(tok.decode([i], skip_special_tokens=False).encode("utf-8"))
+    return sizes
+
+
+def save(tok: Tokenizer, out_dir: str | Path, max_len: int) -> None:
+    """Write tokenizer.json and a tokenizer_config.json that `transformers` understands."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    eot = tok.id_to_token(eot_id(tok))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": eot,
+        "pad_token": "<|pad|>" if tok.token_to_id("<|pad|>") is not None else eot,
+        "unk_token": None,
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
