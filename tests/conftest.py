@@ -1,0 +1,45 @@
+"""Shared fixtures: a small corpus made on the spot, and a run config sized for tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llmos.config import load_config
+
+
+def make_corpus(folder, n_docs: int = 40, seed: int = 0):
+    """Varied, learnable text: small Python-like functions with docstrings."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "count", "value", "index", "items", "total",
+             "name", "parse", "build", "merge", "split", "token", "window", "buffer"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        lines = []
+        for _ in range(rng.randint(3, 8)):
+            a, b, c = rng.sample(words, 3)
+            lines.append(f"def {a}_{b}({c}, n={rng.randint(0, 99)}):\n"
+                         f'    """Return the {b} of {c} after {rng.randint(2, 9)} steps."""\n'
+                         f"    return [{c} * k for k in range(n)]\n")
+        (folder / f"mod_{i:03d}.py").write_text("\n".join(lines))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def tiny_config(runs_dir, corpus, name="t", **train):
+    """A model small enough to train a few steps in about a second."""
+    cfg = load_config("cpu-tiny", [
+        "model.dim=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+        "model.max_seq_len=64", "data.vocab_size=320", "data.val_fraction=0.1",
+        "train.batch_size=4", "train.seq_len=32", "train.max_steps=6", "train.warmup_steps=2",
+        "train.eval_every=3", "train.eval_tokens=256", "train.log_every=1", "train.dtype=fp32",
+    ])
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    cfg.name, cfg.runs_dir, cfg.data.sources = name, str(runs_dir), [str(corpus)]
+    return cfg
