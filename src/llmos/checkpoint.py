@@ -93,7 +93,8 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
             raise KeyError(f"checkpoint lacks tensor {name!r}")
         return sd[name]
 
-    out = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight")}
+    out = {"embed.weight": take("model.embed_tokens.weight"),
+           "norm.weight": take("model.norm.weight")}
     out["lm_head.weight"] = out["embed.weight"] if cfg.tie_embeddings else take("lm_head.weight")
     for i in range(cfg.n_layers):
         p, q = f"model.layers.{i}.", f"layers.{i}."

@@ -34,7 +34,8 @@ class ModelConfig:
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+            raise ValueError(f"n_heads {self.n_heads} is not divisible by "
+                             f"n_kv_heads {self.n_kv_heads}")
 
     @property
     def head_dim(self) -> int:
