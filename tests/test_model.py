@@ -15,8 +15,8 @@ def small(**kw):
 
 def test_config_validates_heads():
     with pytest.raises(ValueError, match="n_kv_heads"):
-        ModelConfig(dim=64, n_heads=4, n_kv_heads=3)
-    assert ModelConfig(dim=96).ffn_dim == 256  # 8/3 * 96 = 256, already a multiple of 64
+        ModelConfig(dim=64, n_heads=4, n_kv_heads=3).validate()
+    assert ModelConfig(dim=96).ffn_hidden == 256  # 8/3 * 96 = 256, already a multiple of 64
 
 
 def test_causal_no_future_leak():
@@ -32,7 +32,7 @@ def test_causal_no_future_leak():
 def test_param_and_flops_accounting():
     cfg = small(tie_embeddings=False)
     m = Transformer(cfg)
-    per_layer = 64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * cfg.ffn_dim + 2 * 64
+    per_layer = 64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * cfg.ffn_hidden + 2 * 64
     assert m.num_params() == 2 * 300 * 64 + 2 * per_layer + 64
     assert m.num_params(embedding=False) == 2 * per_layer + 64
     matmul = 2 * (per_layer - 2 * 64) + 300 * 64

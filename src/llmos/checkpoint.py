@@ -34,7 +34,7 @@ def hf_config(cfg: ModelConfig, eos_token_id: int) -> dict:
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
-        "intermediate_size": cfg.ffn_dim,
+        "intermediate_size": cfg.ffn_hidden,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads,
@@ -76,7 +76,7 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     for i, b in enumerate(model.layers):
         p = f"model.layers.{i}."
         q, k, v = b.attn.wqkv.weight.split([q_out, kv_out, kv_out])
-        gate, up = b.ffn.w13.weight.split(c.ffn_dim)
+        gate, up = b.ffn.w13.weight.split(c.ffn_hidden)
         sd |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
                p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.wo.weight,
                p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,

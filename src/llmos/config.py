@@ -28,14 +28,16 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
 
-    def __post_init__(self):
-        if self.ffn_dim == 0:
-            self.ffn_dim = 64 * ((8 * self.dim // 3 + 63) // 64)
+    def validate(self):
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by "
                              f"n_kv_heads {self.n_kv_heads}")
+
+    @property
+    def ffn_hidden(self) -> int:
+        return self.ffn_dim or 64 * ((8 * self.dim // 3 + 63) // 64)
 
     @property
     def head_dim(self) -> int:
@@ -130,8 +132,6 @@ def apply_dict(obj, d: dict, where: str = "") -> None:
             apply_dict(current, value, where + key + ".")
         else:
             setattr(obj, key, value)
-    if hasattr(obj, "__post_init__"):
-        obj.__post_init__()
 
 
 def apply_override(cfg: RunConfig, assignment: str) -> None:
@@ -150,8 +150,6 @@ def apply_override(cfg: RunConfig, assignment: str) -> None:
         known = ", ".join(f.name for f in fields(obj))
         raise ValueError(f"unknown config key {path!r}; known in this section: {known}")
     setattr(obj, key, _coerce(value, getattr(obj, key)))
-    if hasattr(obj, "__post_init__"):
-        obj.__post_init__()
 
 
 def list_presets() -> list[str]:
@@ -171,6 +169,7 @@ def load_config(preset: str | None = None, overrides: list[str] = ()) -> RunConf
             cfg.name = path.stem
     for o in overrides:
         apply_override(cfg, o)
+    cfg.model.validate()  # after all overrides, so their order does not matter
     return cfg
 
 

@@ -61,7 +61,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         manifest = read_manifest(data_dir)
         tok = tokenizers_.load(data_dir / "tokenizer")
         cfg.model.vocab_size = tok.get_vocab_size()
-        cfg.model.__post_init__()
+        cfg.model.validate()
         if cfg.train.seq_len > cfg.model.max_seq_len:
             raise ValueError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len "
                              f"{cfg.model.max_seq_len}")

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmos.cli import build_parser, main
+
+COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "speedrun"]
+TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
+        "--set", "model.n_kv_heads=2", "--set", "model.max_seq_len=64",
+        "--set", "data.vocab_size=300", "--set", "data.val_fraction=0.1",
+        "--set", "train.batch_size=4", "--set", "train.seq_len=32",
+        "--set", "train.max_steps=4", "--set", "train.eval_every=0",
+        "--set", "train.eval_tokens=128", "--set", "train.warmup_steps=1"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_its_flags(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
+    for action in actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help"
+            assert action.option_strings[-1] in text
+
+
+def test_config_overrides_and_errors(capsys):
+    main(["config", "--set", "train.lr=0.5", "--set", "model.n_layers=3",
+          "--set", "data.sources=a/,b.txt"])
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["lr"] == 0.5 and cfg["model"]["n_layers"] == 3
+    assert cfg["data"]["sources"] == ["a/", "b.txt"]
+    for bad in (["--set", "train.nope=1"], ["--set", "train.lr"], ["--preset", "missing"],
+                ["--set", "model.n_heads=5"]):
+        with pytest.raises(SystemExit) as e:
+            main(["config", *bad])
+        assert e.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_user_folder_end_to_end(tmp_path, corpus_dir, capsys):
+    """A user points llmos at their own folder, trains, and samples from the result."""
+    runs = str(tmp_path / "runs")
+    main(["data", "--name", "mine", "--runs-dir", runs, "--source", str(corpus_dir), *TINY])
+    assert "train /" in capsys.readouterr().out
+    main(["data", "--name", "mine", "--runs-dir", runs, "--source", str(corpus_dir), *TINY])
+    assert "reusing" in capsys.readouterr().out
+    main(["pretrain", "--name", "mine", "--runs-dir", runs, "--source", str(corpus_dir), *TINY])
+    assert "pretrain: done at step 4" in capsys.readouterr().out
+    ckpt = tmp_path / "runs" / "mine" / "base"
+    main(["generate", "--model", str(ckpt), "--prompt", "def alpha", "-n", "8", "-t", "0"])
+    assert capsys.readouterr().out.startswith("def alpha")
+    main(["generate", "--model", str(ckpt), "--prompt", "def", "--prompt", "return",
+          "-n", "4", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert "--- 'def'" in out and "--- 'return'" in out
+
+
+def test_tokenizer_train_and_show(tmp_path, corpus_dir, capsys):
+    main(["tokenizer", "--source", str(corpus_dir), "--vocab-size", "300",
+          "--out", str(tmp_path / "tok")])
+    assert "300-token tokenizer" in capsys.readouterr().out
+    main(["tokenizer", "--show", "def alpha_beta(x):", "--tokenizer", str(tmp_path / "tok")])
+    assert "tokens for 18 bytes" in capsys.readouterr().out
+
+
+def test_clear_errors_for_bad_input(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for args in (["data", "--source", str(tmp_path / "nope")],
+                 ["data", "--source", str(tmp_path / "empty")],
+                 ["generate", "--model", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--runs-dir", str(tmp_path)] if args[0] == "data" else args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
+    cmd = [sys.executable, "-m", "llmos", "speedrun", "--name", "sr", "--runs-dir",
+           str(tmp_path), "--source", str(corpus_dir), *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "=== speedrun summary ===" in out.stdout and "bits/byte" in out.stdout
+    assert (tmp_path / "sr" / "samples.md").read_text().count("```python") == 4
+    # Run again: it notices the finished checkpoint instead of training again.
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already trained" in again.stdout
