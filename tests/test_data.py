@@ -277,17 +277,23 @@ def test_loader_targets_are_inputs_shifted_by_one(counting_data):
     assert x.shape == y.shape == (4, 16)
     assert x.dtype == y.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
-    # Consecutive windows: each row starts where the previous one's inputs ended.
-    assert torch.equal(x[1:, 0], y[:-1, -1])
-    assert x[0, :3].tolist() == [0, 1, 2]
+    # Row j reads lane j: the stream is cut into 4 lanes of 250 tokens (token p is p here).
+    assert x[:, 0].tolist() == [0, 250, 500, 750]
+    # Next step, each row carries on exactly where its inputs ended: no token is skipped.
+    x2, _ = loader.next_batch()
+    assert torch.equal(x2[:, 0], y[:, -1])
 
 
-def test_loader_wraps_and_counts_epochs(counting_data):
+def test_loader_covers_each_lane_then_counts_an_epoch(counting_data):
     loader = TokenLoader(counting_data, "train", batch_size=3, seq_len=64)
-    assert loader.num_tokens == 1000
-    for _ in range(6):  # 6 steps * 192 tokens passes the end of a 1000-token stream once
+    assert loader.num_tokens == 1000 and loader.lane_len == 333
+    seen = set()
+    for _ in range(6):  # 6 steps * 64 tokens pass the end of a 333-token lane once
         x, _ = loader.next_batch()
-    assert loader.state_dict() == {"cursor": 6 * 192 - 1000, "epoch": 1}
+        seen.update(x.flatten().tolist())
+    assert loader.state_dict() == {"cursor": 6 * 64 - 333, "epoch": 1}
+    # Every position but the one left over by 1000 = 3 * 333 + 1 (slots 49, 99, ... hold 999).
+    assert seen == {p for p in range(999) if p % 50 != 49} | {999}
 
 
 def test_loader_resume_gives_identical_batches(counting_data):

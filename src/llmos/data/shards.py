@@ -242,15 +242,18 @@ class _TokenStream:
 class TokenLoader:
     """Deterministic batches of (x, y) int64 tensors [batch_size, seq_len] from a split's shards.
 
-    The split's shards form one stream, walked in order from a cursor. Each step takes
-    world_size * batch_size consecutive windows of seq_len + 1 tokens at stride seq_len (so each
-    window's targets are the next window's inputs shifted, and no token is skipped); rank r gets
-    rows r*B:(r+1)*B of that global batch. The stream is cyclic: a window may run past the end
-    into the start, and the epoch counts how often the cursor wrapped. Because the walk depends
-    only on the global batch size, 2 ranks x 8 rows see exactly what 1 rank x 16 rows sees,
-    which lets a run resume on a different number of GPUs.
+    The split's shards form one stream, cut into G = world_size * batch_size equal lanes, one per
+    row of the global batch. Each step, row j takes the window of seq_len + 1 tokens at
+    ``j * lane_len + cursor``, then the cursor moves on by seq_len, so a row continues where it
+    stopped and no token is skipped. Rows come from G different places in the corpus: with
+    documents longer than a batch (source files often are) a batch of consecutive windows would
+    be one or two documents, and its gradient that much noisier. When the cursor passes the lane
+    length it starts over and the epoch counts up (the last ``num_tokens % G`` tokens fall
+    outside every lane). Rank r gets rows r*B:(r+1)*B of the global batch; the walk depends only
+    on the global batch size, so 2 ranks x 8 rows see exactly what 1 rank x 16 rows sees, which
+    lets a run resume on a different number of GPUs.
 
-    The walk is in stream order, so shuffle documents before writing shards if order matters.
+    Within a lane the walk is in stream order, so shuffle documents before writing shards.
     """
 
     def __init__(self, data_dir, split: str, batch_size: int, seq_len: int, rank=0, world_size=1):
@@ -268,7 +271,9 @@ class TokenLoader:
         self.seq_len = seq_len
         self.rank = rank
         self.world_size = world_size
-        self.cursor = 0  # stream position of the next global batch's first window
+        # A corpus too small for G full windows gets overlapping lanes (the stream is cyclic).
+        self.lane_len = max(self.stream.num_tokens // (world_size * batch_size), seq_len)
+        self.cursor = 0  # offset of the next window within every lane
         self.epoch = 0
 
     @property
@@ -277,33 +282,31 @@ class TokenLoader:
 
     @property
     def tokens_per_step(self) -> int:
-        """Stream tokens one global step advances by (all ranks together)."""
+        """Tokens one global step trains on (all ranks together)."""
         return self.world_size * self.batch_size * self.seq_len
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         first_row = self.rank * self.batch_size
         rows = [
-            self.stream.read_cyclic(self.cursor + (first_row + i) * self.seq_len, self.seq_len + 1)
+            self.stream.read_cyclic((first_row + i) * self.lane_len + self.cursor, self.seq_len + 1)
             for i in range(self.batch_size)
         ]
         windows = torch.from_numpy(np.stack(rows))
-        self._advance()
+        self.cursor += self.seq_len
+        if self.cursor >= self.lane_len:
+            self.cursor -= self.lane_len
+            self.epoch += 1
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-    def _advance(self) -> None:
-        position = self.cursor + self.tokens_per_step
-        self.epoch += position // self.num_tokens
-        self.cursor = position % self.num_tokens
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         cursor = int(state["cursor"])
-        if not 0 <= cursor < self.num_tokens:
+        if not 0 <= cursor < self.lane_len:
             raise ValueError(
-                f"saved cursor {cursor} is outside this split's {self.num_tokens} tokens; "
-                "was the data rebuilt since the checkpoint?"
+                f"saved cursor {cursor} is outside this split's lanes of {self.lane_len} tokens; "
+                "was the data rebuilt, or the global batch size changed, since the checkpoint?"
             )
         self.cursor = cursor
         self.epoch = int(state["epoch"])
