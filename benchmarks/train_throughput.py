@@ -1,7 +1,8 @@
 """Training throughput (tokens/s) and MFU of the llmos training step against a textbook baseline.
 
 For each shape, the real `llmos.model.Transformer` takes the step `llmos.train.loop` takes
-(autocast at the "auto" dtype, AdamW from `build_optimizers`, gradient clipping, zero_grad);
+(autocast at the "auto" dtype, the shape's optimizer from `build_optimizers` -- Muon for
+cpu-tiny as its preset says, AdamW for d6 -- gradient clipping, zero_grad);
 then a plain fp32 GPT-2-style model of the same width, depth, heads, context, batch and vocab
 takes the same kind of step with no autocast. Both are timed in this process, one after the
 other, so the ratio compares them on the same machine under the same load.
