@@ -125,9 +125,11 @@ def test_trainer_state_roundtrip_without_pickle(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_same_global_batch(tmp_path, corpus_dir):
-    one = tiny_config(tmp_path, corpus_dir, name="one", batch_size=4)
+    # AdamW: torch's Muon orthogonalises in bf16, where the last-bit differences between one
+    # all-reduced gradient and one full-batch gradient become ~1e-3 differences in the update.
+    one = tiny_config(tmp_path, corpus_dir, name="one", batch_size=4, optimizer="adamw")
     pretrain.run(one)
-    two = tiny_config(tmp_path, corpus_dir, name="two", batch_size=2)
+    two = tiny_config(tmp_path, corpus_dir, name="two", batch_size=2, optimizer="adamw")
     two.run_dir.mkdir(parents=True)
     shutil.copytree(one.run_dir / "data", two.run_dir / "data")  # same shards and tokenizer
     sets = [f"--set=model.{k}={v}" for k, v in two.to_dict()["model"].items()
