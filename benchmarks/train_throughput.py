@@ -1,8 +1,8 @@
 """Training throughput (tokens/s) and MFU of the llmos training step against a textbook baseline.
 
 For each shape, the real `llmos.model.Transformer` takes the step `llmos.train.loop` takes
-(autocast at the "auto" dtype, the shape's optimizer from `build_optimizers` -- Muon for
-cpu-tiny as its preset says, AdamW for d6 -- gradient clipping, zero_grad);
+(autocast at the "auto" dtype, AdamW from `build_optimizers` like the baseline, gradient
+clipping, zero_grad; a preset that trains with Muon is timed with it too, reported apart);
 then a plain fp32 GPT-2-style model of the same width, depth, heads, context, batch and vocab
 takes the same kind of step with no autocast. Both are timed in this process, one after the
 other, so the ratio compares them on the same machine under the same load.
@@ -22,7 +22,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -182,14 +182,25 @@ def measure(name: str, shape: Shape, steps: int) -> dict:
     torch.manual_seed(0)
     batch = random_batch(shape)
     tokens = batch[0].numel()
-    model, step, amp = llmos_step(shape)
+    # The ratio compares like with like: llmos with AdamW, as the baseline. A preset that trains
+    # with another optimizer (cpu-tiny: Muon) is timed as well and reported beside it.
+    same_opt = replace(shape, train=replace(shape.train, optimizer="adamw"))
+    model, step, amp = llmos_step(same_opt)
     flops_per_token = model.flops_per_token(shape.train.seq_len)  # the same work for both
     # Measure both peaks before any timing, so neither lands inside a timed step.
     peak_llmos, peak_fp32 = peak_flops(DEVICE, amp), peak_flops(DEVICE, None)
 
-    log(f"{name}: llmos ({model.num_params():,} params, {amp or torch.float32})...")
+    log(f"{name}: llmos ({model.num_params():,} params, {amp or torch.float32}, adamw)...")
     llmos_tok_s = tokens / median_step_seconds(step, batch, steps)
-    del model, step  # free its weights and optimizer state before the baseline allocates
+    del model, step  # free its weights and optimizer state before the next allocates
+    preset = {}
+    if shape.train.optimizer != "adamw":
+        log(f"{name}: llmos with the preset's optimizer ({shape.train.optimizer})...")
+        model, step, _ = llmos_step(shape)
+        preset_tok_s = tokens / median_step_seconds(step, batch, steps)
+        del model, step
+        preset = {"preset_optimizer": shape.train.optimizer,
+                  "preset_tok_s": round(preset_tok_s, 1)}
 
     log(f"{name}: baseline fp32 GPT-2...")
     baseline_tok_s = tokens / median_step_seconds(baseline_step(shape), batch, steps)
@@ -201,6 +212,9 @@ def measure(name: str, shape: Shape, steps: int) -> dict:
         "baseline_mfu": round(flops_per_token * baseline_tok_s / peak_fp32, 4),
         "dtype": str(amp or torch.float32).removeprefix("torch."),
     }
+    if preset:
+        preset["preset_ratio"] = round(preset["preset_tok_s"] / baseline_tok_s, 3)
+        result.update(preset)
     log(f"{name}: {result}")
     return result
 

@@ -12,7 +12,8 @@ TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_
         "--set", "data.vocab_size=300", "--set", "data.val_fraction=0.1",
         "--set", "train.batch_size=4", "--set", "train.seq_len=32",
         "--set", "train.max_steps=4", "--set", "train.eval_every=0",
-        "--set", "train.eval_tokens=128", "--set", "train.warmup_steps=1"]
+        "--set", "train.eval_tokens=128", "--set", "train.warmup_steps=1",
+        "--set", "train.compile=false"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -150,3 +150,26 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path, corpus_dir):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
     assert checkpoint.read_info(two.run_dir / "base")["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, corpus_dir):
+    eager = tiny_config(tmp_path, corpus_dir, name="eager", optimizer="adamw", max_steps=4)
+    pretrain.run(eager)
+    compiled = tiny_config(tmp_path, corpus_dir, name="compiled", optimizer="adamw",
+                           max_steps=4, compile=True)
+    pretrain.run(compiled)
+    l1, l2 = losses(eager.run_dir), losses(compiled.run_dir)
+    assert sorted(l1) == sorted(l2)
+    for step in l1:  # fused kernels round differently, so close rather than equal
+        assert l2[step] == pytest.approx(l1[step], rel=1e-3)
+
+
+def test_compile_without_a_cxx_compiler_trains_eagerly(tmp_path, corpus_dir, monkeypatch,
+                                                       capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no g++, c++ or clang++ to be found
+    monkeypatch.delenv("CXX", raising=False)
+    cfg = tiny_config(tmp_path, corpus_dir, max_steps=2, compile=True)
+    pretrain.run(cfg)
+    assert "no C++ compiler" in capsys.readouterr().out
+    assert checkpoint.read_info(cfg.run_dir / "base")["step"] == 2

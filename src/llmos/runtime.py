@@ -93,3 +93,17 @@ def peak_flops(device: str, dtype: torch.dtype | None) -> float:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 * reps / best
+
+
+def compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot work here, or None. On CPU, inductor writes C++ and needs a
+    compiler (Debian: `apt-get install g++`); better to say so and train eagerly than crash."""
+    if device.startswith("cuda"):
+        return None
+    import shutil
+
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if any(n and shutil.which(n) for n in names):
+        return None
+    return "no C++ compiler (g++, c++, clang++ or $CXX) for torch.compile on CPU"
+

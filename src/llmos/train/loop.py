@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from llmos import checkpoint
 from llmos.config import TrainConfig
-from llmos.runtime import Runtime, autocast_dtype, peak_flops
+from llmos.runtime import Runtime, autocast_dtype, compile_problem, peak_flops
 from llmos.train.optim import build_optimizers, lr_factor, set_lr
 
 
@@ -109,7 +109,10 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
     if rt.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None)
-    fwd_model = torch.compile(model) if cfg.compile else model
+    problem = compile_problem(rt.device) if cfg.compile else None
+    if problem and rt.is_main:
+        print(f"train.compile: {problem}; training without it (slower, same results)")
+    fwd_model = torch.compile(model) if cfg.compile and not problem else model
     amp = autocast_dtype(cfg.dtype, rt.device)
     autocast = (lambda: torch.autocast(rt.device.split(":")[0], dtype=amp)) if amp else (
         contextlib.nullcontext)
