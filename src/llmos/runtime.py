@@ -106,4 +106,3 @@ def compile_problem(device: str) -> str | None:
     if any(n and shutil.which(n) for n in names):
         return None
     return "no C++ compiler (g++, c++, clang++ or $CXX) for torch.compile on CPU"
-

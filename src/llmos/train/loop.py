@@ -111,7 +111,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
             model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None)
     problem = compile_problem(rt.device) if cfg.compile else None
     if problem and rt.is_main:
-        print(f"train.compile: {problem}; training without it (slower, same results)")
+        print(f"train.compile: {problem}; training without it (slower, same model)")
     fwd_model = torch.compile(model) if cfg.compile and not problem else model
     amp = autocast_dtype(cfg.dtype, rt.device)
     autocast = (lambda: torch.autocast(rt.device.split(":")[0], dtype=amp)) if amp else (
