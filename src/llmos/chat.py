@@ -1,0 +1,234 @@
+"""The chat format: ChatML turns, Hermes-style tool calls, think blocks.
+
+    <|im_start|>system
+    You are a helpful assistant.
+
+    # Tools
+    ...
+    <tools>
+    {"type": "function", "function": {"name": "calculator", ...}}
+    </tools>
+    ...<|im_end|>
+    <|im_start|>user
+    What is 347 * 29?<|im_end|>
+    <|im_start|>assistant
+    <tool_call>
+    {"name": "calculator", "arguments": {"expression": "347 * 29"}}
+    </tool_call><|im_end|>
+    <|im_start|>tool
+    <tool_response>
+    10063
+    </tool_response><|im_end|>
+    <|im_start|>assistant
+    347 * 29 = 10063.<|im_end|>
+
+`render` (Python) and `CHAT_TEMPLATE` (Jinja, saved in tokenizer_config.json for transformers,
+vLLM, llama.cpp...) write the same text; tokenizing that whole text at once gives the tokens,
+and the character spans of assistant turns give the loss mask. Tokenizing the whole string
+rather than turn by turn keeps our tokens identical to `apply_chat_template(tokenize=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant", "tool")
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TOOL_CALL, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+THINK, THINK_END = "<think>", "</think>"
+
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more of these functions. Their signatures are in "
+    "<tools></tools>:\n<tools>\n"
+)
+TOOLS_USAGE = (
+    "</tools>\n\nTo call a function, reply with a JSON object inside <tool_call></tool_call>:\n"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+# One line of Jinja per construct; every newline is a quoted literal, so the template renders
+# the same under any whitespace settings (transformers uses trim_blocks and lstrip_blocks).
+CHAT_TEMPLATE = "".join([
+    "{%- set first_system = messages and messages[0]['role'] == 'system' -%}",
+    "{%- if tools -%}",
+    "{{ '<|im_start|>system\\n' }}",
+    "{%- if first_system -%}{{ messages[0]['content'] + '\\n\\n' }}{%- endif -%}",
+    "{{ " + json.dumps(TOOLS_PREAMBLE) + " }}",
+    "{%- for tool in tools -%}{{ tool | tojson + '\\n' }}{%- endfor -%}",
+    "{{ " + json.dumps(TOOLS_USAGE) + " + '<|im_end|>\\n' }}",
+    "{%- elif first_system -%}",
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}",
+    "{%- endif -%}",
+    "{%- for message in messages -%}",
+    "{%- if message['role'] == 'system' and loop.first -%}",
+    "{%- elif message['role'] == 'assistant' -%}",
+    "{{ '<|im_start|>assistant\\n' }}",
+    "{%- if message['reasoning_content'] -%}",
+    "{{ '<think>\\n' + message['reasoning_content'] + '\\n</think>\\n' }}",
+    "{%- endif -%}",
+    "{%- if message['content'] -%}{{ message['content'] }}{%- endif -%}",
+    "{%- for call in message['tool_calls'] or [] -%}",
+    "{%- if message['content'] or not loop.first -%}{{ '\\n' }}{%- endif -%}",
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}",
+    "{{ '<tool_call>\\n' + {'name': fn['name'], 'arguments': fn['arguments']} | tojson"
+    " + '\\n</tool_call>' }}",
+    "{%- endfor -%}",
+    "{{ '<|im_end|>\\n' }}",
+    "{%- elif message['role'] == 'tool' -%}",
+    "{{ '<|im_start|>tool\\n<tool_response>\\n' + message['content']"
+    " + '\\n</tool_response><|im_end|>\\n' }}",
+    "{%- else -%}",
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+    "{%- endif -%}",
+    "{%- endfor -%}",
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}",
+])
+
+
+class ChatFormatError(ValueError):
+    """A conversation that cannot be rendered: unknown role, bad tool call, ..."""
+
+
+def _json(obj) -> str:
+    # What Jinja's `tojson` writes under transformers: json.dumps, non-ASCII kept.
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def tool_arguments(raw) -> dict:
+    """A tool call's arguments as a dict: OpenAI clients send a JSON string, we keep objects."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ChatFormatError(f"tool call arguments are not valid JSON: {e}") from None
+        if isinstance(value, dict):
+            return value
+    raise ChatFormatError("tool call arguments must be a JSON object")
+
+
+def render_text(messages: list[dict], tools: list[dict] | None = None,
+                add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text, and the character spans the model is trained to write
+    (assistant turns: content, think block, tool calls and the closing <|im_end|>)."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    size = 0
+
+    def put(text: str, trained: bool = False) -> None:
+        nonlocal size
+        if trained and text:
+            spans.append((size, size + len(text)))
+        out.append(text)
+        size += len(text)
+
+    first_system = bool(messages) and messages[0].get("role") == "system"
+    if tools:
+        system = messages[0]["content"] + "\n\n" if first_system else ""
+        listed = "".join(_json(t) + "\n" for t in tools)
+        put(f"{IM_START}system\n{system}{TOOLS_PREAMBLE}{listed}{TOOLS_USAGE}{IM_END}\n")
+    elif first_system:
+        put(f"{IM_START}system\n{messages[0]['content']}{IM_END}\n")
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role not in ROLES:
+            raise ChatFormatError(f"message {i}: unknown role {role!r} (expected one of {ROLES})")
+        content = m.get("content") or ""
+        if not isinstance(content, str):
+            raise ChatFormatError(f"message {i}: content must be a string")
+        if role == "system" and i == 0:
+            continue
+        if role == "assistant":
+            put(f"{IM_START}assistant\n")
+            body = ""
+            if m.get("reasoning_content"):
+                body += f"{THINK}\n{m['reasoning_content']}\n{THINK_END}\n"
+            body += content
+            for j, call in enumerate(m.get("tool_calls") or []):
+                fn = call.get("function", call)
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise ChatFormatError(f"message {i}: a tool call needs a function name")
+                args = tool_arguments(fn.get("arguments", {}))
+                sep = "\n" if content or j else ""
+                body += f"{sep}{TOOL_CALL}\n{_json({'name': fn['name'], 'arguments': args})}\n"
+                body += TOOL_CALL_END
+            put(body + IM_END, trained=True)
+            put("\n")
+        elif role == "tool":
+            put(f"{IM_START}tool\n<tool_response>\n{content}\n</tool_response>{IM_END}\n")
+        else:
+            put(f"{IM_START}{role}\n{content}{IM_END}\n")
+    if add_generation_prompt:
+        put(f"{IM_START}assistant\n")
+    return "".join(out), spans
+
+
+@dataclass
+class ChatTokens:
+    ids: list[int]
+    mask: list[int]  # 1 where the model is trained to predict this token
+
+
+def render(tok, messages: list[dict], tools: list[dict] | None = None,
+           add_generation_prompt: bool = False) -> ChatTokens:
+    """Tokens and loss mask of a conversation. A token is trained when it starts inside an
+    assistant span, so the mask follows the text even where a merge crosses a turn border."""
+    text, spans = render_text(messages, tools, add_generation_prompt)
+    enc = tok.encode(text, add_special_tokens=False)
+    mask, k = [], 0
+    for start, _ in enc.offsets:
+        while k < len(spans) and spans[k][1] <= start:
+            k += 1
+        mask.append(int(k < len(spans) and spans[k][0] <= start))
+    return ChatTokens(list(enc.ids), mask)
+
+
+# ---- reading what the model wrote -------------------------------------------------------------
+
+
+@dataclass
+class AssistantTurn:
+    content: str
+    tool_calls: list[dict] = field(default_factory=list)  # OpenAI shape, arguments as dicts
+    reasoning: str = ""
+    errors: list[str] = field(default_factory=list)  # malformed tool calls, told to the model
+
+    def message(self) -> dict:
+        m: dict = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            m["tool_calls"] = self.tool_calls
+        if self.reasoning:
+            m["reasoning_content"] = self.reasoning
+        return m
+
+
+def parse_assistant(text: str) -> AssistantTurn:
+    """Split generated assistant text (special tokens kept, <|im_end|> removed) into content,
+    think block and tool calls. A malformed call becomes an error entry, never an exception."""
+    text = text.removesuffix(IM_END)
+    reasoning = ""
+    stripped = text.lstrip()
+    if stripped.startswith(THINK):
+        body, closed, rest = stripped[len(THINK):].partition(THINK_END)
+        reasoning, text = body.strip(), rest if closed else ""
+    content_parts, calls, errors = [], [], []
+    rest = text
+    while TOOL_CALL in rest:
+        before, _, after = rest.partition(TOOL_CALL)
+        content_parts.append(before)
+        raw, closed, rest = after.partition(TOOL_CALL_END)
+        try:
+            call = json.loads(raw)
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError('expected {"name": ..., "arguments": {...}}')
+            args = tool_arguments(call.get("arguments", {}))
+            calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                          "function": {"name": call["name"], "arguments": args}})
+        except (ValueError, ChatFormatError) as e:  # an unclosed call that parses is kept
+            unclosed = "" if closed else " (no closing </tool_call>)"
+            errors.append(f"malformed tool call {raw.strip()[:200]!r}{unclosed}: {e}")
+    content_parts.append(rest)
+    return AssistantTurn("".join(content_parts).strip(), calls, reasoning, errors)
