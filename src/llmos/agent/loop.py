@@ -1,0 +1,122 @@
+"""Tools in the loop: generate an assistant turn; when it calls a tool, run the tool, append the
+result and generate again, up to a limit of rounds.
+
+The loop only needs a token stream (`generate(prompt_ids, params) -> iterator of ids`), so the
+same code drives one model in a terminal and many requests batched by the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+
+from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
+
+from llmos import chat
+from llmos.infer.engine import SamplingParams, TextStream
+
+# prompt ids, sampling -> generated ids; the last item is STOP when a stop token ended it
+# (the stop token itself is not part of the answer).
+TokenStream = Callable[[list[int], SamplingParams], Iterator[int]]
+STOP = -1
+
+
+@dataclass
+class Event:
+    """One thing that happened while answering, in order. kind is one of:
+    "text" (a piece of assistant text), "tool_call" (data: the call), "tool_result" (data: the
+    tool message), "error" (a malformed call, told to the model), "turn" (data: the finished
+    assistant message), "done" (data: {"finish_reason", "messages"})."""
+
+    kind: str
+    text: str = ""
+    data: dict = field(default_factory=dict)
+
+
+def stop_ids(tok) -> list[int]:
+    ids = [tok.token_to_id(t) for t in (chat.IM_END, "<|endoftext|>", "</s>", "<|eot_id|>")]
+    return [i for i in ids if i is not None]
+
+
+def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingParams,
+            tools: dict[str, Tool] | None = None, declared: list[dict] | None = None,
+            max_rounds: int = 4) -> Iterator[Event]:
+    """Answer the conversation. `tools` run here (built-in); `declared` are OpenAI function
+    schemas the caller runs itself: a call to one of them ends the loop with finish_reason
+    "tool_calls". Generated tokens count against params.max_new_tokens across all rounds."""
+    tools = BUILTIN_TOOLS if tools is None else tools
+    schemas = [t.schema() for t in tools.values()] + list(declared or [])
+    declared_names = {d.get("function", d).get("name") for d in declared or []}
+    history = [dict(m) for m in messages]
+    budget = params.max_new_tokens
+    params = replace(params, stop_tokens=list(params.stop_tokens) + stop_ids(tok))
+    finish = "stop"
+    for _round in range(max_rounds):
+        prompt = chat.render(tok, history, schemas or None, add_generation_prompt=True).ids
+        text, stream, used, stopped = "", TextStream(tok), 0, False
+        for token in generate(prompt, replace(params, max_new_tokens=budget)):
+            if token == STOP:
+                stopped = True
+                break
+            used += 1
+            delta = stream.push(token)
+            text += delta
+            if delta:
+                yield Event("text", delta)
+        budget -= used
+        turn = chat.parse_assistant(text)
+        message = turn.message()
+        history.append(message)
+        yield Event("turn", data=message)
+        if not stopped:  # out of tokens (max_new_tokens or the context) mid-turn
+            finish = "length"
+            break
+        if not turn.tool_calls and not turn.errors:
+            break
+        for error in turn.errors:
+            yield Event("error", error)
+            history.append({"role": "tool", "name": "error", "content": f"error: {error}"})
+        client_calls = [c for c in turn.tool_calls if c["function"]["name"] in declared_names]
+        for call in turn.tool_calls:
+            yield Event("tool_call", data=call)
+        if client_calls:
+            finish = "tool_calls"
+            break
+        for call in turn.tool_calls:
+            fn = call["function"]
+            result = call_tool(fn["name"], fn["arguments"], tools)
+            tool_message = {"role": "tool", "name": fn["name"], "tool_call_id": call["id"],
+                            "content": result}
+            history.append(tool_message)
+            yield Event("tool_result", result, data=tool_message)
+        if budget <= 0:
+            finish = "length"
+            break
+    else:
+        finish = "tool_rounds"  # the model kept calling tools; the limit ended it
+    yield Event("done", data={"finish_reason": finish, "messages": history[len(messages):]})
+
+
+def engine_stream(engine) -> TokenStream:
+    """A TokenStream over one `Engine` (one conversation at a time: the terminal chat)."""
+
+    def generate(prompt: list[int], params: SamplingParams) -> Iterator[int]:
+        for step in engine.stream([prompt], params):
+            if step[0] is None:  # the engine hides the stop token it sampled
+                yield STOP
+                return
+            yield step[0]
+
+    return generate
+
+
+def final_text(events: list[Event]) -> str:
+    """The last assistant message's content (what a user reads as the answer)."""
+    turns = [e.data for e in events if e.kind == "turn"]
+    return turns[-1].get("content", "") if turns else ""
+
+
+def describe_call(call: dict) -> str:
+    fn = call["function"]
+    return f"{fn['name']}({json.dumps(fn['arguments'], ensure_ascii=False)})"
