@@ -80,6 +80,24 @@ class TrainConfig:
     log_every: int = 10
 
 
+def _sft_train() -> TrainConfig:
+    return TrainConfig(max_steps=300, optimizer="adamw", lr=3e-3, warmup_steps=20,
+                       min_lr_frac=0.0, eval_every=100, eval_tokens=32768)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised finetuning on conversations (`llmos sft`); its own loop settings in sft.train."""
+
+    sources: list[str] = field(default_factory=lambda: ["builtin:assistant"])
+    val_fraction: float = 0.05  # held-out share of conversations from files (builtin: by subject)
+    lora_rank: int = 0  # 0 = full finetuning; > 0 trains low-rank adapters on a frozen model
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["wqkv", "wo", "w13", "w2"])
+    eval_items: int = 200  # held-out conversations answered for task accuracy (0 = skip)
+    train: TrainConfig = field(default_factory=_sft_train)
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
@@ -87,6 +105,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -39,12 +39,18 @@ def _check_existing(ckpt_dir: Path, cfg: RunConfig, resume: bool, overwrite: boo
         return
     if ckpt_dir.exists() and not overwrite:
         info = checkpoint.read_info(ckpt_dir)
-        if info.get("final") and info.get("config") == cfg.to_dict():
+        same = _pretrain_part(info.get("config")) == _pretrain_part(cfg.to_dict())
+        if info.get("final") and same:
             raise AlreadyTrained(f"{ckpt_dir} is already trained with this config "
                                  "(pass --overwrite to train it again)")
         hint = "--resume to continue it" if not info.get("final") else "another --name"
         raise FileExistsError(f"{ckpt_dir} already holds a checkpoint; use {hint}, or "
                               "--overwrite to replace it")
+
+
+def _pretrain_part(config: dict | None) -> dict:
+    """The settings that shape a base model (later stages' sections do not)."""
+    return {k: (config or {}).get(k) for k in ("model", "data", "train")}
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
