@@ -1,0 +1,1 @@
+"""The assistant: chat loop, tools and their sandbox."""

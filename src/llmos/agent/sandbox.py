@@ -1,0 +1,287 @@
+"""Run a model's Python code in a separate, limited process.
+
+Layers, from the hardest to the softest:
+- a child process with rlimits (CPU, address space, file size, no core dumps, processes when not
+  root) in its own session, killed with its whole process group at the wall-clock limit;
+- as root, when `unshare` works: new network and PID namespaces (no interfaces but a down loopback;
+  everything the child starts dies with it);
+- inside the child, an audit hook (PEP 578) that refuses sockets, new processes, ctypes, raising
+  rlimits, signalling other processes and writing outside the throwaway working directory.
+
+This contains mistakes and runaway programs (infinite loops, memory or fork bombs, endless output).
+It is not a security boundary against a determined attacker: see docs/assistant.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class PythonLimits:
+    cpu_seconds: float = 5
+    wall_seconds: float = 10
+    memory_mb: int = 512  # address space (RLIMIT_AS), so it counts reserved as well as used memory
+    output_bytes: int = 16384  # per stream; the program is stopped when either overflows
+    file_mb: int = 64  # largest file the program may write (RLIMIT_FSIZE)
+
+
+@dataclass
+class PythonResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None  # None when the sandbox stopped the program or a signal killed it
+    timed_out: bool
+    truncated: bool
+    killed: str | None  # why it was stopped: "wall time limit (10 s)", "signal SIGSEGV", ...
+    pid: int | None = None  # the process (and process group) id it ran under
+
+    def as_text(self) -> str:
+        """What the model sees: the output, then the errors, then what the sandbox did."""
+        parts = [s.rstrip("\n") for s in (self.stdout, self.stderr) if s.strip()]
+        if self.truncated:
+            parts.append(f"note: output truncated; the program was stopped at the {self.killed}")
+        elif self.timed_out:
+            parts.append(f"error: timed out; the program was stopped at the {self.killed}")
+        elif self.killed:
+            parts.append(f"error: the program was killed ({self.killed})")
+        elif self.exit_code:
+            parts.append(f"error: exit code {self.exit_code}")
+        return "\n".join(parts) or "(no output)"
+
+
+# The child's entry point, run with `python -I -B -c`. It sets the limits itself rather than in a
+# preexec_fn, which the subprocess docs warn is unsafe when the parent has threads (a server does).
+# Everything lives inside functions so user code finds neither the hook nor its settings in
+# `__main__`; the hook keeps what it needs in a closure and is reachable only through `gc`, which
+# it refuses.
+_CHILD = r'''
+import builtins, json, os, resource, signal, sys, traceback, types
+import _posixsubprocess
+import ctypes  # loaded before the hook (numpy needs it); the hook then refuses new libraries
+
+
+def limit(kind, soft, hard=None):
+    hard = soft if hard is None else hard
+    old = resource.getrlimit(kind)[1]
+    if old != resource.RLIM_INFINITY:
+        soft, hard = min(soft, old), min(hard, old)
+    resource.setrlimit(kind, (soft, hard))
+
+
+def guard(workdir):
+    realpath, fsdecode, sep, own_pid = os.path.realpath, os.fsdecode, os.sep, os.getpid()
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    network = frozenset({
+        "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
+        "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr"})
+    processes = frozenset({
+        "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "os.exec",
+        "os.startfile", "subprocess.Popen"})
+    other = frozenset({
+        "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
+        "resource.setrlimit", "resource.prlimit",
+        "gc.get_objects", "gc.get_referrers", "gc.get_referents", "os.killpg"})
+    # event -> positions of the paths it writes to
+    writes = {"os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.mkdir": (0,),
+              "os.chmod": (0,), "os.chown": (0,), "os.link": (0, 1), "os.symlink": (1,),
+              "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,)}
+
+    def inside(path):
+        if isinstance(path, int):  # an already open descriptor
+            return True
+        path = realpath(fsdecode(path))
+        return path == workdir or path.startswith(workdir + sep) or path == "/dev/null"
+
+    def hook(event, args):
+        if event in network:
+            raise PermissionError(f"sandbox: network access is disabled ({event})")
+        if event in processes:
+            raise PermissionError(f"sandbox: starting processes is disabled ({event})")
+        if event in other or (event == "os.kill" and args[0] != own_pid):
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "object.__setattr__" and args[1] == "__code__":
+            raise PermissionError("sandbox: replacing a function's code is not allowed")
+        if event == "import" and args[0] == "_posixsubprocess":  # a fresh copy of fork_exec
+            raise PermissionError("sandbox: starting processes is disabled (_posixsubprocess)")
+        if event == "open" and isinstance(args[2], int) and args[2] & write_flags:
+            paths = (0,)
+        else:
+            paths = writes.get(event, ())
+        for i in paths:
+            if i < len(args) and args[i] is not None and not inside(args[i]):
+                raise PermissionError(f"sandbox: cannot write outside the working directory "
+                                      f"({args[i]})")
+
+    def fork_exec(*args, **kwargs):  # multiprocessing calls it directly, with no audit event
+        raise PermissionError("sandbox: starting processes is disabled (fork_exec)")
+
+    _posixsubprocess.fork_exec = fork_exec
+    sys.addaudithook(hook)
+
+
+def run(cfg):
+    mb = 1024 * 1024
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized file raises OSError instead
+    # As PID 1 of a namespace the child ignores SIGXCPU's default action; leave at the soft limit
+    # anyway (a C loop that never returns to Python meets the hard limit a second later).
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(1))
+    limit(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1)  # SIGXCPU, then SIGKILL a second on
+    limit(resource.RLIMIT_AS, cfg["memory_mb"] * mb)
+    limit(resource.RLIMIT_FSIZE, cfg["file_mb"] * mb)
+    limit(resource.RLIMIT_CORE, 0)
+    if cfg["nproc"]:
+        limit(resource.RLIMIT_NPROC, cfg["nproc"])
+    with open("main.py", encoding="utf-8") as f:
+        source = f.read()
+    main = types.ModuleType("__main__")
+    main.__file__, main.__builtins__ = "main.py", builtins
+    sys.modules["__main__"], sys.argv = main, ["main.py"]
+    guard(os.path.realpath(os.getcwd()))
+    try:
+        exec(compile(source, "main.py", "exec"), main.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as e:  # the traceback without this bootstrap's frame
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        sys.exit(1)
+
+
+run(json.loads(sys.argv[1]))
+'''
+
+
+@functools.cache
+def _namespaces() -> list[str]:
+    """The `unshare` prefix for fresh network and PID namespaces, or [] where it is unavailable."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return []
+    prefix = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--"]
+    try:
+        ok = subprocess.run(prefix + ["true"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return prefix if ok else []
+
+
+def _nproc_limit() -> int | None:
+    """Room for a few more threads than the user already runs. RLIMIT_NPROC counts every task of
+    the user, and root ignores it; None where it cannot help."""
+    if os.geteuid() == 0 or not os.path.isdir("/proc"):
+        return None
+    uid, tasks = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                tasks += len(os.listdir(f"/proc/{entry.name}/task"))
+        except OSError:
+            pass
+    return tasks + 32
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    # -I ignores PYTHON* variables; the rest keeps numeric libraries to one thread and caches in
+    # the throwaway directory.
+    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg", "MPLCONFIGDIR": workdir}
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL the process group, and the leader in case it left the group with setsid()."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _read_capped(proc: subprocess.Popen, limits: PythonLimits, deadline: float):
+    """Read stdout and stderr until both close, keeping at most output_bytes of each.
+    Returns (stdout, stderr, truncated, timed_out)."""
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for fd in bufs:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return *bufs.values(), False, True
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = bufs[key.fd]
+                room = limits.output_bytes - len(buf)
+                buf += chunk[:room]
+                if len(chunk) > room:
+                    return *bufs.values(), True, False
+    return *bufs.values(), False, False
+
+
+def _wait_exit(pid: int, deadline: float) -> bool:
+    """Wait for the process to exit without reaping it, so its group id stays reserved for
+    killpg."""
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def run_python(code: str, limits: PythonLimits | None = None) -> PythonResult:
+    """Run `code` as a fresh isolated interpreter in a throwaway directory; see the module doc."""
+    limits = limits or PythonLimits()
+    cpu = max(1, int(-(-limits.cpu_seconds // 1)))  # RLIMIT_CPU counts whole seconds
+    cfg = {"cpu": cpu, "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
+           "nproc": _nproc_limit()}
+    # -I: isolated (no user site, no PYTHON* variables, no cwd on sys.path); -u: unbuffered, so
+    # what was printed before a kill still arrives.
+    python = [sys.executable, "-I", "-B", "-u", "-X", "utf8", "-c", _CHILD, json.dumps(cfg)]
+    cmd = _namespaces() + python
+    with tempfile.TemporaryDirectory(prefix="llmos-python-", ignore_cleanup_errors=True) as work:
+        Path(work, "main.py").write_text(code, encoding="utf-8")
+        deadline = time.monotonic() + limits.wall_seconds
+        proc = subprocess.Popen(cmd, cwd=work, env=_child_env(work), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            out, err, truncated, timed_out = _read_capped(proc, limits, deadline)
+            if not (truncated or timed_out):
+                timed_out = not _wait_exit(proc.pid, deadline)
+        finally:
+            _kill(proc.pid)  # also whatever it left behind in its group
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.stdout.close()
+            proc.stderr.close()
+    rc = proc.returncode
+    killed = None
+    if truncated:
+        killed = f"output limit ({limits.output_bytes} bytes)"
+    elif timed_out:
+        killed = f"wall time limit ({limits.wall_seconds:g} s)"
+    elif rc != 0 and usage.ru_utime + usage.ru_stime >= cpu - 0.05:
+        killed, timed_out = f"cpu time limit ({cpu} s)", True
+    elif rc < 0:
+        killed = f"signal {signal.Signals(-rc).name}" if -rc in signal.valid_signals() else (
+            f"signal {-rc}")
+    stderr = err.decode(errors="replace")
+    if _namespaces():  # unshare's complaints as it passes on a signal are no business of the model
+        stderr = "".join(line for line in stderr.splitlines(keepends=True)
+                         if not line.startswith("unshare: "))
+    return PythonResult(stdout=out.decode(errors="replace"), stderr=stderr,
+                        exit_code=None if killed else rc, timed_out=timed_out,
+                        truncated=truncated, killed=killed, pid=proc.pid)

@@ -1,0 +1,274 @@
+"""The built-in tools: the calculator, tool calls, and the Python sandbox (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from llmos.agent import sandbox
+from llmos.agent.tools import (
+    BUILTIN_TOOLS,
+    PythonLimits,
+    Tool,
+    ToolError,
+    calculate,
+    call_tool,
+    run_python,
+)
+
+SMALL = PythonLimits(cpu_seconds=1, wall_seconds=3, memory_mb=256, output_bytes=4096)
+
+
+# --------------------------------------------------------------------------- calculator
+
+@pytest.mark.parametrize("expression, expected", [
+    ("17 * 24", "408"),
+    ("2 + 3 * 4", "14"),
+    ("(2 + 3) * 4", "20"),
+    ("2 ** 3 ** 2", "512"),  # right-associative
+    ("-3 ** 2", "-9"),  # power binds tighter than unary minus
+    ("-(-4) + +1", "5"),
+    ("7 // 2", "3"),
+    ("-7 // 2", "-4"),
+    ("7 % 3", "1"),
+    ("10 / 2", "5"),  # exact division stays an integer
+    ("10 / 4", "2.5"),
+    ("1 / 3", "0.333333333333"),
+    ("0.1 + 0.2", "0.3"),
+    ("2.5 * 2", "5"),
+    ("2 ** -2", "0.25"),
+    ("2 ^ 10", "1024"),
+    ("2 ** 100", "1267650600228229401496703205376"),
+    ("sqrt(16) + abs(-2) + max(1, 7, 3) - min(4, 2)", "11"),
+    ("round(2 * pi, 3)", "6.283"),
+    ("floor(e * 1000)", "2718"),
+])
+def test_calculator_results(expression, expected):
+    assert calculate(expression) == expected
+
+
+def test_calculator_big_but_ok_integers():
+    assert calculate("2 ** 5000") == str(2 ** 5000)
+    assert calculate("10 ** 400 / 10 ** 399") == "10"
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("__import__('os').system('true')", "functions"),
+    ("().__class__", "Attribute"),
+    ("(1).__class__", "Attribute"),
+    ("lambda: 1", "Lambda"),
+    ("open('x')", "functions"),
+    ("x + 1", "unknown name"),
+    ("'a' * 3", "only numbers"),
+    ("[1, 2]", "List"),
+    ("9 ** 9 ** 9", "too large"),
+    ("2 ** 10 ** 6", "too large"),
+    ("(2 ** 9000) * (2 ** 9000)", "too large"),
+    ("1e308 * 10", "finite"),
+    ("", "empty"),
+    ("   ", "empty"),
+    ("1 / 0", "division by zero"),
+    ("5 // 0", "division by zero"),
+    ("5 % 0", "division by zero"),
+    ("1 +", "invalid expression"),
+    ("sqrt(-1)", "invalid arguments"),
+    ("(-8) ** 0.5", "not a real number"),
+    ("1" + "+1" * 300, "too long"),
+])
+def test_calculator_refuses(expression, message):
+    with pytest.raises(ToolError, match=message):
+        calculate(expression)
+
+
+def test_calculator_refuses_quickly():
+    start = time.monotonic()
+    with pytest.raises(ToolError):
+        calculate("9**9**9**9")
+    assert time.monotonic() - start < 0.5
+
+
+# --------------------------------------------------------------------------- tool calls
+
+def test_schemas_are_openai_functions():
+    for name, tool in BUILTIN_TOOLS.items():
+        schema = tool.schema()
+        assert schema["type"] == "function"
+        assert schema["function"]["name"] == name
+        assert schema["function"]["parameters"]["type"] == "object"
+        json.dumps(schema)  # plain JSON
+    assert BUILTIN_TOOLS["calculator"].parameters["required"] == ["expression"]
+    assert BUILTIN_TOOLS["python"].parameters["required"] == ["code"]
+
+
+def test_call_tool_accepts_json_strings_and_dicts():
+    assert call_tool("calculator", '{"expression": "17 * 24"}') == "408"
+    assert call_tool("calculator", {"expression": "1 / 4"}) == "0.25"
+
+
+@pytest.mark.parametrize("name, arguments, message", [
+    ("calculator", '{"expression": ', "not valid JSON"),
+    ("calculator", "[1, 2]", "JSON object"),
+    ("calculator", "{}", "missing argument(s): expression"),
+    ("calculator", "", "missing argument(s): expression"),
+    ("calculator", {"expression": 408}, "must be a string"),
+    ("calculator", {"expression": "1", "precision": 3}, "unexpected argument(s): precision"),
+    ("calculator", {"expression": "1/0"}, "division by zero"),
+    ("calculator", {"expression": "__import__('os')"}, "functions"),
+    ("browser", {"url": "x"}, "unknown tool 'browser'"),
+    (None, {}, "unknown tool"),
+    ("python", {"code": ["print(1)"]}, "must be a string"),
+])
+def test_call_tool_reports_errors(name, arguments, message):
+    result = call_tool(name, arguments)
+    assert result.startswith("error: ")
+    assert message in result
+
+
+def test_call_tool_survives_a_broken_tool():
+    def broken(args):
+        raise KeyError("oops")
+
+    tools = {"broken": Tool("broken", "always fails", {"type": "object"}, broken)}
+    assert call_tool("broken", "{}", tools).startswith("error: tool 'broken' failed: KeyError")
+
+
+def test_python_tool_through_call_tool():
+    assert call_tool("python", {"code": "print(sum(range(10)))"}) == "45"
+    result = call_tool("python", '{"code": "raise ValueError(\\"bad input\\")"}')
+    assert "ValueError: bad input" in result and "error: exit code 1" in result
+
+
+# --------------------------------------------------------------------------- python sandbox
+
+@pytest.fixture(params=["namespaces", "plain"])
+def isolation(request, monkeypatch):
+    """Run a test with network/PID namespaces (root with unshare) and without (everyone else)."""
+    if request.param == "namespaces":
+        if not sandbox._namespaces():
+            pytest.skip("needs root and a working `unshare`")
+    else:
+        monkeypatch.setattr(sandbox, "_namespaces", lambda: [])
+    return request.param
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_prints_output():
+    r = run_python("import math\nprint('hello', math.factorial(20))", SMALL)
+    assert (r.stdout, r.exit_code, r.timed_out, r.killed) == ("hello 2432902008176640000\n", 0,
+                                                               False, None)
+    assert r.as_text() == "hello 2432902008176640000"
+
+
+def test_exception_goes_to_stderr_with_nonzero_exit():
+    r = run_python("print('before')\n{}['missing']", SMALL)
+    assert r.stdout == "before\n" and r.exit_code == 1
+    assert "KeyError: 'missing'" in r.stderr and 'File "main.py", line 2' in r.stderr
+    assert r.as_text().endswith("error: exit code 1")
+    syntax = run_python("x = (", SMALL)
+    assert "SyntaxError" in syntax.stderr and syntax.exit_code == 1
+
+
+def test_infinite_loop_is_killed(isolation):
+    start = time.monotonic()
+    r = run_python("print('started')\nwhile True:\n    pass", SMALL)
+    assert time.monotonic() - start < SMALL.wall_seconds + 1
+    assert r.timed_out and r.exit_code is None and "time limit" in r.killed
+    assert r.stdout == "started\n"  # unbuffered: what was printed before the kill survives
+    assert "timed out" in r.as_text()
+    assert group_gone(r.pid)
+
+
+def test_sleeping_program_meets_the_wall_clock():
+    start = time.monotonic()
+    r = run_python("import time\ntime.sleep(30)", PythonLimits(cpu_seconds=1, wall_seconds=1))
+    assert time.monotonic() - start < 2.5
+    assert r.timed_out and r.killed == "wall time limit (1 s)"
+    assert group_gone(r.pid)
+
+
+@pytest.mark.parametrize("code", [
+    "x = bytearray(10 ** 10)",
+    "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 6))",
+])
+def test_memory_bomb_is_contained(code):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = run_python(code, SMALL)
+    assert r.exit_code != 0 and ("MemoryError" in r.stderr or r.killed)
+    assert not r.timed_out
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100  # the parent did not hold the child's memory
+
+
+def test_fork_bomb_is_contained(isolation):
+    r = run_python("import os\nwhile True:\n    os.fork()", SMALL)
+    assert r.exit_code == 1 and "starting processes is disabled (os.fork)" in r.stderr
+    assert group_gone(r.pid)
+
+
+@pytest.mark.parametrize("code", [
+    "import subprocess\nsubprocess.run(['touch', {marker!r}])",
+    "import os\nos.system('touch {marker}')",
+    "import os\nos.execv('/usr/bin/touch', ['touch', {marker!r}])",
+    # multiprocessing reaches _posixsubprocess.fork_exec directly, with no audit event
+    "import multiprocessing as mp\nmp.set_start_method('spawn')\np = mp.Process(target=print)\n"
+    "p.start()\np.join()\nopen({marker!r}, 'w')",
+])
+def test_child_processes_are_refused(tmp_path, code):
+    marker = str(tmp_path / "spawned")
+    r = run_python(code.format(marker=marker), SMALL)
+    assert r.exit_code == 1 and "starting processes is disabled" in r.stderr
+    assert not os.path.exists(marker)
+
+
+def test_network_is_refused(isolation):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        r = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)"
+                       f"\nprint('connected')", SMALL)
+        assert r.exit_code == 1 and "network access is disabled" in r.stderr
+        assert "connected" not in r.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody knocked
+    raw = run_python("import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)", SMALL)
+    assert "network access is disabled (socket.__new__)" in raw.stderr
+
+
+def test_endless_output_is_truncated():
+    start = time.monotonic()
+    r = run_python("while True:\n    print('x' * 100)", SMALL)
+    assert time.monotonic() - start < SMALL.wall_seconds  # stopped at the cap, not the clock
+    assert r.truncated and not r.timed_out and r.killed == "output limit (4096 bytes)"
+    assert len(r.stdout.encode()) == SMALL.output_bytes
+    assert "output truncated" in r.as_text()
+
+
+def test_files_go_to_a_throwaway_directory(tmp_path):
+    outside = tmp_path / "escaped.txt"
+    r = run_python("import os\nwith open('notes.txt', 'w') as f:\n    f.write('kept here')\n"
+                   "print(os.getcwd())\nprint(open('notes.txt').read())", SMALL)
+    workdir, text = r.stdout.splitlines()
+    assert text == "kept here" and workdir != os.getcwd()
+    assert not os.path.exists(workdir)  # deleted afterwards
+    refused = run_python(f"open({str(outside)!r}, 'w').write('x')", SMALL)
+    assert "cannot write outside the working directory" in refused.stderr
+    assert not outside.exists()
+
+
+def test_limits_cannot_be_raised_nor_the_parent_signalled():
+    r = run_python("import resource\nresource.setrlimit(resource.RLIMIT_CPU, (100, 100))", SMALL)
+    assert "resource.setrlimit is not allowed" in r.stderr
+    r = run_python("import os\nos.kill(os.getppid(), 0)", SMALL)
+    assert "os.kill is not allowed" in r.stderr
