@@ -109,6 +109,33 @@ def cmd_generate(args):
         print(f"--- {prompt!r}\n{prompt}{tok.decode(out)}")
 
 
+def cmd_sft(args):
+    from llmos.train import sft
+
+    cfg = resolve_config(args)
+    if args.data:
+        cfg.sft.sources = args.data
+    if args.lora_rank is not None:
+        cfg.sft.lora_rank = args.lora_rank
+    parent = args.model or str(cfg.run_dir / "base")
+    sft.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
+def cmd_chat(args):
+    from llmos.agent.terminal import Session, repl
+    from llmos.infer.engine import SamplingParams
+
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.seed)
+    session = Session(args.model, args.system or "", params, tools=not args.no_tools)
+    if args.message:  # one-shot: answer each message in turn, then exit
+        for text in args.message:
+            print(f"you> {text}\nassistant> ", end="", flush=True)
+            session.ask(text)
+        return
+    repl(session, args.save)
+
+
 def cmd_speedrun(args):
     from llmos import speedrun
 
@@ -121,7 +148,7 @@ def cmd_speedrun(args):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmos", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="llmos: make an LLM end to end. Stages: data -> pretrain -> generate.",
+        description="llmos: make an LLM end to end: data -> pretrain -> sft -> chat, serve.",
         epilog="Quick start: `llmos speedrun` (cpu-tiny preset, about 10 minutes on 2 cores).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
@@ -179,8 +206,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed for reproducible samples")
     s.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in samples",
-                       description="data -> tokenizer -> shards -> pretrain -> eval -> samples. "
+    s = sub.add_parser("sft", help="finetune a checkpoint on conversations (full or LoRA)",
+                       description="Supervised finetuning: render conversations in the chat "
+                       "format, pack them, train on the assistant tokens only, then report "
+                       "held-out loss and task accuracy. Settings live in the sft section "
+                       "(sft.sources, sft.lora_rank, sft.train.max_steps, ...).\n\n"
+                       + CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--model", help="parent checkpoint (default RUNS_DIR/NAME/base)")
+    s.add_argument("--data", action="append", metavar="SPEC",
+                   help="conversations: a .jsonl file or folder ({'messages': [...]} or "
+                   "ShareGPT), builtin:assistant, or hf:NAME (repeatable; default "
+                   "builtin:assistant)")
+    s.add_argument("--lora-rank", type=int, metavar="R",
+                   help="train rank-R LoRA adapters on the frozen model instead of every weight")
+    s.add_argument("--out", help="output checkpoint (default RUNS_DIR/NAME/sft, or sft-lora)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    s.set_defaults(func=cmd_sft)
+
+    s = sub.add_parser("chat", help="talk to a checkpoint in the terminal (tools in the loop)",
+                       description="A terminal chat with streaming answers, history and the "
+                       "built-in tools (calculator, Python). Inside: /reset, /save [FILE], "
+                       "/system TEXT, /quit.")
+    s.add_argument("--model", required=True, help="checkpoint directory (e.g. runs/cpu-tiny/sft)")
+    s.add_argument("--system", help="system prompt")
+    s.add_argument("-m", "--message", action="append",
+                   help="answer this message and exit (repeatable: a multi-turn script)")
+    s.add_argument("-n", "--max-new-tokens", type=int, default=256,
+                   help="most tokens per answer, tool rounds included (default 256)")
+    s.add_argument("-t", "--temperature", type=float, default=0.7,
+                   help="sampling temperature; 0 = greedy (default 0.7)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
+    s.add_argument("--seed", type=int, help="random seed for reproducible answers")
+    s.add_argument("--no-tools", action="store_true", help="run no tools the model calls")
+    s.add_argument("--save", default="chat.jsonl",
+                   help="file that /save appends to (default chat.jsonl)")
+    s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",
+                       description="data -> tokenizer -> shards -> pretrain -> samples -> SFT "
+                       "-> held-out evaluation -> sample conversations. "
                        "Picks up where it stopped when run again.\n\n" + CONFIG_HELP,
                        formatter_class=fmt)
     add_config_args(s)

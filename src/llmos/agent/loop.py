@@ -11,9 +11,8 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
-
 from llmos import chat
+from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
 from llmos.infer.engine import SamplingParams, TextStream
 
 # prompt ids, sampling -> generated ids; the last item is STOP when a stop token ended it
@@ -46,7 +45,10 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
     schemas the caller runs itself: a call to one of them ends the loop with finish_reason
     "tool_calls". Generated tokens count against params.max_new_tokens across all rounds."""
     tools = BUILTIN_TOOLS if tools is None else tools
-    schemas = [t.schema() for t in tools.values()] + list(declared or [])
+    # Only the caller's functions are described in the prompt. The built-in ones are part of
+    # what the assistant learned in finetuning: their schemas would fill most of a small
+    # model's context (about 200 of cpu-tiny's 256 tokens).
+    schemas = list(declared or [])
     declared_names = {d.get("function", d).get("name") for d in declared or []}
     history = [dict(m) for m in messages]
     budget = params.max_new_tokens

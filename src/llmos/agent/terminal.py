@@ -1,0 +1,103 @@
+"""`llmos chat`: talk to a checkpoint in the terminal, with streaming and tools in the loop.
+
+Commands inside the chat: /reset (forget the conversation), /save [FILE] (write it as JSONL
+{"messages": [...]}, the format `llmos sft` reads), /system TEXT (set the system prompt),
+/quit. Tool calls and their results are printed as they happen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from llmos import chat, checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.agent.loop import describe_call, engine_stream, respond
+from llmos.agent.tools import BUILTIN_TOOLS
+from llmos.infer.engine import Engine, SamplingParams
+
+HELP = "commands: /reset  /save [FILE]  /system TEXT  /quit"
+
+
+class Session:
+    def __init__(self, model_dir: str, system: str = "", params: SamplingParams | None = None,
+                 tools: bool = True, out=sys.stdout):
+        self.tok = tokenizers_.load(Path(model_dir))
+        self.generate = engine_stream(Engine(checkpoint.load_model(model_dir)))
+        self.params = params or SamplingParams(max_new_tokens=256, temperature=0.7, top_p=0.95)
+        self.tools = BUILTIN_TOOLS if tools else {}
+        self.system, self.messages, self.out = system, [], out
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def conversation(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.messages
+
+    def ask(self, text: str) -> str:
+        """Send one user message; stream the answer (and tool activity) to `out`."""
+        self.messages.append({"role": "user", "content": text})
+        hiding = False  # the raw <tool_call> markup is shown formatted instead
+        for event in respond(self.generate, self.tok, self.conversation(), self.params,
+                             tools=self.tools):
+            if event.kind == "text" and not hiding:
+                before, tag, _ = event.text.partition(chat.TOOL_CALL)
+                self.write(before)
+                hiding = bool(tag)
+            elif event.kind == "turn":
+                hiding = False
+                self.write("\n")
+            elif event.kind == "tool_call":
+                self.write(f"  [tool call] {describe_call(event.data)}\n")
+            elif event.kind == "tool_result":
+                self.write(f"  [tool result] {event.text.strip()}\n")
+            elif event.kind == "error":
+                self.write(f"  [tool error] {event.text}\n")
+            elif event.kind == "done":
+                self.messages += event.data["messages"]
+                if event.data["finish_reason"] != "stop":
+                    self.write(f"  [finished: {event.data['finish_reason']}]\n")
+        return self.messages[-1].get("content", "")
+
+    def save(self, path: str) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps({"messages": self.conversation()}, ensure_ascii=False) + "\n")
+        self.write(f"saved to {path}\n")
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+def repl(session: Session, save_path: str = "chat.jsonl") -> None:
+    session.write(f"llmos chat ({HELP})\n")
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            session.write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            session.write("(conversation cleared)\n")
+        elif line.startswith("/save"):
+            session.save(line[5:].strip() or save_path)
+        elif line.startswith("/system"):
+            session.system = line[7:].strip()
+            session.write(f"(system prompt {'set' if session.system else 'cleared'})\n")
+        elif line.startswith("/"):
+            session.write(f"unknown command {line.split()[0]}; {HELP}\n")
+        else:
+            session.write("assistant> ")
+            try:
+                session.ask(line)
+            except KeyboardInterrupt:  # stop this answer, keep the chat
+                session.messages.pop()
+                session.write("\n(interrupted)\n")

@@ -1,0 +1,280 @@
+"""Stage 2: supervised finetuning. A checkpoint and conversations in, an assistant out.
+
+    llmos sft --model runs/cpu-tiny/base                       full finetuning
+    llmos sft --model DIR --set sft.lora_rank=16                LoRA (adapters saved too)
+
+Conversations are rendered in the chat format (`llmos.chat`), packed several to a row, and
+trained only on assistant tokens. Packed conversations never see each other: attention is
+block-diagonal and rotary positions restart at each conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmos import chat, checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.config import RunConfig
+from llmos.data.conversations import Conversation, read_conversations
+from llmos.runtime import setup, teardown
+from llmos.train import lora
+from llmos.train.loop import Stage, train
+
+BUILTIN = "builtin:assistant"
+
+
+# ---- data: conversations -> packed rows -------------------------------------------------------
+
+
+def split_sources(specs: list[str], val_fraction: float
+                  ) -> tuple[list[Conversation], list[Conversation], str]:
+    """(train, heldout, skip summary). The built-in set has its own split (by subject); other
+    sources are split by a hash of each conversation, so the split never changes between runs."""
+    train, heldout, skipped = [], [], []
+    for spec in specs:
+        if spec == BUILTIN:
+            part, skips = read_conversations([BUILTIN])
+            held, _ = read_conversations([BUILTIN + ":heldout"])
+            train += part
+            heldout += held
+        else:
+            part, skips = read_conversations([spec])
+            for c in part:
+                key = json.dumps(c.messages, sort_keys=True).encode()
+                bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+                (heldout if bucket < val_fraction else train).append(c)
+        if skips.total():
+            skipped.append(f"{spec}: {skips.summary()}")
+    return train, heldout, "; ".join(skipped)
+
+
+@dataclass
+class Packed:
+    """Rows of packed conversations: inputs, targets (-100 = not trained), rotary positions,
+    and the segment (conversation) each column belongs to (-1 = padding)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pos: torch.Tensor
+    seg: torch.Tensor
+    conversations: int
+    too_long: int
+
+    @property
+    def trained_tokens(self) -> int:
+        return int((self.y != -100).sum())
+
+
+def pack(tok, conversations: list[Conversation], seq_len: int, seed: int) -> Packed:
+    """Render, then fill rows of seq_len greedily in a shuffled order. A conversation longer
+    than a row is left out and counted, never cut."""
+    pad = tok.token_to_id("<|pad|>")
+    pad = tokenizers_.eot_id(tok) if pad is None else pad
+    examples, too_long = [], 0
+    for c in conversations:
+        r = chat.render(tok, c.messages)
+        if len(r.ids) - 1 > seq_len:
+            too_long += 1
+            continue
+        examples.append(([*r.ids[:-1]], [t if m else -100 for t, m in zip(r.ids[1:], r.mask[1:])]))
+    random.Random(seed).shuffle(examples)
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    used = seq_len  # forces a new row for the first example
+    for ex in examples:
+        if used + len(ex[0]) > seq_len:
+            rows.append([])
+            used = 0
+        rows[-1].append(ex)
+        used += len(ex[0])
+    n = len(rows)
+    x = torch.full((n, seq_len), pad, dtype=torch.long)
+    y = torch.full((n, seq_len), -100, dtype=torch.long)
+    pos = torch.zeros((n, seq_len), dtype=torch.long)
+    seg = torch.full((n, seq_len), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        col = 0
+        for j, (ids, targets) in enumerate(row):
+            L = len(ids)
+            x[i, col:col + L] = torch.tensor(ids)
+            y[i, col:col + L] = torch.tensor(targets)
+            pos[i, col:col + L] = torch.arange(L)
+            seg[i, col:col + L] = j
+            col += L
+    return Packed(x, y, pos, seg, len(examples), too_long)
+
+
+def attention_mask(seg: torch.Tensor) -> torch.Tensor:
+    """[B, T] segments -> [B, 1, T, T]: causal within a conversation; padding sees itself."""
+    T = seg.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+    same = seg[:, :, None] == seg[:, None, :]
+    eye = torch.eye(T, dtype=torch.bool, device=seg.device)
+    return ((same & causal) | eye)[:, None]
+
+
+def packed_loss(model, batch, reduction: str = "mean") -> torch.Tensor:
+    x, y, pos, seg = batch
+    return model(x, y, positions=pos, mask=attention_mask(seg), loss_reduction=reduction)
+
+
+class RowLoader:
+    """Packed rows in a fresh shuffled order each epoch; its position is saved for resume."""
+
+    def __init__(self, packed: Packed, batch_size: int, seed: int, device: str):
+        if len(packed.x) == 0:
+            raise ValueError("no conversation fits sft.train.seq_len; raise it or use shorter data")
+        self.p, self.B, self.seed, self.device = packed, batch_size, seed, device
+        self.epoch, self.index = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(len(self.p.x), generator=g)
+
+    def next_batch(self):
+        rows = []
+        while len(rows) < self.B:
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffle()
+            rows.append(int(self._order[self.index]))
+            self.index += 1
+        idx = torch.tensor(rows)
+        p = self.p
+        return tuple(t[idx].to(self.device) for t in (p.x, p.y, p.pos, p.seg))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffle()
+
+
+def heldout_loss(model, packed: Packed, batch_size: int, max_tokens: int, device: str) -> dict:
+    """Mean loss per trained token over the first held-out rows (up to max_tokens columns)."""
+    total, count = 0.0, 0
+    rows = max(1, min(len(packed.x), max_tokens // packed.x.shape[1]))
+    for s in range(0, rows, batch_size):
+        batch = tuple(t[s:min(s + batch_size, rows)].to(device)
+                      for t in (packed.x, packed.y, packed.pos, packed.seg))
+        n = int((batch[1] != -100).sum())
+        if n:
+            total += float(packed_loss(model, batch, "sum"))
+            count += n
+    return {"val_loss": total / max(count, 1)}
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False) -> Path:
+    s, t = cfg.sft, cfg.sft.train
+    parent = Path(parent)
+    out = Path(out_dir) if out_dir else cfg.run_dir / ("sft-lora" if s.lora_rank else "sft")
+    _check_out(out, resume, overwrite)
+    rt = setup()
+    try:
+        tok = tokenizers_.load(parent)
+        model = checkpoint.load_model(out if resume else parent)
+        if t.seq_len > model.cfg.max_seq_len:
+            raise ValueError(f"sft.train.seq_len {t.seq_len} exceeds the model's context "
+                             f"{model.cfg.max_seq_len}")
+        train_convs, held_convs, skipped = split_sources(s.sources, s.val_fraction)
+        if skipped:
+            print(f"sft: skipped {skipped}")
+        packed = pack(tok, train_convs, t.seq_len, t.seed)
+        held = pack(tok, held_convs, t.seq_len, t.seed)
+        print(f"sft: {packed.conversations:,} train conversations in {len(packed.x):,} rows "
+              f"({packed.trained_tokens:,} trained tokens), {held.conversations:,} held out"
+              + (f"; {packed.too_long + held.too_long} longer than {t.seq_len} tokens left out"
+                 if packed.too_long + held.too_long else ""))
+
+        if s.lora_rank:
+            if resume:
+                raise ValueError("--resume is for full finetuning; rerun LoRA from the parent")
+            n = lora.add_adapters(model, s.lora_rank, s.lora_alpha, s.lora_targets)
+            print(f"sft: LoRA rank {s.lora_rank} on {', '.join(s.lora_targets)}: "
+                  f"{n:,} trainable parameters of {model.num_params():,}")
+        model = model.to(rt.device)
+        loader = RowLoader(packed, t.batch_size, t.seed, rt.device)
+        tok_dir = cfg.run_dir / ".sft-tokenizer"
+        tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # with this version's template
+
+        stage = Stage(
+            name="sft",
+            next_batch=loader.next_batch,
+            loss=packed_loss,
+            tokens=lambda b: b[0].numel(),
+            data_state=loader.state_dict,
+            load_data_state=loader.load_state_dict,
+            evaluate=(lambda m: heldout_loss(m, held, t.batch_size, t.eval_tokens, rt.device))
+            if held.conversations else None,
+            flops_per_token=model.flops_per_token(t.seq_len),
+        )
+        info_base = {"stage": "sft", "parent": str(parent), "config": cfg.to_dict(),
+                     "data": {"sources": s.sources, "train_conversations": packed.conversations,
+                              "heldout_conversations": held.conversations,
+                              "too_long": packed.too_long + held.too_long, "skipped": skipped}}
+        if s.lora_rank:
+            info_base["lora"] = {"rank": s.lora_rank, "alpha": s.lora_alpha,
+                                 "targets": s.lora_targets, "adapter": "adapter/"}
+
+        def save(m, info, state):
+            checkpoint.save(out, m, tok_dir, {**info_base, **info},
+                            state if not s.lora_rank else None)
+            if s.lora_rank:
+                lora.save_adapter(m, out / "adapter", s.lora_rank, s.lora_alpha,
+                                  s.lora_targets, str(parent))
+
+        result = train(model, t, stage, rt, ckpt_dir=out, save_checkpoint=save,
+                       run_dir=cfg.run_dir, resume=resume)
+        if not result.stopped_early:
+            print(f"sft: done at step {result.step}: held-out loss "
+                  f"{result.metrics.get('val_loss', float('nan')):.4f} -> {out}")
+            if s.eval_items and held_convs:
+                evaluate_tasks(model, tok, held_convs, s.eval_items, out)
+        return out
+    finally:
+        teardown()
+
+
+def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Path) -> dict:
+    """Held-out task accuracy, printed, added to llmos.json's metrics, and written with every
+    prompt and answer to eval_assistant.json so each number can be audited."""
+    from llmos.evals import assistant
+
+    print(f"sft: answering up to {limit} held-out questions (greedy, tools in the loop)...")
+    model.eval()
+    result = assistant.evaluate(model, tok, heldout, limit)
+    summary = result["summary"]
+    print("sft: held-out " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    _write_json(out / "eval_assistant.json", result)
+    info = checkpoint.read_info(out)
+    info.setdefault("metrics", {}).update({f"heldout_{k}": v for k, v in summary.items()})
+    _write_json(out / "llmos.json", info)
+    return summary
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "trainer_state").exists():
+            raise FileNotFoundError(f"--resume: {out} has no resumable checkpoint")
+        return
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a checkpoint; use --resume to continue it, "
+                              "--out for another folder, or --overwrite to replace it")
