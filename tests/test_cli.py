@@ -6,7 +6,7 @@ import pytest
 
 from llmos.cli import build_parser, main
 
-COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "speedrun"]
+COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "sft", "chat", "speedrun"]
 TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
         "--set", "model.n_kv_heads=2", "--set", "model.max_seq_len=64",
         "--set", "data.vocab_size=300", "--set", "data.val_fraction=0.1",
@@ -14,6 +14,10 @@ TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_
         "--set", "train.max_steps=4", "--set", "train.eval_every=0",
         "--set", "train.eval_tokens=128", "--set", "train.warmup_steps=1",
         "--set", "train.compile=false"]
+TINY_SFT = ["--set", "sft.train.max_steps=3", "--set", "sft.train.batch_size=2",
+            "--set", "sft.train.seq_len=64", "--set", "sft.train.eval_every=0",
+            "--set", "sft.train.warmup_steps=1", "--set", "sft.eval_items=4",
+            "--set", "sft.val_fraction=0.3"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -83,12 +87,22 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is alpha_{i}?"},
+        {"role": "assistant", "content": f"The beta of gamma {i}."}]}) + "\n" for i in range(12)))
     cmd = [sys.executable, "-m", "llmos", "speedrun", "--name", "sr", "--runs-dir",
-           str(tmp_path), "--source", str(corpus_dir), *TINY]
+           str(tmp_path), "--source", str(corpus_dir), *TINY, *TINY_SFT,
+           "--set", f"sft.sources={chats}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "=== speedrun summary ===" in out.stdout and "bits/byte" in out.stdout
     assert (tmp_path / "sr" / "samples.md").read_text().count("```python") == 4
-    # Run again: it notices the finished checkpoint instead of training again.
+    info = json.loads((tmp_path / "sr" / "sft" / "llmos.json").read_text())
+    assert info["stage"] == "sft" and info["parent"] == str(tmp_path / "sr" / "base")
+    assert (tmp_path / "sr" / "conversations.md").read_text().count("user: ") == 4
+    assert f"llmos chat --model {tmp_path / 'sr' / 'sft'}" in out.stdout
+    # Run again: it notices the finished checkpoints instead of training again.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already trained" in again.stdout
+    assert "already finetuned" in again.stdout
