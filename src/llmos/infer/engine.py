@@ -23,6 +23,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     stop_tokens: Sequence[int] = field(default_factory=tuple)
     seed: int | None = None
+    min_new_tokens: int = 0  # stop tokens are masked out until this many tokens are generated
 
 
 def sample_next(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None):
@@ -42,6 +43,31 @@ def sample_next(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | 
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
+                gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """logits: [B, V] -> token ids [B], each row with its own temperature, top-k, top-p and
+    generator, so a seeded row draws the same tokens alone or in any batch (the server mixes
+    requests with different settings in one batch)."""
+    out = logits.argmax(-1)
+    rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not rows:
+        return out
+    x = logits[rows].float()
+    x = x / torch.tensor([[params[i].temperature] for i in rows], device=x.device)
+    sorted_x, order = x.sort(dim=-1, descending=True)
+    ranks = torch.arange(x.size(-1), device=x.device)[None]
+    top_k = torch.tensor([[params[i].top_k or x.size(-1)] for i in rows], device=x.device)
+    drop = ranks >= top_k
+    top_p = torch.tensor([[params[i].top_p] for i in rows], device=x.device)
+    probs = sorted_x.masked_fill(drop, float("-inf")).softmax(-1)
+    drop |= (probs.cumsum(-1) - probs >= top_p) & (top_p < 1.0)  # as in sample_next
+    probs = sorted_x.masked_fill(drop, float("-inf")).softmax(-1)
+    for j, i in enumerate(rows):
+        pick = torch.multinomial(probs[j], 1, generator=gens[i])
+        out[i] = order[j, pick[0]]
+    return out
 
 
 class Engine:
@@ -85,6 +111,8 @@ class Engine:
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         next_pos = L - pads
         for step in range(budget):
+            if step < p.min_new_tokens:
+                logits[:, stops[stops >= 0]] = float("-inf")
             tok = sample_next(logits, p, gen)
             done |= torch.isin(tok, stops)
             yield [None if d else t for t, d in zip(tok.tolist(), done.tolist())]
