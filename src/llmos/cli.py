@@ -136,6 +136,14 @@ def cmd_chat(args):
     repl(session, args.save)
 
 
+def cmd_serve(args):
+    from llmos.serve.app import serve
+
+    serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
+          max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
+          tools=not args.no_tools)
+
+
 def cmd_speedrun(args):
     from llmos import speedrun
 
@@ -243,6 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", default="chat.jsonl",
                    help="file that /save appends to (default chat.jsonl)")
     s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible API and web chat over checkpoints",
+                       description="Serve checkpoints over HTTP: /v1/chat/completions (streaming, "
+                       "tools), /v1/completions, /v1/models, /health, and a web chat at /. "
+                       "Concurrent requests to a model decode together in one batch.")
+    s.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                   help="checkpoint to serve (repeatable); its name in the API is the folder's "
+                   "name (with parent folders when two would clash) unless given as NAME=DIR")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1 (repeatable: any listed key "
+                   "works; default: no key needed)")
+    s.add_argument("--max-tokens-limit", type=int, default=2048, metavar="N",
+                   help="the largest max_tokens a request may ask for (default 2048)")
+    s.add_argument("--max-batch", type=int, default=16, metavar="ROWS",
+                   help="most sequences decoded together per model (default 16; lower it on "
+                   "out-of-memory)")
+    s.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
+    s.add_argument("--no-tools", action="store_true",
+                   help="run no built-in tools (calculator, python) for the model")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",
                        description="data -> tokenizer -> shards -> pretrain -> samples -> SFT "
