@@ -218,53 +218,54 @@ class Scheduler:
         logits = self.model(idx, cache=cache, positions=positions, mask=mask[:, None])
         return cache, pads, logits[:, -1]
 
+    def _cache_like(self, rows: int, columns: int) -> KVCache:
+        """An empty cache with room for `columns` and some to grow: preallocating the whole
+        context for every row would cost memory and, on each join, a copy of all of it."""
+        capacity = min(self.cfg.max_seq_len, max(columns + 1, 2 * columns, 64))
+        return KVCache(self.cfg, rows, capacity, self.dtype, self.device)
+
     def _join(self, rows: list[Row]) -> None:
         cache, pads, logits = self._prefill([r.prompt for r in rows])
         if not self._rows:
             self._rows, self._cache, self._pads, self._logits = rows, cache, pads, logits
             return
-        old, new_len = self._cache, cache.length
-        L = max(old.length, new_len)
-        merged = KVCache(self.cfg, len(self._rows) + len(rows), self.cfg.max_seq_len,
-                         self.dtype, self.device)
-        n_old = len(self._rows)
-        for dst, src in ((merged.k, (old.k, cache.k)), (merged.v, (old.v, cache.v))):
-            dst[:, :n_old, :, L - old.length:L] = src[0][:, :, :, :old.length]
-            dst[:, n_old:, :, L - new_len:L] = src[1][:, :, :, :new_len]
+        old, n_old = self._cache, len(self._rows)
+        L = max(old.length, cache.length)  # right-align both groups in L columns
+        merged = self._cache_like(n_old + len(rows), L)
+        for dst, a, b in ((merged.k, old.k, cache.k), (merged.v, old.v, cache.v)):
+            dst[:, :n_old, :, L - old.length:L] = a[:, :, :, :old.length]
+            dst[:, n_old:, :, L - cache.length:L] = b[:, :, :, :cache.length]
         merged.length = L
-        self._pads = torch.cat([self._pads + (L - old.length), pads + (L - new_len)])
+        self._pads = torch.cat([self._pads + (L - old.length), pads + (L - cache.length)])
         self._cache, self._rows = merged, self._rows + rows
         self._logits = torch.cat([self._logits, logits])
 
     def _drop(self, indices: list[int], cancelled: bool = False) -> None:
         if not indices:
             return
-        gone = set(indices)
         for i in indices:
             if cancelled:
                 self._rows[i].out.put(_END)
                 self.stats.cancelled += 1
-        keep = [i for i in range(len(self._rows)) if i not in gone]
+        keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
         if not keep:
             self._cache = self._logits = None
             return
         sel = torch.tensor(keep, device=self.device)
-        c = self._cache
-        c.k, c.v = c.k.index_select(1, sel), c.v.index_select(1, sel)
         self._pads, self._logits = self._pads[sel], self._logits[sel]
         cut = int(self._pads.min())  # columns that are padding in every remaining row
-        if cut:
-            n = c.length - cut
-            c.k[:, :, :, :n] = c.k[:, :, :, cut:c.length].clone()
-            c.v[:, :, :, :n] = c.v[:, :, :, cut:c.length].clone()
-            c.length, self._pads = n, self._pads - cut
+        old = self._cache
+        self._cache = self._cache_like(len(keep), old.length - cut)
+        self._cache.length = old.length - cut
+        for dst, src in ((self._cache.k, old.k), (self._cache.v, old.v)):
+            dst[:, :, :, :old.length - cut] = src[:, sel, :, cut:old.length]
+        self._pads -= cut
 
     def _forward(self, tokens: torch.Tensor) -> None:
         c = self._cache
-        if c.length + 1 > c.k.shape[3]:  # a prefill-sized cache: give it the whole context
-            grown = KVCache(self.cfg, len(self._rows), self.cfg.max_seq_len, self.dtype,
-                            self.device)
+        if c.length + 1 > c.k.shape[3]:  # full: move to a cache twice the size
+            grown = self._cache_like(len(self._rows), c.length)
             grown.k[:, :, :, :c.length] = c.k[:, :, :, :c.length]
             grown.v[:, :, :, :c.length] = c.v[:, :, :, :c.length]
             grown.length, self._cache, c = c.length, grown, grown
