@@ -40,15 +40,17 @@ class Session:
         """Send one user message; stream the answer (and tool activity) to `out`."""
         self.messages.append({"role": "user", "content": text})
         hiding = False  # the raw <tool_call> markup is shown formatted instead
+        printed = False  # whether this turn wrote any text (a pure tool call writes none)
         for event in respond(self.generate, self.tok, self.conversation(), self.params,
                              tools=self.tools):
             if event.kind == "text" and not hiding:
                 before, tag, _ = event.text.partition(chat.TOOL_CALL)
                 self.write(before)
-                hiding = bool(tag)
+                hiding, printed = bool(tag), printed or bool(before)
             elif event.kind == "turn":
-                hiding = False
-                self.write("\n")
+                if printed:
+                    self.write("\n")
+                hiding = printed = False
             elif event.kind == "tool_call":
                 self.write(f"  [tool call] {describe_call(event.data)}\n")
             elif event.kind == "tool_result":
