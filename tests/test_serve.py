@@ -250,12 +250,12 @@ def test_builtin_tool_runs_on_the_server(client):
     assert [e["type"] for e in streamed] == ["tool_call", "tool_result"]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == message.content
 
-    # tool_choice "none": no tools run, the model's call is just text it cannot make
+    # tool_choice "none": no tool runs; a call the model writes anyway gets an error back
     r = client.chat.completions.create(model="memo", messages=ask("What is 347 * 29?"),
-                                       temperature=0, tool_choice="none")
-    assert "llmos_tool_events" not in (r.choices[0].message.model_extra or {}) or all(
-        e["type"] != "tool_result" or e["content"].startswith("error")
-        for e in r.choices[0].message.model_extra["llmos_tool_events"])
+                                       temperature=0, tool_choice="none", max_tokens=60)
+    results = [e["content"] for e in r.choices[0].message.model_extra.get(
+        "llmos_tool_events", []) if e["type"] == "tool_result"]
+    assert all(text.startswith("error: unknown tool") for text in results)
 
 
 def test_stop_sequences_seed_and_n(client):
@@ -413,6 +413,18 @@ def test_client_disconnect_stops_generation(server):
 
 
 # ---- the parts, without a server --------------------------------------------------------------
+
+
+def test_serve_command_explains_its_flags(capsys):
+    from llmos.cli import build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    for action in serve._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and action.option_strings[-1] in text
 
 
 def test_model_names():

@@ -170,7 +170,11 @@ class Scheduler:
     def _step(self) -> None:
         new = self._admit()
         if new:
-            self._join(new)
+            try:
+                self._join(new)
+            except Exception as e:  # e.g. out of memory in their prefill: the batch is intact
+                for row in new:
+                    row.out.put(e)
         self._drop([i for i, r in enumerate(self._rows) if r.cancelled()], cancelled=True)
         if not self._rows:
             return
