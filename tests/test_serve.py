@@ -330,6 +330,8 @@ def test_bad_requests_get_openai_errors(server, case):
 def test_other_bad_requests(server):
     r = post(server, "/v1/completions", {"model": "memo", "prompt": {"text": "hi"}})
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("prompt")
+    r = post(server, "/v1/completions", {"model": "memo", "prompt": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     r = post(server, "/v1/completions", {"model": "memo", "prompt": "hi " * 3000})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = httpx.get(server + "/v1/nothing-here", headers={"Authorization": f"Bearer {API_KEY}"})

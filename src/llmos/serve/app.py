@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import threading
 import time
@@ -668,7 +669,9 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             return
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or key.strip() not in keys:
+        key = key.strip()
+        if scheme.lower() != "bearer" or not any(
+                hmac.compare_digest(key.encode(), k.encode()) for k in keys):
             what = "no API key was provided" if not header else "the API key is not valid"
             raise APIError(401, f"Unauthorized: {what}. Send `Authorization: Bearer KEY`.",
                            code="invalid_api_key")
@@ -727,6 +730,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt]
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]
+        if not prompts:
+            raise APIError(400, "prompt is an empty list.", "prompt")
         if len(prompts) * req.n > limits.max_n:
             raise APIError(400, f"{len(prompts)} prompts x n={req.n} choices is above this "
                            f"server's limit of {limits.max_n}.", "prompt")
