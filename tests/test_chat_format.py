@@ -39,6 +39,13 @@ CONVERSATIONS = {
         {"role": "tool", "name": "calculator", "content": "2"},
         {"role": "tool", "name": "calculator", "content": "4"},
         {"role": "assistant", "content": "2 and 4."}],
+    "string_arguments": [  # OpenAI clients send arguments as a JSON string
+        {"role": "user", "content": "2*3?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "calculator", "arguments": '{"expression":"2*3"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "6"},
+        {"role": "assistant", "content": "6."}],
     "think": [{"role": "user", "content": "Is 7 prime?"},
               {"role": "assistant", "content": "Yes.", "reasoning_content": "7 has no divisors."}],
 }
@@ -102,7 +109,7 @@ def test_think_block_is_trained_and_parsed_back(tok):
     assert (turn.reasoning, turn.content, turn.tool_calls) == ("7 has no divisors.", "Yes.", [])
 
 
-def test_string_arguments_from_openai_clients_render_as_objects():
+def test_string_arguments_are_written_as_sent_and_must_be_json_objects():
     as_string = [{"role": "user", "content": "x"},
                  {"role": "assistant", "content": None, "tool_calls": [
                      {"id": "c1", "type": "function",

@@ -255,7 +255,7 @@ def test_builtin_tool_runs_on_the_server(client):
                                        temperature=0, tool_choice="none", max_tokens=60)
     results = [e["content"] for e in r.choices[0].message.model_extra.get(
         "llmos_tool_events", []) if e["type"] == "tool_result"]
-    assert all(text.startswith("error: unknown tool") for text in results)
+    assert results and all(text.startswith("error: unknown tool") for text in results)
 
 
 def test_stop_sequences_seed_and_n(client):

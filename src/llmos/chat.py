@@ -72,8 +72,11 @@ CHAT_TEMPLATE = "".join([
     "{%- for call in message['tool_calls'] or [] -%}",
     "{%- if message['content'] or not loop.first -%}{{ '\\n' }}{%- endif -%}",
     "{%- set fn = call['function'] if call['function'] is defined else call -%}",
-    "{{ '<tool_call>\\n' + {'name': fn['name'], 'arguments': fn['arguments']} | tojson"
-    " + '\\n</tool_call>' }}",
+    # Arguments as a JSON string (OpenAI's wire shape) are written as they are; an object is
+    # serialized. The Python renderer does the same, so both give one text.
+    "{%- set args = fn['arguments'] if fn['arguments'] is string else fn['arguments'] | tojson -%}",
+    "{{ '<tool_call>\\n{\"name\": ' + fn['name'] | tojson + ', \"arguments\": ' + args"
+    " + '}\\n</tool_call>' }}",
     "{%- endfor -%}",
     "{{ '<|im_end|>\\n' }}",
     "{%- elif message['role'] == 'tool' -%}",
@@ -151,10 +154,12 @@ def render_text(messages: list[dict], tools: list[dict] | None = None,
                 fn = call.get("function", call)
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise ChatFormatError(f"message {i}: a tool call needs a function name")
-                args = tool_arguments(fn.get("arguments", {}))
+                raw = fn.get("arguments", {})
+                tool_arguments(raw)  # must be a JSON object, as text or as a dict
+                args = raw if isinstance(raw, str) else _json(raw)
                 sep = "\n" if content or j else ""
-                body += f"{sep}{TOOL_CALL}\n{_json({'name': fn['name'], 'arguments': args})}\n"
-                body += TOOL_CALL_END
+                body += (f'{sep}{TOOL_CALL}\n{{"name": {_json(fn["name"])}, "arguments": {args}}}'
+                         f"\n{TOOL_CALL_END}")
             put(body + IM_END, trained=True)
             put("\n")
         elif role == "tool":

@@ -28,8 +28,14 @@ def run(cfg: RunConfig) -> None:
             pretrain.run(cfg)
         except pretrain.AlreadyTrained as e:
             print(f"speedrun: {e}")
+    if not checkpoint.read_info(base).get("final"):
+        print("speedrun: pretraining stopped before the end; run it again to continue")
+        return
     samples = write_samples(cfg, base)
     assistant = finetune(cfg, base)
+    if not checkpoint.read_info(assistant).get("final"):
+        print("speedrun: finetuning stopped before the end; run it again to continue")
+        return
     chats = write_conversations(cfg, assistant)
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
@@ -62,15 +68,23 @@ HELDOUT_FIGURES = [
 
 
 def finetune(cfg: RunConfig, base):
-    """SFT on the base model: skipped when already done, resumed when interrupted."""
+    """SFT on the base model: skipped when already done on this base with this config,
+    resumed when interrupted (LoRA runs keep no optimizer state: they start over)."""
     out = cfg.run_dir / ("sft-lora" if cfg.sft.lora_rank else "sft")
     info = checkpoint.read_info(out)
-    if info.get("final") and info.get("config", {}).get("sft") == cfg.to_dict()["sft"]:
+    same = (info.get("config", {}).get("sft") == cfg.to_dict()["sft"]
+            and info.get("parent_info") == sft.parent_identity(base))
+    if info.get("final") and same:
         print(f"speedrun: {out} is already finetuned with this config")
         return out
-    if info and not info.get("final"):
+    if info and not info.get("final") and same and not cfg.sft.lora_rank:
         print(f"speedrun: resuming the unfinished finetuning in {out}")
         return sft.run(cfg, base, out, resume=True)
+    if out.exists():  # built on another base or with other settings: keep it, out of the way
+        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(kept)
+        print(f"speedrun: {out} was made from another base or with other settings; "
+              f"moved it to {kept} and finetuning again")
     return sft.run(cfg, base, out)
 
 

@@ -85,6 +85,9 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
         if client_calls:
             finish = "tool_calls"
             break
+        if _round == max_rounds - 1:  # results the model would never read: do not run them
+            finish = "tool_rounds"
+            break
         for call in turn.tool_calls:
             fn = call["function"]
             result = call_tool(fn["name"], fn["arguments"], tools)
@@ -95,8 +98,6 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
         if budget <= 0:
             finish = "length"
             break
-    else:
-        finish = "tool_rounds"  # the model kept calling tools; the limit ended it
     yield Event("done", data={"finish_reason": finish, "messages": history[len(messages):]})
 
 

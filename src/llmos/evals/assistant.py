@@ -46,16 +46,22 @@ def word_f1(produced: str, expected: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
 def contains_number(text: str, number: str) -> bool:
-    return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text.replace(",", "")) is not None
+    """`number` appears as a whole number: 31 is not found in 2031, 123 not in -123 or 1.23."""
+    pattern = rf"(?<![\d.\-]){re.escape(number)}(?![\d]|\.\d)"
+    return re.search(pattern, text.replace(",", "")) is not None
 
 
 def score(task: str, expected: str, answer: str) -> float:
     """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
-    if task == "arithmetic":
+    expected = expected.strip()
+    if task == "arithmetic" or (task == "python" and NUMBER.fullmatch(expected)):
         return float(contains_number(answer, expected))
     if task in ("python", "signature"):
-        return float(expected.strip() in answer)
+        return float(expected in answer)
     if task == "identity":
         return float("llmos" in answer.lower())
     return word_f1(answer, expected)
@@ -96,7 +102,7 @@ def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
     for c in heldout:
         if c.answer:
             by_task[c.task].append(c)
-    per_task = max(1, limit // max(1, len(by_task)))
+    per_task = max(1, limit // max(1, len(by_task)))  # at least one item of each task
     chosen = [c for task in sorted(by_task) for c in by_task[task][:per_task]]
     items = run_items(model, tok, chosen, tools=BUILTIN_TOOLS)
     # Format and tool-call quality are measured where the tools exist (without them, every

@@ -258,7 +258,7 @@ class Sampling(BaseModel):
     top_k: int | None = Field(None, ge=0)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1024)  # choice i uses seed + i
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -718,7 +718,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
             declared, limits.tool_rounds, emit, cancel) for i in range(req.n)]
-        return await answer(request, req, served, Choices(workers), chat_api=True)
+        return await answer(request, req, served, Choices(workers, req.n), chat_api=True)
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(req: CompletionRequest, request: Request):

@@ -71,9 +71,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> dict:
     meta = json.loads((d / "adapter.json").read_text())
     add_adapters(model, meta["rank"], meta["alpha"], meta["targets"])
     weights = load_file(str(d / "adapter.safetensors"))
-    missing = set(adapter_state(model)) - set(weights)
-    if missing:
-        raise ValueError(f"{d}: adapter lacks {sorted(missing)[:3]}... for this model")
+    expected = set(adapter_state(model))
+    missing, extra = expected - set(weights), set(weights) - expected
+    if missing or extra:
+        raise ValueError(f"{d}: the adapter does not fit this model (missing "
+                         f"{sorted(missing)[:2]}, unexpected {sorted(extra)[:2]})")
     model.load_state_dict(weights, strict=False)
     return meta
 

@@ -124,12 +124,15 @@ def packed_loss(model, batch, reduction: str = "mean") -> torch.Tensor:
 
 
 class RowLoader:
-    """Packed rows in a fresh shuffled order each epoch; its position is saved for resume."""
+    """Packed rows in a fresh shuffled order each epoch; its position is saved for resume.
+    With several processes each global batch is cut into one slice per rank."""
 
-    def __init__(self, packed: Packed, batch_size: int, seed: int, device: str):
+    def __init__(self, packed: Packed, batch_size: int, seed: int, device: str,
+                 rank: int = 0, world_size: int = 1):
         if len(packed.x) == 0:
             raise ValueError("no conversation fits sft.train.seq_len; raise it or use shorter data")
         self.p, self.B, self.seed, self.device = packed, batch_size, seed, device
+        self.rank, self.world = rank, world_size
         self.epoch, self.index = 0, 0
         self._order = self._shuffle()
 
@@ -139,13 +142,13 @@ class RowLoader:
 
     def next_batch(self):
         rows = []
-        while len(rows) < self.B:
+        while len(rows) < self.B * self.world:
             if self.index >= len(self._order):
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._shuffle()
             rows.append(int(self._order[self.index]))
             self.index += 1
-        idx = torch.tensor(rows)
+        idx = torch.tensor(rows[self.rank * self.B:(self.rank + 1) * self.B])
         p = self.p
         return tuple(t[idx].to(self.device) for t in (p.x, p.y, p.pos, p.seg))
 
@@ -204,12 +207,13 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             print(f"sft: LoRA rank {s.lora_rank} on {', '.join(s.lora_targets)}: "
                   f"{n:,} trainable parameters of {model.num_params():,}")
         model = model.to(rt.device)
-        loader = RowLoader(packed, t.batch_size, t.seed, rt.device)
+        loader = RowLoader(packed, t.batch_size, t.seed, rt.device, rt.rank, rt.world_size)
         tok_dir = cfg.run_dir / ".sft-tokenizer"
-        tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # with this version's template
+        if rt.is_main:
+            tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # this version's template
 
         stage = Stage(
-            name="sft",
+            name="sft-lora" if s.lora_rank else "sft",
             next_batch=loader.next_batch,
             loss=packed_loss,
             tokens=lambda b: b[0].numel(),
@@ -220,6 +224,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             flops_per_token=model.flops_per_token(t.seq_len),
         )
         info_base = {"stage": "sft", "parent": str(parent), "config": cfg.to_dict(),
+                     "parent_info": parent_identity(parent),
                      "data": {"sources": s.sources, "train_conversations": packed.conversations,
                               "heldout_conversations": held.conversations,
                               "too_long": packed.too_long + held.too_long, "skipped": skipped}}
@@ -236,7 +241,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 
         result = train(model, t, stage, rt, ckpt_dir=out, save_checkpoint=save,
                        run_dir=cfg.run_dir, resume=resume)
-        if not result.stopped_early:
+        if not result.stopped_early and rt.is_main:
             print(f"sft: done at step {result.step}: held-out loss "
                   f"{result.metrics.get('val_loss', float('nan')):.4f} -> {out}")
             if s.eval_items and held_convs:
@@ -244,6 +249,14 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         return out
     finally:
         teardown()
+
+
+def parent_identity(parent: Path) -> dict:
+    """What distinguishes one training of the parent from another (a later stage compares it
+    to know whether it was built on the parent as it is now)."""
+    info = checkpoint.read_info(parent)
+    return {k: info.get(k) for k in ("stage", "step", "tokens_seen", "final")} | {
+        "val_loss": info.get("metrics", {}).get("val_loss")}
 
 
 def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Path) -> dict:

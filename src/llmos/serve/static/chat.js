@@ -194,7 +194,8 @@ function requestBody() {
 }
 
 async function send(text) {
-  history.push({role: "user", content: text});
+  const conversation = history;  // "New chat" mid-answer must not receive this answer
+  conversation.push({role: "user", content: text});
   addMessage("user", text);
   const answer = new Answer();
   controller = new AbortController();
@@ -227,7 +228,7 @@ async function send(text) {
     }
   } finally {
     answer.finish(reason);
-    history.push({role: "assistant", content: answer.content});
+    conversation.push({role: "assistant", content: answer.content});
     controller = null;
     $("send").hidden = false;
     $("stop").hidden = true;
