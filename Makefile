@@ -25,6 +25,8 @@ lint: $(BIN)/llmos
 bench: $(BIN)/llmos  ## the benchmarks, one JSON line each
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/pretrain_quality.py
+	$(BIN)/python benchmarks/serve_throughput.py
+	$(BIN)/python benchmarks/assistant_quality.py  # needs runs/cpu-tiny/sft (make speedrun)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
