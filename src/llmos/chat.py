@@ -26,6 +26,10 @@
 vLLM, llama.cpp...) write the same text; tokenizing that whole text at once gives the tokens,
 and the character spans of assistant turns give the loss mask. Tokenizing the whole string
 rather than turn by turn keeps our tokens identical to `apply_chat_template(tokenize=True)`.
+
+A model imported from Hugging Face (`llmos import hf`) keeps its own template: `template_for`
+finds it and `render` then runs it through Jinja the way transformers does, and the loss mask
+comes from rendering the conversation prefix by prefix.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
 
 ROLES = ("system", "user", "assistant", "tool")
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -177,11 +184,28 @@ class ChatTokens:
     mask: list[int]  # 1 where the model is trained to predict this token
 
 
+@dataclass(frozen=True)
+class Template:
+    """A model's own Jinja chat template with the special tokens it may refer to."""
+
+    source: str
+    bos_token: str | None = None
+    eos_token: str | None = None
+
+
 def render(tok, messages: list[dict], tools: list[dict] | None = None,
-           add_generation_prompt: bool = False) -> ChatTokens:
+           add_generation_prompt: bool = False, template: Template | None = None) -> ChatTokens:
     """Tokens and loss mask of a conversation. A token is trained when it starts inside an
-    assistant span, so the mask follows the text even where a merge crosses a turn border."""
-    text, spans = render_text(messages, tools, add_generation_prompt)
+    assistant span, so the mask follows the text even where a merge crosses a turn border.
+    The template is `template`, else the one `tokenizer.load` found with the model
+    (`tok.chat_template`), else llmos's ChatML. Under a model's own template a prompt ending in
+    the generation prompt is for inference and gets no mask (all zeros)."""
+    template = template or getattr(tok, "chat_template", None)
+    if template is None:
+        text, spans = render_text(messages, tools, add_generation_prompt)
+    else:
+        text, spans = render_template_text(template, messages, tools, add_generation_prompt,
+                                           spans=not add_generation_prompt)
     enc = tok.encode(text, add_special_tokens=False)
     mask, k = [], 0
     for start, _ in enc.offsets:
@@ -189,6 +213,97 @@ def render(tok, messages: list[dict], tools: list[dict] | None = None,
             k += 1
         mask.append(int(k < len(spans) and spans[k][0] <= start))
     return ChatTokens(list(enc.ids), mask)
+
+
+# ---- a model's own template (imported checkpoints) --------------------------------------------
+
+
+def template_for(model_dir: str | Path) -> Template | None:
+    """The chat template of an imported model, or None for llmos's ChatML. Only checkpoints whose
+    llmos.json says `"chat_template": "model"` (written by `llmos import hf`, kept by `llmos sft`)
+    use their own: an llmos checkpoint may carry an older version of our template, and the
+    Python renderer is the current one."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        d = d.parent
+    info = d / "llmos.json"
+    if not info.exists() or json.loads(info.read_text()).get("chat_template") != "model":
+        return None
+    return read_template(d)
+
+
+def read_template(d: Path) -> Template | None:
+    """A Hugging Face folder's chat template: chat_template.jinja (transformers 5) or the
+    `chat_template` of tokenizer_config.json (a string, or a list of named templates)."""
+    config = {}
+    if (d / "tokenizer_config.json").exists():
+        config = json.loads((d / "tokenizer_config.json").read_text())
+    source = config.get("chat_template")
+    if (d / "chat_template.jinja").exists():
+        source = (d / "chat_template.jinja").read_text()
+    if isinstance(source, list):
+        source = {t.get("name"): t.get("template") for t in source}.get("default")
+    if not source or source == CHAT_TEMPLATE:
+        return None
+    return Template(source, _token_text(config.get("bos_token")),
+                    _token_text(config.get("eos_token")))
+
+
+def _token_text(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value  # AddedToken or string
+
+
+@lru_cache(maxsize=8)
+def _compile(source: str):
+    # The environment transformers gives templates (they come from the Hub: sandboxed).
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, \
+        sort_keys=False: json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+                                    separators=separators, sort_keys=sort_keys)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def template_text(template: Template, messages: list[dict], tools: list[dict] | None = None,
+                  add_generation_prompt: bool = False) -> str:
+    import jinja2
+
+    try:
+        return _compile(template.source).render(
+            messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+            bos_token=template.bos_token or "", eos_token=template.eos_token or "")
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatFormatError(f"the model's chat template: {e}") from None
+
+
+def render_template_text(template: Template, messages: list[dict],
+                         tools: list[dict] | None = None, add_generation_prompt: bool = False,
+                         spans: bool = True) -> tuple[str, list[tuple[int, int]]]:
+    """Text and assistant spans under a model's template. Assistant message i is the text that
+    rendering messages[:i + 1] adds to messages[:i] rendered with the generation prompt; a
+    template that rewrites earlier turns (so one render is not a prefix of the next) cannot be
+    masked this way and is refused."""
+    text = template_text(template, messages, tools, add_generation_prompt)
+    found: list[tuple[int, int]] = []
+    for i, m in enumerate(messages if spans else []):
+        if m.get("role") != "assistant":
+            continue
+        prompt = template_text(template, messages[:i], tools, True)
+        upto = template_text(template, messages[:i + 1], tools, False)
+        if not (upto.startswith(prompt) and text.startswith(upto)):
+            raise ChatFormatError(f"message {i}: the model's chat template does not render the "
+                                  "conversation prefix by prefix, so its loss mask is unknown")
+        if len(upto) > len(prompt):
+            found.append((len(prompt), len(upto)))
+    return text, found
 
 
 # ---- reading what the model wrote -------------------------------------------------------------

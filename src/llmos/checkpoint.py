@@ -29,7 +29,7 @@ from llmos.model import Transformer
 
 
 def hf_config(cfg: ModelConfig, eos_token_id: int) -> dict:
-    return {
+    d = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": cfg.vocab_size,
@@ -50,19 +50,86 @@ def hf_config(cfg: ModelConfig, eos_token_id: int) -> dict:
         "eos_token_id": eos_token_id,
         "torch_dtype": "float32",
     }
+    if cfg.rope_scaling:  # the key transformers 4 reads; transformers 5 reads it too
+        d["rope_scaling"] = dict(cfg.rope_scaling)
+    return d
+
+
+# What other architectures need that our Llama lacks, so a refusal can name it.
+NEEDS = {
+    "qwen2": "attention bias (q/k/v projections with a bias)",
+    "qwen3": "q/k normalization (RMSNorm on queries and keys)",
+    "gemma": "Gemma's norm ((1 + weight) RMSNorm), GeGLU and scaled embeddings",
+    "gemma2": "Gemma's norm ((1 + weight) RMSNorm), logit soft-capping and sliding windows",
+    "gemma3": "Gemma's norm ((1 + weight) RMSNorm), q/k normalization and sliding windows",
+    "mixtral": "a mixture-of-experts feed-forward",
+    "qwen2_moe": "a mixture-of-experts feed-forward",
+    "phi": "parallel attention/MLP blocks, LayerNorm and partial rotary embeddings",
+    "phi3": "fused qkv/gate_up tensors and LongRoPE scaling",
+    "gpt2": "learned absolute positions, LayerNorm and a GELU MLP",
+}
+
+
+def unsupported(d: dict) -> list[str]:
+    """The features of a Hugging Face config that llmos's Llama cannot represent (empty = ok)."""
+    kind = d.get("model_type")
+    if kind not in ("llama", "mistral"):
+        return [f"model_type {kind!r}" + (f" needs {NEEDS[kind]}" if kind in NEEDS else
+                                            " (llmos reads 'llama' and 'mistral')")]
+    out = []
+    if d.get("attention_bias"):
+        out.append("attention bias (attention_bias: true)")
+    if d.get("mlp_bias"):
+        out.append("MLP bias (mlp_bias: true)")
+    if d.get("hidden_act", "silu") != "silu":
+        out.append(f"hidden_act {d['hidden_act']!r} (llmos's SwiGLU uses silu)")
+    if d.get("num_local_experts") or d.get("num_experts"):
+        out.append("mixture of experts")
+    rope = _rope(d)
+    if rope.get("rope_type", "default") not in ("default", "llama3"):
+        out.append(f"rope type {rope['rope_type']!r} (llmos has default and llama3)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        out.append("partial rotary embeddings (partial_rotary_factor)")
+    window, context = d.get("sliding_window"), d.get("max_position_embeddings", 0)
+    if window is not None and window < context:
+        out.append(f"sliding-window attention (sliding_window {window} < "
+                   f"max_position_embeddings {context})")
+    return out
+
+
+def _rope(d: dict) -> dict:
+    """Rotary settings from either config layout: transformers 5's `rope_parameters` or the older
+    `rope_theta` + `rope_scaling` (whose type key was once `type`)."""
+    scaling = dict(d.get("rope_scaling") or {})
+    if "type" in scaling:
+        scaling.setdefault("rope_type", scaling.pop("type"))
+    rope = dict(d.get("rope_parameters") or {}) | scaling  # the older key wins where both are
+    rope.setdefault("rope_theta", d.get("rope_theta", 10000.0))
+    return rope
 
 
 def model_config_from_hf(d: dict) -> ModelConfig:
-    if d.get("model_type") != "llama":
-        raise ValueError(f"unsupported model_type {d.get('model_type')!r}: llmos reads Llama "
-                         "checkpoints (model_type 'llama')")
+    """Our config from a Hugging Face one. Mistral without a sliding window (or one at least as
+    long as the context) is a Llama, so it is read as one (and written back as `llama`)."""
+    missing = unsupported(d)
+    if missing:
+        raise ValueError("unsupported architecture: llmos's Llama model lacks "
+                         + "; ".join(missing))
+    rope = _rope(d)
+    scaling = None
+    if rope.get("rope_type") == "llama3":
+        scaling = {"rope_type": "llama3"} | {k: rope[k] for k in (
+            "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+    heads = d["num_attention_heads"]
+    head_dim = d.get("head_dim") or d["hidden_size"] // heads
     return ModelConfig(
         vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"],
-        n_heads=d["num_attention_heads"],
-        n_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+        n_heads=heads, n_kv_heads=d.get("num_key_value_heads") or heads,
         ffn_dim=d["intermediate_size"], max_seq_len=d["max_position_embeddings"],
-        rope_theta=d.get("rope_theta", 10000.0), norm_eps=d.get("rms_norm_eps", 1e-5),
+        rope_theta=float(rope["rope_theta"]), norm_eps=d.get("rms_norm_eps", 1e-5),
         tie_embeddings=d.get("tie_word_embeddings", False),
+        head_size=0 if head_dim * heads == d["hidden_size"] else head_dim,
+        rope_scaling=scaling,
     )
 
 
@@ -162,7 +229,8 @@ def save(out_dir: str | Path, model: Transformer, tokenizer_dir: str | Path, inf
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tok_dir = Path(tokenizer_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "generation_config.json"):
         if (tok_dir / name).exists():
             shutil.copy2(tok_dir / name, tmp / name)
     eos = tokenizers_.eot_id(tokenizers_.load(tmp / "tokenizer.json"))

@@ -144,6 +144,13 @@ def cmd_serve(args):
           tools=not args.no_tools)
 
 
+def cmd_import(args):
+    from llmos.hf_import import import_hf
+
+    out = import_hf(args.src, args.out, overwrite=args.overwrite)
+    print(f"imported {args.src} -> {out} (chat: llmos chat --model {out})")
+
+
 def cmd_speedrun(args):
     from llmos import speedrun
 
@@ -275,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tools", action="store_true",
                    help="run no built-in tools (calculator, python) for the model")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("import", help="make an llmos checkpoint from another format",
+                       description="Read a model written by another tool and write an llmos "
+                       "checkpoint that generate, chat, serve and sft use.")
+    formats = s.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    h = formats.add_parser("hf", help="a local Hugging Face Llama-family folder",
+                           description="Import a local Hugging Face checkpoint folder "
+                           "(config.json, *.safetensors, tokenizer.json, tokenizer_config.json): "
+                           "Llama 2/3 (llama3 rope scaling), Mistral without a short sliding "
+                           "window, TinyLlama, SmolLM. Weights become fp32; the tokenizer files "
+                           "and chat template are kept as they are. Nothing is downloaded.")
+    h.add_argument("src", metavar="SRC_DIR", help="the Hugging Face model folder")
+    h.add_argument("--out", help="output checkpoint (default runs/imported/<SRC_DIR's name>)")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    h.set_defaults(func=cmd_import)
 
     s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",
                        description="data -> tokenizer -> shards -> pretrain -> samples -> SFT "

@@ -27,13 +27,21 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    head_size: int = 0  # width of one attention head; 0 = dim // n_heads (imports may differ)
+    # None = plain rotary frequencies; Llama 3.1's long-context scaling is
+    # {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    #  "original_max_position_embeddings"} (the Hugging Face keys).
+    rope_scaling: dict | None = None
 
     def validate(self):
-        if self.dim % self.n_heads:
+        if not self.head_size and self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by "
                              f"n_kv_heads {self.n_kv_heads}")
+        if self.rope_scaling and self.rope_scaling.get("rope_type") != "llama3":
+            raise ValueError(f"rope_scaling {self.rope_scaling!r}: only rope_type 'llama3' is "
+                             "supported")
 
     @property
     def ffn_hidden(self) -> int:
@@ -41,7 +49,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
 
 @dataclass

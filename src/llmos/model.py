@@ -28,8 +28,25 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def llama3_frequencies(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    """Llama 3.1's long-context rotary frequencies: waves longer than the original context divided
+    by low_freq_factor turn `factor` times slower, waves shorter than the original context divided
+    by high_freq_factor stay as they are, and those between blend the two linearly in
+    (original context / wavelength). The same arithmetic as transformers' "llama3" rope type."""
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    slow = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    blended = (1 - smooth) * slow / factor + smooth * slow
+    between = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(between, blended, slow)
+
+
 def rope_tables(cfg: ModelConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    if cfg.rope_scaling:
+        inv_freq = llama3_frequencies(inv_freq, cfg.rope_scaling)
     angles = torch.outer(torch.arange(length).float(), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)  # [length, head_dim], halves repeat (HF layout)
     return angles.cos(), angles.sin()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from llmos import chat
 from llmos.chat import CHAT_TEMPLATE
 
 EOT = "<|endoftext|>"
@@ -50,23 +51,63 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
+# End-of-sequence tokens of the model families llmos reads, looked up when no config names one.
+END_TOKENS = (EOT, "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
+
+
 def load(path: str | Path) -> Tokenizer:
+    """A tokenizer.json. From a model folder it also carries what that folder's config files say:
+    `tok.eos_ids` (the end tokens of tokenizer_config.json, generation_config.json and
+    config.json, in that order) and `tok.chat_template` (an imported model's own template, or
+    None for llmos's ChatML; see `chat.template_for`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer at {path}")
-    return Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_file(str(path))
+    tok.eos_ids = config_eos_ids(tok, path.parent)
+    tok.chat_template = chat.template_for(path.parent)
+    return tok
+
+
+def config_eos_ids(tok: Tokenizer, folder: Path) -> list[int]:
+    found: list[int] = []
+
+    def read(name: str) -> dict:
+        p = folder / name
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    eos = read("tokenizer_config.json").get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos  # an AddedToken's fields
+    if isinstance(eos, str) and tok.token_to_id(eos) is not None:
+        found.append(tok.token_to_id(eos))
+    for name in ("generation_config.json", "config.json"):
+        ids = read(name).get("eos_token_id")
+        for i in ids if isinstance(ids, list) else [ids]:
+            if isinstance(i, int) and 0 <= i < tok.get_vocab_size() and i not in found:
+                found.append(i)
+    return found
 
 
 def eot_id(tok: Tokenizer) -> int:
-    """The document separator: ours, or the closest equivalent of an imported tokenizer."""
-    for name in (EOT, "</s>", "<|end_of_text|>", "<eos>"):
+    """The end of a document or answer: the eos the model's config files name, else the first of
+    END_TOKENS the vocabulary has."""
+    ids = end_ids(tok)
+    if not ids:
+        raise ValueError("the tokenizer has no end-of-text token (looked for "
+                         + ", ".join(END_TOKENS) + ")")
+    return ids[0]
+
+
+def end_ids(tok: Tokenizer) -> list[int]:
+    """Every token that ends generation: the configs' eos tokens, then the END_TOKENS present."""
+    ids = list(getattr(tok, "eos_ids", None) or [])
+    for name in END_TOKENS:
         i = tok.token_to_id(name)
-        if i is not None:
-            return i
-    raise ValueError("the tokenizer has no end-of-text token (looked for <|endoftext|>, </s>, "
-                     "<|end_of_text|>, <eos>)")
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
 
 
 def file_hash(path: str | Path) -> str:

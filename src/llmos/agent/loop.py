@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from llmos import chat
+from llmos import tokenizer as tokenizers_
 from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
 from llmos.infer.engine import SamplingParams, TextStream
 
@@ -34,8 +35,8 @@ class Event:
 
 
 def stop_ids(tok) -> list[int]:
-    ids = [tok.token_to_id(t) for t in (chat.IM_END, "<|endoftext|>", "</s>", "<|eot_id|>")]
-    return [i for i in ids if i is not None]
+    """The model's end tokens (its config's eos first, then the usual names)."""
+    return tokenizers_.end_ids(tok)
 
 
 def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingParams,

@@ -209,7 +209,10 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         model = model.to(rt.device)
         loader = RowLoader(packed, t.batch_size, t.seed, rt.device, rt.rank, rt.world_size)
         tok_dir = cfg.run_dir / ".sft-tokenizer"
-        if rt.is_main:
+        if tok.chat_template is not None:  # an imported model keeps its tokenizer and template
+            tok_dir = parent
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)  # metrics.jsonl goes there
+        elif rt.is_main:
             tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # this version's template
 
         stage = Stage(
@@ -225,6 +228,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         )
         info_base = {"stage": "sft", "parent": str(parent), "config": cfg.to_dict(),
                      "parent_info": parent_identity(parent),
+                     "chat_template": "model" if tok.chat_template is not None else "chatml",
                      "data": {"sources": s.sources, "train_conversations": packed.conversations,
                               "heldout_conversations": held.conversations,
                               "too_long": packed.too_long + held.too_long, "skipped": skipped}}
