@@ -151,6 +151,16 @@ def cmd_import(args):
     print(f"imported {args.src} -> {out} (chat: llmos chat --model {out})")
 
 
+def cmd_export(args):
+    from llmos.export.params import export_run
+
+    r = export_run(args.model, args.out, dtype=args.dtype, group_size=args.group_size)
+    print(f"wrote {r['params']} ({r['params_bytes'] / 1e6:.1f} MB, {args.dtype}) and {r['run']}")
+    if r["chat_note"]:
+        print(f"note: no chat format stored ({r['chat_note']}); run.py -m chat is unavailable")
+    print(f"try: python {r['run']} {r['params']} -i \"Once upon a time\" -t 0 -n 64")
+
+
 def cmd_speedrun(args):
     from llmos import speedrun
 
@@ -297,6 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", help="output checkpoint (default runs/imported/<SRC_DIR's name>)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     h.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("export", help="write the two files: a params file and a numpy-only run.py",
+                       description="--format run: OUT/model.llmos (safetensors layout, the "
+                       "tokenizer and chat format in its metadata) and OUT/run.py, a standalone "
+                       "numpy-only runner: python OUT/run.py OUT/model.llmos -i TEXT. Layout and "
+                       "options: docs/export.md.")
+    s.add_argument("model", help="checkpoint directory (e.g. runs/cpu-tiny/sft)")
+    s.add_argument("out", help="output folder for model.llmos and run.py")
+    s.add_argument("--format", default="run", choices=["run"],
+                   help="run: the params file + run.py (default)")
+    s.add_argument("--dtype", default="fp32",
+                   help="weight type: fp32, fp16, bf16 or int8 (per-group scales; about 4x "
+                   "smaller than fp32) (default fp32)")
+    s.add_argument("--group-size", type=int, default=64,
+                   help="int8: inputs sharing one scale; must divide the model's dims (default 64)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",
                        description="data -> tokenizer -> shards -> pretrain -> samples -> SFT "

@@ -1,0 +1,192 @@
+"""The params file of `llmos export --format run`: one self-describing file in the safetensors
+layout that `run.py` (numpy only) reads. docs/export.md documents the layout (format version 1).
+
+Metadata (all values strings, JSON where structured): format, format_version, config (the
+model's shape), tokenizer (vocabulary, merges, added tokens, byte-level flag, split pattern),
+chat (per-role prefix/suffix derived from the checkpoint's chat template, generation prompt, stop
+tokens), dtype and group_size. Tensors carry llmos's own (fused) names; in int8 files each matrix
+W is stored as `W.q` (int8) and `W.scale` (float32, one per group of inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizer_
+from llmos.export.run import FORMAT, FORMAT_VERSION
+
+PARAMS_NAME, RUN_NAME = "model.llmos", "run.py"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+SENTINEL = "\x00{}\x00"  # contents no template writes by itself
+
+
+# ---- tokenizer --------------------------------------------------------------------------------
+
+
+def tokenizer_meta(tok_json: dict) -> dict:
+    """What run.py needs of tokenizer.json; raises unless it is the byte-level BPE with GPT-4's
+    split that run.py implements (the kind `llmos data` trains)."""
+    model, pre = tok_json.get("model") or {}, tok_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    split = [s for s in steps if s.get("type") == "Split"]
+    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    problems = []
+    if model.get("type") != "BPE":
+        problems.append(f"model {model.get('type')!r} (run.py implements BPE)")
+    if tok_json.get("normalizer"):
+        problems.append(f"a {tok_json['normalizer'].get('type')} normalizer")
+    if (len(steps) != 2 or len(split) != 1 or len(byte_level) != 1
+            or split[0].get("pattern", {}).get("Regex") != tokenizer_.SPLIT_PATTERN
+            or split[0].get("behavior") != "Isolated" or split[0].get("invert")
+            or byte_level[0].get("use_regex") or byte_level[0].get("add_prefix_space")):
+        problems.append("a pre-tokenizer other than GPT-4's split + byte-level")
+    if model.get("dropout") or model.get("continuing_subword_prefix") \
+            or model.get("end_of_word_suffix") or model.get("byte_fallback"):
+        problems.append("BPE options (dropout, subword prefix/suffix, byte fallback)")
+    if problems:
+        raise ValueError("run.py cannot reproduce this tokenizer: it has "
+                         + "; ".join(problems))
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+    added = [{"id": t["id"], "content": t["content"], "special": t["special"]}
+             for t in tok_json.get("added_tokens", [])]
+    names = {t["content"] for t in added}
+    eot = next((t for t in (tokenizer_.EOT, "</s>", "<|end_of_text|>", "<eos>") if t in names),
+               None)
+    if eot is None:
+        raise ValueError("the tokenizer has no end-of-text token")
+    return {"vocab": model["vocab"], "merges": merges, "added": added, "byte_level": True,
+            "split_pattern": tokenizer_.SPLIT_PATTERN,
+            "ignore_merges": bool(model.get("ignore_merges")), "eot": eot}
+
+
+# ---- chat format ------------------------------------------------------------------------------
+
+
+def render_template(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
+    """Render a chat template as transformers does (sandboxed Jinja, trimmed blocks)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False,
+                                                              indent=indent)
+    return env.from_string(template).render(messages=messages, tools=None,
+                                            add_generation_prompt=add_generation_prompt)
+
+
+def chat_format(template: str, special_tokens: set[str]) -> dict:
+    """Per-role (prefix, suffix) strings, the generation prompt and the stop tokens, read off
+    renders of the template on sentinel contents. Raises ValueError when the template is not
+    of that shape (the rendered pieces must rebuild a whole conversation exactly)."""
+    def render(roles, gen=False):
+        msgs = [{"role": r, "content": SENTINEL.format(i)} for i, r in enumerate(roles)]
+        return render_template(template, msgs, gen)
+
+    def around(text, i):
+        before, _, after = text.partition(SENTINEL.format(i))
+        return before, after
+
+    fmt = {}
+    for role in ("system", "user"):
+        fmt[role] = list(around(render([role]), 0))
+    one = render(["user"])
+    with_gen = render(["user"], gen=True)
+    if not with_gen.startswith(one):
+        raise ValueError("the generation prompt does not extend the rendered conversation")
+    fmt["generation_prompt"] = with_gen[len(one):]
+    pair = render(["user", "assistant"])
+    between = around(pair, 0)[1].partition(SENTINEL.format(1))[0]  # user suffix + asst prefix
+    fmt["assistant"] = [between[len(fmt["user"][1]):], pair.partition(SENTINEL.format(1))[2]]
+    # Check on a longer conversation that prefix + content + suffix per turn rebuilds it.
+    roles = ["system", "user", "assistant", "user", "assistant", "user"]
+    expected = render(roles, gen=True)
+    got = "".join(fmt[r][0] + SENTINEL.format(i) + fmt[r][1] for i, r in enumerate(roles))
+    if got + fmt["generation_prompt"] != expected:
+        raise ValueError("the chat template is not a fixed prefix and suffix per role")
+    stops = [t for t in special_tokens if t and t in fmt["assistant"][1]]
+    fmt["stop"] = sorted(stops) + [t for t in (tokenizer_.EOT,) if t in special_tokens]
+    return fmt
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+
+def quantize(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per group of `group` inputs: w ~ q * scale, q in [-127, 127]."""
+    out, n = w.shape
+    g = w.float().reshape(out, n // group, group)
+    scale = g.abs().amax(-1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(g / scale[..., None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(out, n).contiguous(), scale.contiguous()
+
+
+def weight_tensors(model, dtype: str, group: int) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight")
+    out = {}
+    for name, w in sd.items():
+        if w.dim() == 1 or dtype == "fp32":  # norm gains stay float32
+            out[name] = w.contiguous()
+        elif dtype == "int8":
+            if w.shape[1] % group:
+                raise ValueError(f"--group-size {group} does not divide the {w.shape[1]} inputs "
+                                 f"of {name}; choose a divisor")
+            out[name + ".q"], out[name + ".scale"] = quantize(w, group)
+        else:
+            out[name] = w.to(DTYPES[dtype]).contiguous()
+    return out
+
+
+# ---- the two files ----------------------------------------------------------------------------
+
+
+def export_run(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
+               group_size: int = 64) -> dict:
+    """Write OUT/model.llmos and OUT/run.py; returns their paths and sizes."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if group_size <= 0:
+        raise ValueError(f"--group-size must be positive, not {group_size}")
+    src = Path(model_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (src / name).exists():
+            raise FileNotFoundError(f"{src} is not a checkpoint directory (no {name})")
+    model = checkpoint.load_model(src)
+    tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
+    config_path = src / "tokenizer_config.json"
+    template = (json.loads(config_path.read_text()).get("chat_template")
+                if config_path.exists() else None)
+    chat, chat_note = None, "no chat template"
+    if template:
+        try:
+            chat = chat_format(template, {t["content"] for t in tok["added"]})
+        except ValueError as e:  # still exported: run.py's generate mode works without it
+            chat_note = str(e)
+    c = model.cfg
+    config = {"dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
+              "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "ffn_dim": c.ffn_hidden,
+              "vocab_size": c.vocab_size, "max_seq_len": c.max_seq_len,
+              "rope_theta": c.rope_theta, "norm_eps": c.norm_eps, "tied": c.tie_embeddings}
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
+            "group_size": str(group_size if dtype == "int8" else 0),
+            "config": json.dumps(config), "tokenizer": json.dumps(tok, ensure_ascii=False),
+            "chat": json.dumps(chat, ensure_ascii=False)}
+    tensors = weight_tensors(model, dtype, group_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = out / PARAMS_NAME
+    tmp = params.with_name(params.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
+    tmp.replace(params)  # a reader never sees half a file
+    run = out / RUN_NAME
+    shutil.copyfile(Path(__file__).with_name(RUN_NAME), run)
+    return {"params": params, "run": run, "params_bytes": params.stat().st_size,
+            "chat": chat is not None, "chat_note": None if chat else chat_note}

@@ -1,0 +1,420 @@
+"""Inference for an llmos model in pure numpy: the run file that `llmos export --format run`
+writes next to the params file (docs/export.md). One file, numpy and the standard library only.
+
+    python run.py model.llmos -i "Once upon a time" -t 0 -n 64        # complete a prompt
+    python run.py model.llmos -m chat -i "What is 2+2?" -y "Be brief."  # one chat turn
+    python run.py model.llmos -m chat                                  # chat on stdin
+
+Sections, as in llama2.c's run.c: the params file; the transformer; the byte-level BPE
+tokenizer; the sampler; generate and chat loops; the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import re
+import struct
+import sys
+import time
+import unicodedata
+
+import numpy as np
+
+FORMAT, FORMAT_VERSION = "llmos-run", 1
+
+# ----------------------------------------------------------------------------------------------
+# The params file: the safetensors layout. An 8-byte little-endian header length, a JSON header
+# (tensor name -> dtype, shape, byte range; "__metadata__" -> strings: format, config,
+# tokenizer, chat format, weight dtype), then the raw tensor bytes, which we memory-map.
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8}
+
+
+def read_params(path):
+    """-> (metadata with its JSON values parsed, {name: array view into the file})."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {})
+    if meta.get("format") != FORMAT:
+        raise SystemExit(f"{path}: not an llmos params file (format {meta.get('format')!r})")
+    if int(meta["format_version"]) > FORMAT_VERSION:
+        raise SystemExit(f"{path}: format version {meta['format_version']} is newer than this "
+                         f"run.py ({FORMAT_VERSION}); export the model again")
+    meta = {k: json.loads(v) if k in ("config", "tokenizer", "chat") else v
+            for k, v in meta.items()}
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    tensors = {}
+    for name, t in header.items():
+        start, end = t["data_offsets"]
+        tensors[name] = raw[start:end].view(DTYPES[t["dtype"]]).reshape(t["shape"])
+    return meta, tensors
+
+
+def load_weight(tensors, name):
+    """A float32 matrix, or (int8 [out, in], float32 scales [out, in // group]) kept as is."""
+    if name + ".q" in tensors:
+        return tensors[name + ".q"], tensors[name + ".scale"]
+    w = tensors[name]
+    if w.dtype == np.uint16:  # bfloat16 is the top half of a float32
+        return (w.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The transformer: RMSNorm, rotary embeddings (rotate-half), grouped-query attention over a
+# preallocated KV cache, SwiGLU. All math in float32.
+
+
+def dequantize(w, rows=None):
+    """int8 weights back to float32, one scale per group of inputs; floats pass through."""
+    if not isinstance(w, tuple):
+        return w if rows is None else w[rows]
+    q, s = w if rows is None else (w[0][rows], w[1][rows])
+    return (q.reshape(*s.shape, -1) * s[..., None]).reshape(q.shape)
+
+
+def matmul(x, w):
+    """x [T, in] times w [out, in] transposed -> [T, out]. An int8 matrix is dequantized for
+    this product only, so the resident weights stay 4x smaller than float32."""
+    return x @ dequantize(w).T
+
+
+def rmsnorm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rope(x, cos, sin):
+    """x [T, heads, head_dim]; the two halves of each head rotate together (HF Llama)."""
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+class Transformer:
+    def __init__(self, config, tensors):
+        c = self.c = config
+        self.embed = load_weight(tensors, "embed.weight")
+        self.lm_head = self.embed if c["tied"] else load_weight(tensors, "lm_head.weight")
+        self.norm = load_weight(tensors, "norm.weight")
+        names = ("attn_norm.weight", "attn.wqkv.weight", "attn.wo.weight", "ffn_norm.weight",
+                 "ffn.w13.weight", "ffn.w2.weight")
+        self.layers = [[load_weight(tensors, f"layers.{i}.{n}") for n in names]
+                       for i in range(c["n_layers"])]
+        hd = c["head_dim"]
+        inv_freq = 1.0 / (np.float32(c["rope_theta"])
+                          ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))
+        angles = np.outer(np.arange(c["max_seq_len"], dtype=np.float32), inv_freq)
+        angles = np.concatenate([angles, angles], axis=-1)
+        self.cos, self.sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
+        shape = (c["n_layers"], c["n_kv_heads"], c["max_seq_len"], hd)
+        self.k_cache = np.zeros(shape, np.float32)
+        self.v_cache = np.zeros(shape, np.float32)
+
+    def forward(self, tokens, pos, all_logits=False):
+        """Run `tokens` at positions pos, pos+1, ... (the cache holds positions < pos).
+        Returns the logits of the last token, or of every token with all_logits."""
+        c, T = self.c, len(tokens)
+        H, KV, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
+        if pos + T > c["max_seq_len"]:
+            raise ValueError(f"{pos + T} tokens exceed max_seq_len {c['max_seq_len']}")
+        x = dequantize(self.embed, np.asarray(tokens)).astype(np.float32)
+        cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        S = pos + T  # keys visible to the last new token
+        causal = np.arange(S)[None, :] > (pos + np.arange(T))[:, None]  # [T, S]: future keys
+        for i, (attn_norm, wqkv, wo, ffn_norm, w13, w2) in enumerate(self.layers):
+            # attention
+            qkv = matmul(rmsnorm(x, attn_norm, c["norm_eps"]), wqkv)
+            q = rope(qkv[:, :H * hd].reshape(T, H, hd), cos, sin)
+            k = rope(qkv[:, H * hd:(H + KV) * hd].reshape(T, KV, hd), cos, sin)
+            self.k_cache[i, :, pos:S] = k.transpose(1, 0, 2)
+            self.v_cache[i, :, pos:S] = qkv[:, (H + KV) * hd:].reshape(T, KV, hd).transpose(1, 0, 2)
+            keys, values = self.k_cache[i, :, None, :S], self.v_cache[i, :, None, :S]
+            q = q.reshape(T, KV, H // KV, hd).transpose(1, 2, 0, 3)  # query head h uses kv h//rep
+            scores = q @ keys.transpose(0, 1, 3, 2) / np.float32(np.sqrt(hd))  # [KV, rep, T, S]
+            scores[..., causal] = -np.inf
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            y = (scores / scores.sum(-1, keepdims=True)) @ values  # [KV, rep, T, hd]
+            x = x + matmul(y.transpose(2, 0, 1, 3).reshape(T, H * hd), wo)
+            # feed-forward: SwiGLU, silu(g) = g * sigmoid(g), sigmoid through tanh (no overflow)
+            gate, up = np.split(matmul(rmsnorm(x, ffn_norm, c["norm_eps"]), w13), 2, axis=-1)
+            x = x + matmul(gate * (0.5 + 0.5 * np.tanh(0.5 * gate)) * up, w2)
+        x = rmsnorm(x if all_logits else x[-1:], self.norm, c["norm_eps"])
+        logits = matmul(x, self.lm_head)
+        return logits if all_logits else logits[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer: byte-level BPE. Text is cut at special tokens, then into pieces by GPT-4's
+# split pattern (written out by hand: `re` has no \p{L} or \p{N}), each piece's UTF-8 bytes are
+# mapped to printable characters (GPT-2's table) and merged by rank.
+
+# Oniguruma's \s: the Unicode White_Space characters (Python's isspace adds \x1c-\x1f).
+SPACES = set("\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
+    chr(c) for c in range(0x2000, 0x200B)}
+CONTRACTIONS = ("s", "t", "re", "ve", "m", "ll", "d")
+
+
+def byte_table():
+    """GPT-2's byte -> character map: printable bytes stand for themselves."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in keep]
+    return {b: chr(c) for b, c in zip(keep + extra, keep + [256 + i for i in range(len(extra))])}
+
+
+def char_kind(c):
+    """L letter, N number, S whitespace, O anything else."""
+    if c in SPACES:
+        return "S"
+    cat = unicodedata.category(c)[0]
+    return cat if cat in "LN" else "O"
+
+
+def fold(c):
+    f = c.casefold()
+    return f if len(f) == 1 else c
+
+
+def split_text(text):
+    """GPT-4's pattern: (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\\r\\n\\p{L}\\p{N}]?\\p{L}+ |
+    \\p{N}{1,3} | ' '?[^\\s\\p{L}\\p{N}]+[\\r\\n]* | \\s*[\\r\\n]+ | \\s+(?!\\S) | \\s+ ;
+    the first alternative that matches at a position wins, as in the regex engine."""
+    kinds = [char_kind(c) for c in text]
+    n, i, pieces = len(text), 0, []
+
+    def run(j, kind):  # end of the run of `kind` characters from j
+        while j < n and kinds[j] == kind:
+            j += 1
+        return j
+
+    while i < n:
+        c, k = text[i], kinds[i]
+        nxt = kinds[i + 1] if i + 1 < n else ""
+        folded = "".join(fold(ch) for ch in text[i + 1:i + 3])
+        hit = [s for s in CONTRACTIONS if folded.startswith(s)] if c == "'" else []
+        if hit:
+            end = i + 1 + len(hit[0])
+        elif k == "L":
+            end = run(i, "L")
+        elif nxt == "L" and k != "N" and c not in "\r\n":
+            end = run(i + 1, "L")
+        elif k == "N":
+            end = min(run(i, "N"), i + 3)
+        elif k == "O" or (c == " " and nxt == "O"):
+            end = run(i + 1 if c == " " else i, "O")
+            while end < n and text[end] in "\r\n":
+                end += 1
+        else:  # whitespace: up to the last newline of the run, else leave one space for a word
+            end = run(i, "S")
+            newlines = [j for j in range(i, end) if text[j] in "\r\n"]
+            if newlines:
+                end = newlines[-1] + 1
+            elif end < n and end - i >= 2:
+                end -= 1
+        pieces.append(text[i:end])
+        i = end
+    return pieces
+
+
+class Tokenizer:
+    def __init__(self, meta):
+        self.vocab = dict(meta["vocab"])
+        self.added = {t["content"]: t["id"] for t in meta["added"]}
+        self.vocab.update(self.added)
+        self.pieces = [""] * (max(self.vocab.values()) + 1)
+        for text, i in self.vocab.items():
+            self.pieces[i] = text
+        self.ranks = {tuple(m): r for r, m in enumerate(meta["merges"])}
+        self.ignore_merges = meta.get("ignore_merges", False)
+        self.to_char = byte_table()
+        self.to_byte = {ch: b for b, ch in self.to_char.items()}
+        self.special_re = re.compile("(" + "|".join(
+            re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")")
+        self.cache = {}
+
+    def bpe(self, piece):
+        word = [self.to_char[b] for b in piece.encode("utf-8")]
+        if self.ignore_merges and "".join(word) in self.vocab:
+            return [self.vocab["".join(word)]]
+        while len(word) > 1:
+            ranks = [self.ranks.get(pair, 1 << 60) for pair in zip(word, word[1:])]
+            best = min(ranks)
+            if best == 1 << 60:
+                break
+            pair, out, j = (word[ranks.index(best)], word[ranks.index(best) + 1]), [], 0
+            while j < len(word):  # merge every occurrence, left to right
+                if j + 1 < len(word) and (word[j], word[j + 1]) == pair:
+                    out.append(word[j] + word[j + 1])
+                    j += 2
+                else:
+                    out.append(word[j])
+                    j += 1
+            word = out
+        return [self.vocab[t] for t in word]
+
+    def encode(self, text):
+        """Token ids of `text`; special tokens written in the text are recognised."""
+        ids = []
+        for n, part in enumerate(self.special_re.split(text) if self.added else [text]):
+            if n % 2:
+                ids.append(self.added[part])
+                continue
+            for piece in split_text(part):
+                if piece not in self.cache:
+                    self.cache[piece] = self.bpe(piece)
+                ids.extend(self.cache[piece])
+        return ids
+
+    def token_bytes(self, i):
+        text = self.pieces[i]
+        if text in self.added:
+            return text.encode("utf-8")
+        return bytes(self.to_byte[ch] for ch in text)
+
+    def decode(self, ids):
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampler: greedy at temperature 0, else softmax(logits / t), optionally cut to the top-p
+# nucleus. Only tokens with p >= (1 - top_p) / (V - 1) can be in the nucleus (the others
+# together hold less than 1 - top_p), so only those few are sorted, not the whole vocabulary.
+
+
+def sample(logits, temperature, top_p, rng):
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    x = logits.astype(np.float64) / temperature
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if 0 < top_p < 1:
+        cand = np.flatnonzero(p >= (1 - top_p) / (len(p) - 1))
+        cand = cand[np.argsort(-p[cand], kind="stable")]
+        keep = int(np.searchsorted(np.cumsum(p[cand]), top_p)) + 1  # mass before reaches p
+        cand = cand[:keep]
+        return int(cand[rng.choice(len(cand), p=p[cand] / p[cand].sum())])
+    return int(rng.choice(len(p), p=p))
+
+
+# ----------------------------------------------------------------------------------------------
+# Generate and chat. The KV cache is reused across chat turns for the tokens that did not
+# change; a stop token ends the answer and is not printed.
+
+
+class Generator:
+    def __init__(self, path):
+        self.meta, tensors = read_params(path)
+        self.model = Transformer(self.meta["config"], tensors)
+        self.tok = Tokenizer(self.meta["tokenizer"])
+        self.cached = []  # the tokens whose keys and values are in the cache
+
+    def stream(self, ids, n, temperature=0.0, top_p=1.0, rng=None, stops=()):
+        """Yield up to n new tokens after `ids`, stopping at (and not yielding) a stop token."""
+        max_len = self.model.c["max_seq_len"]
+        ids = list(ids)[-(max_len - 1):]
+        same = 0
+        while same < min(len(ids) - 1, len(self.cached)) and ids[same] == self.cached[same]:
+            same += 1
+        logits = self.model.forward(ids[same:], same)
+        self.cached = list(ids)
+        for _ in range(min(n, max_len - len(ids))):
+            t = sample(logits, temperature, top_p, rng)
+            if t in stops:
+                return
+            yield t
+            if len(self.cached) == max_len:
+                return
+            logits = self.model.forward([t], len(self.cached))
+            self.cached.append(t)
+
+    def print_stream(self, ids, args, stops):
+        """Stream the decoded tokens to stdout; returns (token ids, seconds)."""
+        out, utf8, start = [], codecs.getincrementaldecoder("utf-8")("replace"), time.time()
+        rng = np.random.default_rng(args.seed)
+        for t in self.stream(ids, args.steps, args.temperature, args.top_p, rng, stops):
+            out.append(t)
+            sys.stdout.write(utf8.decode(self.tok.token_bytes(t)))
+            sys.stdout.flush()
+        sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+        return out, time.time() - start
+
+
+def special_id(tok, text):
+    return tok.added.get(text, tok.vocab.get(text))
+
+
+def render_chat(fmt, messages, add_generation_prompt=True):
+    """A conversation as text in the stored chat format: prefix + content + suffix per turn."""
+    text = "".join(fmt[m["role"]][0] + m["content"] + fmt[m["role"]][1] for m in messages)
+    return text + (fmt["generation_prompt"] if add_generation_prompt else "")
+
+
+def run_generate(g, args):
+    eot = special_id(g.tok, g.meta["tokenizer"]["eot"])
+    ids = g.tok.encode(args.input) or [eot]
+    out, secs = g.print_stream(ids, args, {eot})
+    report(len(out), secs)
+
+
+def run_chat(g, args):
+    fmt = g.meta.get("chat")
+    if not fmt:
+        raise SystemExit("this params file has no chat format (its checkpoint's chat template "
+                         "could not be stored); use -m generate")
+    stops = {special_id(g.tok, s) for s in fmt["stop"]} - {None}
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    while True:
+        if args.input is not None:
+            user = args.input
+        else:
+            sys.stderr.write("user> ")
+            sys.stderr.flush()
+            user = sys.stdin.readline()
+            if not user:
+                return
+            user = user.rstrip("\n")
+            sys.stderr.write("assistant> ")
+        messages.append({"role": "user", "content": user})
+        out, secs = g.print_stream(g.tok.encode(render_chat(fmt, messages)), args, stops)
+        messages.append({"role": "assistant", "content": g.tok.decode(out)})
+        report(len(out), secs)
+        if args.input is not None:
+            return
+
+
+def report(n, secs):
+    print(f"[{n} tokens, {n / max(secs, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line, as in llama2.c's run.c.
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Run an llmos model exported with `llmos export "
+                                "--format run`: numpy only.")
+    p.add_argument("params", help="the params file (model.llmos)")
+    p.add_argument("-i", "--input", default=None,
+                   help="prompt (generate) or user message (chat; without it, read stdin)")
+    p.add_argument("-t", "--temperature", type=float, default=1.0,
+                   help="sampling temperature; 0 = greedy (default 1.0)")
+    p.add_argument("-p", "--top-p", type=float, default=0.9,
+                   help="nucleus sampling mass; 1 = off (default 0.9)")
+    p.add_argument("-n", "--steps", type=int, default=256,
+                   help="most new tokens (default 256; capped by the context length)")
+    p.add_argument("-s", "--seed", type=int, default=None, help="random seed (default: time)")
+    p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate",
+                   help="generate: print the continuation of -i; chat: answer as the assistant")
+    p.add_argument("-y", "--system", default=None, help="system prompt in chat mode")
+    args = p.parse_args(argv)
+    g = Generator(args.params)
+    if args.mode == "chat":
+        run_chat(g, args)
+    else:
+        args.input = args.input or ""
+        run_generate(g, args)
+
+
+if __name__ == "__main__":
+    main()
