@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llmos import checkpoint
+from llmos import chat, checkpoint
 from llmos import tokenizer as tokenizer_
 from llmos.export.run import FORMAT, FORMAT_VERSION
+from llmos.model import llama3_frequencies
 
 PARAMS_NAME, RUN_NAME = "model.llmos", "run.py"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -55,37 +56,25 @@ def tokenizer_meta(tok_json: dict) -> dict:
     merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
     added = [{"id": t["id"], "content": t["content"], "special": t["special"]}
              for t in tok_json.get("added_tokens", [])]
-    names = {t["content"] for t in added}
-    eot = next((t for t in (tokenizer_.EOT, "</s>", "<|end_of_text|>", "<eos>") if t in names),
-               None)
-    if eot is None:
-        raise ValueError("the tokenizer has no end-of-text token")
     return {"vocab": model["vocab"], "merges": merges, "added": added, "byte_level": True,
             "split_pattern": tokenizer_.SPLIT_PATTERN,
-            "ignore_merges": bool(model.get("ignore_merges")), "eot": eot}
+            "ignore_merges": bool(model.get("ignore_merges"))}
 
 
 # ---- chat format ------------------------------------------------------------------------------
 
 
-def render_template(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
-    """Render a chat template as transformers does (sandboxed Jinja, trimmed blocks)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False,
-                                                              indent=indent)
-    return env.from_string(template).render(messages=messages, tools=None,
-                                            add_generation_prompt=add_generation_prompt)
-
-
-def chat_format(template: str, special_tokens: set[str]) -> dict:
+def chat_format(template: chat.Template | None, special_tokens: set[str],
+                end_tokens: list[str]) -> dict:
     """Per-role (prefix, suffix) strings, the generation prompt and the stop tokens, read off
-    renders of the template on sentinel contents. Raises ValueError when the template is not
-    of that shape (the rendered pieces must rebuild a whole conversation exactly)."""
+    renders of the chat template (llmos's ChatML when `template` is None, else the model's own
+    Jinja) on sentinel contents. Raises ValueError when the template is not of that shape (the
+    pieces must rebuild a whole conversation exactly)."""
     def render(roles, gen=False):
         msgs = [{"role": r, "content": SENTINEL.format(i)} for i, r in enumerate(roles)]
-        return render_template(template, msgs, gen)
+        if template is None:
+            return chat.render_text(msgs, None, gen)[0]
+        return chat.template_text(template, msgs, None, gen)
 
     def around(text, i):
         before, _, after = text.partition(SENTINEL.format(i))
@@ -108,8 +97,8 @@ def chat_format(template: str, special_tokens: set[str]) -> dict:
     got = "".join(fmt[r][0] + SENTINEL.format(i) + fmt[r][1] for i, r in enumerate(roles))
     if got + fmt["generation_prompt"] != expected:
         raise ValueError("the chat template is not a fixed prefix and suffix per role")
-    stops = [t for t in special_tokens if t and t in fmt["assistant"][1]]
-    fmt["stop"] = sorted(stops) + [t for t in (tokenizer_.EOT,) if t in special_tokens]
+    stops = sorted(t for t in special_tokens if t and t in fmt["assistant"][1])
+    fmt["stop"] = stops + [t for t in end_tokens if t not in stops]
     return fmt
 
 
@@ -126,8 +115,16 @@ def quantize(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(out, n).contiguous(), scale.contiguous()
 
 
+def rope_frequencies(cfg) -> torch.Tensor:
+    """The rotary inverse frequencies as the model computes them, scaling included, so run.py
+    needs no knowledge of rope scaling schemes."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    return llama3_frequencies(inv_freq, cfg.rope_scaling) if cfg.rope_scaling else inv_freq
+
+
 def weight_tensors(model, dtype: str, group: int) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    sd["rope.inv_freq"] = rope_frequencies(model.cfg)
     if model.cfg.tie_embeddings:
         sd.pop("lm_head.weight")
     out = {}
@@ -158,17 +155,16 @@ def export_run(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (src / name).exists():
             raise FileNotFoundError(f"{src} is not a checkpoint directory (no {name})")
-    model = checkpoint.load_model(src)
     tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
-    config_path = src / "tokenizer_config.json"
-    template = (json.loads(config_path.read_text()).get("chat_template")
-                if config_path.exists() else None)
-    chat, chat_note = None, "no chat template"
-    if template:
-        try:
-            chat = chat_format(template, {t["content"] for t in tok["added"]})
-        except ValueError as e:  # still exported: run.py's generate mode works without it
-            chat_note = str(e)
+    hf_tok = tokenizer_.load(src)
+    ends = [hf_tok.id_to_token(i) for i in tokenizer_.end_ids(hf_tok)]
+    tok["eot"] = hf_tok.id_to_token(tokenizer_.eot_id(hf_tok))
+    fmt, chat_note = None, None
+    try:
+        fmt = chat_format(chat.template_for(src), {t["content"] for t in tok["added"]}, ends)
+    except ValueError as e:  # still exported: run.py's generate mode works without it
+        chat_note = str(e)
+    model = checkpoint.load_model(src)
     c = model.cfg
     config = {"dim": c.dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
               "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "ffn_dim": c.ffn_hidden,
@@ -177,7 +173,7 @@ def export_run(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "dtype": dtype,
             "group_size": str(group_size if dtype == "int8" else 0),
             "config": json.dumps(config), "tokenizer": json.dumps(tok, ensure_ascii=False),
-            "chat": json.dumps(chat, ensure_ascii=False)}
+            "chat": json.dumps(fmt, ensure_ascii=False)}
     tensors = weight_tensors(model, dtype, group_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,4 +185,4 @@ def export_run(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     run = out / RUN_NAME
     shutil.copyfile(Path(__file__).with_name(RUN_NAME), run)
     return {"params": params, "run": run, "params_bytes": params.stat().st_size,
-            "chat": chat is not None, "chat_note": None if chat else chat_note}
+            "chat": fmt is not None, "chat_note": chat_note}

@@ -102,10 +102,8 @@ class Transformer:
                  "ffn.w13.weight", "ffn.w2.weight")
         self.layers = [[load_weight(tensors, f"layers.{i}.{n}") for n in names]
                        for i in range(c["n_layers"])]
-        hd = c["head_dim"]
-        inv_freq = 1.0 / (np.float32(c["rope_theta"])
-                          ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))
-        angles = np.outer(np.arange(c["max_seq_len"], dtype=np.float32), inv_freq)
+        hd = c["head_dim"]  # the rotary frequencies are stored, rope scaling already applied
+        angles = np.outer(np.arange(c["max_seq_len"], dtype=np.float32), tensors["rope.inv_freq"])
         angles = np.concatenate([angles, angles], axis=-1)
         self.cos, self.sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
         shape = (c["n_layers"], c["n_kv_heads"], c["max_seq_len"], hd)
