@@ -275,7 +275,7 @@ def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):
                (tmp_path / "runs" / "cpu-tiny" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
-    assert losses[-1] < losses[0]
+    assert losses[-1] < losses[0], losses
     info = checkpoint.read_info(out)
     assert info["chat_template"] == "model" and (out / "adapter").exists()
     # The finetuned model keeps the imported template and end tokens.
@@ -284,3 +284,5 @@ def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):
     capsys.readouterr()
     main(["chat", "--model", str(out), "-m", "What is 3 plus 3?", "-n", "8", "-t", "0"])
     assert "assistant>" in capsys.readouterr().out
+    main(["generate", "--model", str(imported), "--prompt", "def parse", "-n", "8", "-t", "0"])
+    assert capsys.readouterr().out.startswith("def parse")

@@ -257,6 +257,7 @@ def _token_text(value) -> str | None:
 def _compile(source: str):
     # The environment transformers gives templates (they come from the Hub: sandboxed).
     import jinja2
+    import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -275,6 +276,7 @@ def _compile(source: str):
 def template_text(template: Template, messages: list[dict], tools: list[dict] | None = None,
                   add_generation_prompt: bool = False) -> str:
     import jinja2
+    import jinja2.ext
 
     try:
         return _compile(template.source).render(
