@@ -53,10 +53,11 @@ def read_params(path):
     return meta, tensors
 
 
-def load_weight(tensors, name):
-    """A float32 matrix, or (int8 [out, in], float32 scales [out, in // group]) kept as is."""
+def load_weight(tensors, name, keep_int8=False):
+    """A float32 matrix, or with keep_int8 (int8 [out, in], float32 scales [out, in // group])."""
     if name + ".q" in tensors:
-        return tensors[name + ".q"], tensors[name + ".scale"]
+        w = tensors[name + ".q"], tensors[name + ".scale"]
+        return w if keep_int8 else dequantize(w)
     w = tensors[name]
     if w.dtype == np.uint16:  # bfloat16 is the top half of a float32
         return (w.astype(np.uint32) << 16).view(np.float32)
@@ -77,8 +78,9 @@ def dequantize(w, rows=None):
 
 
 def matmul(x, w):
-    """x [T, in] times w [out, in] transposed -> [T, out]. An int8 matrix is dequantized for
-    this product only, so the resident weights stay 4x smaller than float32."""
+    """x [T, in] times w [out, in] transposed -> [T, out]. A kept int8 matrix is dequantized
+    for this product only: 4x less memory, but numpy has no int8 matmul, so this is several
+    times slower than float32 (measured 7-35x on one matrix-vector product)."""
     return x @ dequantize(w).T
 
 
@@ -93,14 +95,15 @@ def rope(x, cos, sin):
 
 
 class Transformer:
-    def __init__(self, config, tensors):
+    def __init__(self, config, tensors, keep_int8=False):
         c = self.c = config
-        self.embed = load_weight(tensors, "embed.weight")
-        self.lm_head = self.embed if c["tied"] else load_weight(tensors, "lm_head.weight")
+        self.embed = load_weight(tensors, "embed.weight", keep_int8)
+        self.lm_head = self.embed if c["tied"] else load_weight(tensors, "lm_head.weight",
+                                                                  keep_int8)
         self.norm = load_weight(tensors, "norm.weight")
         names = ("attn_norm.weight", "attn.wqkv.weight", "attn.wo.weight", "ffn_norm.weight",
                  "ffn.w13.weight", "ffn.w2.weight")
-        self.layers = [[load_weight(tensors, f"layers.{i}.{n}") for n in names]
+        self.layers = [[load_weight(tensors, f"layers.{i}.{n}", keep_int8) for n in names]
                        for i in range(c["n_layers"])]
         hd = c["head_dim"]  # the rotary frequencies are stored, rope scaling already applied
         angles = np.outer(np.arange(c["max_seq_len"], dtype=np.float32), tensors["rope.inv_freq"])
@@ -301,9 +304,9 @@ def sample(logits, temperature, top_p, rng):
 
 
 class Generator:
-    def __init__(self, path):
+    def __init__(self, path, keep_int8=False):
         self.meta, tensors = read_params(path)
-        self.model = Transformer(self.meta["config"], tensors)
+        self.model = Transformer(self.meta["config"], tensors, keep_int8)
         self.tok = Tokenizer(self.meta["tokenizer"])
         self.cached = []  # the tokens whose keys and values are in the cache
 
@@ -405,8 +408,11 @@ def main(argv=None):
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate",
                    help="generate: print the continuation of -i; chat: answer as the assistant")
     p.add_argument("-y", "--system", default=None, help="system prompt in chat mode")
+    p.add_argument("-k", "--keep-int8", action="store_true",
+                   help="int8 files: keep the weights int8 in memory (4x less, several times "
+                   "slower); by default they are dequantized to float32 once at load")
     args = p.parse_args(argv)
-    g = Generator(args.params)
+    g = Generator(args.params, args.keep_int8)
     if args.mode == "chat":
         run_chat(g, args)
     else:
