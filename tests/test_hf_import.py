@@ -286,3 +286,15 @@ def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):
     assert "assistant>" in capsys.readouterr().out
     main(["generate", "--model", str(imported), "--prompt", "def parse", "-n", "8", "-t", "0"])
     assert capsys.readouterr().out.startswith("def parse")
+
+
+def test_chat_in_a_fresh_process(imported):
+    """The template environment must not rely on transformers having imported jinja2 parts."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llmos", "chat", "--model", str(imported),
+                        "-m", "Hi", "-n", "4", "-t", "0", "--no-tools"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "assistant>" in r.stdout
