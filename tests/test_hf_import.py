@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from tokenizers import processors
 
 from llmos import chat, checkpoint
 from llmos import tokenizer as tokenizers_
@@ -54,6 +55,9 @@ def tok_dir(corpus_dir, tmp_path_factory):
     texts += [json.dumps(CONVERSATION)] * 5
     tok = tokenizers_.train_bpe(texts, 360)
     tok.add_special_tokens(LLAMA3_SPECIALS)
+    bos = "<|begin_of_text|>"  # added to plain encodings, as Llama 3's tokenizer.json does
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
     out = tmp_path_factory.mktemp("llama3-tok")
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
@@ -285,7 +289,12 @@ def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):
     main(["chat", "--model", str(out), "-m", "What is 3 plus 3?", "-n", "8", "-t", "0"])
     assert "assistant>" in capsys.readouterr().out
     main(["generate", "--model", str(imported), "--prompt", "def parse", "-n", "8", "-t", "0"])
-    assert capsys.readouterr().out.startswith("def parse")
+    prompt = tokenizers_.load(imported).encode("def parse").ids
+    assert prompt[0] == tok.token_to_id("<|begin_of_text|>")  # the model's BOS comes first
+    model = checkpoint.load_model(imported)
+    want = Engine(model).generate([prompt], SamplingParams(8, 0, stop_tokens=[
+        tokenizers_.eot_id(tok)]))[0]
+    assert capsys.readouterr().out == "def parse" + tok.decode(want) + "\n"
 
 
 def test_chat_in_a_fresh_process(imported):

@@ -94,7 +94,9 @@ def cmd_generate(args):
                             top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                             stop_tokens=[tk.eot_id(tok)])
     prompts = args.prompt or [""]
-    ids = [tok.encode(p, add_special_tokens=False).ids or [tk.eot_id(tok)] for p in prompts]
+    # An imported Llama's tokenizer.json adds its <s> / <|begin_of_text|> here, as transformers
+    # does; llmos's own tokenizers add nothing.
+    ids = [tok.encode(p).ids or [tk.eot_id(tok)] for p in prompts]
     engine = Engine(model)
     if len(prompts) == 1:  # stream one completion to the terminal as it is produced
         stream = TextStream(tok)
