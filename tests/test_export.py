@@ -319,6 +319,15 @@ def test_chat_prompt_equals_the_chatml_renderer(exported, run_mod):
 # ---- (h) bad input ----------------------------------------------------------------------------
 
 
+def test_export_command_explains_its_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["export", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--format", "--dtype", "--group-size"):
+        assert flag in text
+
+
 def test_bad_input_is_a_clear_error(exported, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["export", str(tmp_path), str(tmp_path / "out")])

@@ -290,7 +290,7 @@ def sample(logits, temperature, top_p, rng):
     p = np.exp(x - x.max())
     p /= p.sum()
     if 0 < top_p < 1:
-        cand = np.flatnonzero(p >= (1 - top_p) / (len(p) - 1))
+        cand = np.flatnonzero(p >= min((1 - top_p) / (len(p) - 1), p.max()))
         cand = cand[np.argsort(-p[cand], kind="stable")]
         keep = int(np.searchsorted(np.cumsum(p[cand]), top_p)) + 1  # mass before reaches p
         cand = cand[:keep]
