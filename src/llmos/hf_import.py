@@ -83,11 +83,14 @@ def import_hf(src: str | Path, out: str | Path | None = None, overwrite: bool = 
                          f"{cfg.vocab_size} embeddings")
 
     sd, dtype = read_weights(weight_files(src))
-    model = Transformer(cfg)
+    with torch.device("meta"):  # no random init of weights about to be replaced (seconds per 1B)
+        model = Transformer(cfg)
     try:
-        model.load_state_dict(checkpoint.from_hf_state_dict(sd, cfg), strict=True)
+        model.load_state_dict(checkpoint.from_hf_state_dict(sd, cfg), strict=True, assign=True)
     except (KeyError, RuntimeError) as e:  # a missing tensor, or one of the wrong shape
         raise ValueError(f"{src}: the weights do not match config.json: {e}") from None
+    if cfg.tie_embeddings:  # assign gave each name its own Parameter
+        model.lm_head.weight = model.embed.weight
     info = {"stage": "import", "source": str(src.resolve()), "source_format": "hf",
             "source_model_type": hf.get("model_type"), "source_dtype": dtype,
             "chat_template": "model" if chat.read_template(src) else "chatml",
