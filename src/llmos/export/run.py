@@ -80,7 +80,7 @@ def dequantize(w, rows=None):
 def matmul(x, w):
     """x [T, in] times w [out, in] transposed -> [T, out]. A kept int8 matrix is dequantized
     for this product only: 4x less memory, but numpy has no int8 matmul, so this is several
-    times slower than float32 (measured 7-35x on one matrix-vector product)."""
+    times slower than float32 (roughly 6-38x on one matrix-vector product)."""
     return x @ dequantize(w).T
 
 
