@@ -86,7 +86,9 @@ def import_hf(src: str | Path, out: str | Path | None = None, overwrite: bool = 
     with torch.device("meta"):  # no random init of weights about to be replaced (seconds per 1B)
         model = Transformer(cfg)
     try:
-        model.load_state_dict(checkpoint.from_hf_state_dict(sd, cfg), strict=True, assign=True)
+        ours = checkpoint.from_hf_state_dict(sd, cfg)
+        del sd  # the unfused q/k/v and gate/up copies go now, not after saving
+        model.load_state_dict(ours, strict=True, assign=True)
     except (KeyError, RuntimeError) as e:  # a missing tensor, or one of the wrong shape
         raise ValueError(f"{src}: the weights do not match config.json: {e}") from None
     if cfg.tie_embeddings:  # assign gave each name its own Parameter
