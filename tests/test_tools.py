@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -156,12 +157,23 @@ def isolation(request, monkeypatch):
     return request.param
 
 
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def group_gone(pgid: int, wait: float = 0.5) -> bool:
+    """No live process is left in the group. A killed grandchild (the interpreter under
+    `unshare --fork`) can stay a zombie until init reaps it: dead, holding nothing but its
+    process-table entry, so zombies do not count."""
+    deadline = time.monotonic() + wait
+    while True:
+        live = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it exited while we looked
+            if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+                live.append(stat.parent.name)
+        if not live or time.monotonic() > deadline:
+            return not live
+        time.sleep(0.02)
 
 
 def test_prints_output():

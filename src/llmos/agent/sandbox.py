@@ -241,17 +241,6 @@ def _wait_exit(pid: int, deadline: float) -> bool:
     return False
 
 
-def _wait_group_gone(pgid: int, deadline: float) -> None:
-    """Killed grandchildren (the interpreter under `unshare --fork`) are reaped by init a
-    moment after their parent: return only once the whole group is gone, or at the deadline."""
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.005)
-
-
 def run_python(code: str, limits: PythonLimits | None = None) -> PythonResult:
     """Run `code` as a fresh isolated interpreter in a throwaway directory; see the module doc."""
     limits = limits or PythonLimits()
@@ -276,7 +265,6 @@ def run_python(code: str, limits: PythonLimits | None = None) -> PythonResult:
             _kill(proc.pid)  # also whatever it left behind in its group
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            _wait_group_gone(proc.pid, time.monotonic() + 2.0)
             proc.stdout.close()
             proc.stderr.close()
     rc = proc.returncode
