@@ -169,6 +169,26 @@ def cmd_speedrun(args):
     speedrun.run(resolve_config(args))
 
 
+def cmd_arena(args):
+    from llmos.evals import battles as battles_
+    from llmos.evals import ratings
+
+    votes, _ = battles_.read_battles(args.battles)  # a malformed line is an error naming it
+    kept, dropped = battles_.filter_battles(votes, all_votes=args.all_votes,
+                                            voter_cap=args.voter_cap)
+    gone = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in dropped.items())
+    print(f"{len(votes)} battles read, {len(kept)} counted (dropped: {gone})", file=sys.stderr)
+    if not kept:
+        raise ValueError(f"{args.battles}: no battles left to rate")
+    rows = ratings.leaderboard(kept, rounds=args.bootstrap, seed=args.seed, k=args.k)
+    text = {"table": ratings.format_table, "csv": ratings.format_csv,
+            "json": ratings.format_json}[args.format](rows)
+    print(text.rstrip("\n"))
+    if args.png:
+        ratings.plot_intervals(rows, args.png)
+        print(f"wrote {args.png}", file=sys.stderr)
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -333,6 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     add_config_args(s)
     s.set_defaults(func=cmd_speedrun)
+
+    s = sub.add_parser("arena", help="rate models from arena battles (Elo, Bradley-Terry)",
+                       description="Ratings from pairwise votes in FastChat's clean-battle "
+                       "format (docs/arena.md).")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    lb = verbs.add_parser("leaderboard", help="print the leaderboard of a battles file",
+                          description="Read BATTLES.jsonl (a malformed line is an error naming "
+                          "its line number), keep the anonymous votes whose answers do not name "
+                          "a model, and print one row per model: Bradley-Terry rating (mean "
+                          "1000) with a bootstrap 95% interval, rank, online Elo, W/T/L.")
+    lb.add_argument("battles", metavar="BATTLES.jsonl", help="one battle record per line")
+    lb.add_argument("--format", default="table", choices=["table", "csv", "json"],
+                    help="output on stdout: table (default), csv or json")
+    lb.add_argument("--bootstrap", type=int, default=1000, metavar="ROUNDS",
+                    help="bootstrap resamples for the 95%% intervals (default 1000; 0 = none)")
+    lb.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    lb.add_argument("--png", metavar="FILE", help="also draw the intervals into this PNG")
+    lb.add_argument("--all-votes", action="store_true",
+                    help="count non-anonymous votes too (default: anony=true only)")
+    lb.add_argument("--voter-cap", type=int, default=0, metavar="N",
+                    help="count at most N votes per voter (voter or judge field) per model "
+                    "pair, the first ones (default 0 = no cap)")
+    lb.add_argument("--k", type=float, default=4,
+                    help="online Elo step size K (default 4, FastChat's)")
+    lb.set_defaults(func=cmd_arena)
     return p
 
 
