@@ -154,6 +154,17 @@ def cmd_import(args):
 
 
 def cmd_export(args):
+    if args.format == "gguf":
+        from llmos.export.gguf import export_gguf
+
+        r = export_gguf(args.model, args.out, outtype=args.outtype)
+        print(f"wrote {r['gguf']} ({r['gguf_bytes'] / 1e6:.1f} MB, {args.outtype}, "
+              f"pre-tokenizer {r['pre']}) and {r['modelfile']}")
+        if r["chat_note"]:
+            print(f"note: the Modelfile has no TEMPLATE: {r['chat_note']}")
+        print(f"try: llama-cli -m {r['gguf']} -cnv   or   cd {args.out} && "
+              f"ollama create NAME -f Modelfile && ollama run NAME")
+        return
     from llmos.export.params import export_run
 
     r = export_run(args.model, args.out, dtype=args.dtype, group_size=args.group_size)
@@ -337,13 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "options: docs/export.md.")
     s.add_argument("model", help="checkpoint directory (e.g. runs/cpu-tiny/sft)")
     s.add_argument("out", help="output folder for model.llmos and run.py")
-    s.add_argument("--format", default="run", choices=["run"],
-                   help="run: the params file + run.py (default)")
+    s.add_argument("--format", default="run", choices=["run", "gguf"],
+                   help="run: the params file + run.py (default); gguf: OUT/model.gguf for "
+                   "llama.cpp + OUT/Modelfile for Ollama (needs pip install 'llmos[gguf]')")
     s.add_argument("--dtype", default="fp32",
                    help="weight type: fp32, fp16, bf16 or int8 (per-group scales; about 4x "
                    "smaller than fp32) (default fp32)")
     s.add_argument("--group-size", type=int, default=64,
                    help="int8: inputs sharing one scale; must divide the model's dims (default 64)")
+    s.add_argument("--outtype", default="f32", choices=["f32", "f16", "q8_0"],
+                   help="gguf: weight type (norms stay f32; q8_0 = llama.cpp's 8-bit blocks of "
+                   "32) (default f32)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",

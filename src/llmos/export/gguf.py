@@ -1,0 +1,247 @@
+"""`llmos export --format gguf`: OUT/model.gguf for llama.cpp and OUT/Modelfile for Ollama.
+
+The GGUF file is what llama.cpp's convert_hf_to_gguf.py writes for a Llama checkpoint:
+
+- architecture `llama` and the `llama.*` hyperparameters llama.cpp reads;
+- tensors under llama.cpp's names, with q and k permuted from Hugging Face's rotate-half rotary
+  layout to GGML's interleaved one (`permute`, as LlamaModel.permute in the convert script);
+- Llama 3.1 rope scaling as llama.cpp stores it: a `rope_freqs.weight` tensor of per-frequency
+  divisors (the convert script's `generate_extra_tensors`), no rope-scaling keys;
+- the tokenizer as a `gpt2` (byte-level BPE) vocabulary: tokens, types (special added tokens
+  are CONTROL), merges, and `tokenizer.ggml.pre` naming llama.cpp's pre-tokenizer for GPT-4's
+  split pattern (see `PRE`);
+- the chat template (Jinja) as `tokenizer.chat_template`.
+
+The Modelfile says the same chat format in Ollama's Go-template syntax, with its stop tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmos import chat, checkpoint
+from llmos import tokenizer as tokenizer_
+from llmos.export.params import chat_format, rope_frequencies, tokenizer_meta
+
+GGUF_NAME, MODELFILE_NAME = "model.gguf", "Modelfile"
+OUTTYPES = ("f32", "f16", "q8_0")
+
+# llama.cpp's pre-tokenizer for a `gpt2` vocabulary is chosen by name (llama-vocab.cpp). Both
+# names below select the regex of GPT-4's cl100k split, the one llmos trains with
+# (tokenizer.SPLIT_PATTERN, with (?i:...) spelled out as [sS] classes); they differ in
+# `ignore_merges` (a whole piece found in the vocabulary is taken without merging), which llama.cpp
+# turns on for llama-bpe (Llama 3's tokenizer.json has ignore_merges: true) and off for dbrx (as
+# in the tokenizers llmos trains). The name is picked from the tokenizer's own ignore_merges.
+PRE = {False: "dbrx", True: "llama-bpe"}
+
+
+def gguf_module():
+    try:
+        import gguf
+    except ImportError as e:  # an optional dependency: pip install 'llmos[gguf]'
+        raise SystemExit("--format gguf needs the gguf package: pip install 'llmos[gguf]' "
+                         "(or pip install gguf)") from e
+    return gguf
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Rows of a q or k projection from rotate-half order (the first half of each head's dims
+    pairs with the second half) to GGML's interleaved order (dims 2i and 2i+1 pair)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of `permute`."""
+    return (w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def llama_cpp_tensors(model) -> dict[str, torch.Tensor]:
+    """The model's weights (float32) under llama.cpp's tensor names, q/k permuted."""
+    c = model.cfg
+    hf = checkpoint.to_hf_state_dict(model)
+    out = {"token_embd.weight": hf["model.embed_tokens.weight"]}
+    for i in range(c.n_layers):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        out |= {
+            b + "attn_norm.weight": hf[p + "input_layernorm.weight"],
+            b + "attn_q.weight": permute(hf[p + "self_attn.q_proj.weight"], c.n_heads),
+            b + "attn_k.weight": permute(hf[p + "self_attn.k_proj.weight"], c.n_kv_heads),
+            b + "attn_v.weight": hf[p + "self_attn.v_proj.weight"],
+            b + "attn_output.weight": hf[p + "self_attn.o_proj.weight"],
+            b + "ffn_norm.weight": hf[p + "post_attention_layernorm.weight"],
+            b + "ffn_gate.weight": hf[p + "mlp.gate_proj.weight"],
+            b + "ffn_up.weight": hf[p + "mlp.up_proj.weight"],
+            b + "ffn_down.weight": hf[p + "mlp.down_proj.weight"],
+        }
+    out["output_norm.weight"] = hf["model.norm.weight"]
+    if not c.tie_embeddings:  # tied: llama.cpp reuses token_embd when output.weight is absent
+        out["output.weight"] = hf["lm_head.weight"]
+    if c.rope_scaling:
+        out["rope_freqs.weight"] = rope_factors(c)
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def rope_factors(cfg) -> torch.Tensor:
+    """Llama 3.1 rope scaling as llama.cpp applies it: each rotary frequency divided by a factor
+    (1 for short waves, `factor` for long ones, a blend between)."""
+    kind = cfg.rope_scaling.get("rope_type")
+    if kind != "llama3":
+        raise ValueError(f"rope scaling {kind!r}: GGUF export supports llama3 rope scaling only")
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    return (inv_freq / rope_frequencies(cfg)).float()
+
+
+def encode_tensor(gguf, name: str, w: torch.Tensor, outtype: str):
+    """(numpy data, GGML type) for one tensor; norms, rope factors and any matrix whose rows do
+    not split into Q8_0 blocks of 32 stay float32 / become float16."""
+    T = gguf.GGMLQuantizationType
+    a = w.float().numpy()
+    if a.ndim == 1 or outtype == "f32":
+        return a.astype(np.float32), T.F32
+    if outtype == "q8_0" and a.shape[-1] % gguf.GGML_QUANT_SIZES[T.Q8_0][0] == 0:
+        return gguf.quants.quantize(a, T.Q8_0), T.Q8_0
+    return a.astype(np.float16), T.F16
+
+
+# ---- tokenizer --------------------------------------------------------------------------------
+
+
+def vocabulary(gguf, tok: dict, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Tokens by id and their GGUF types: added special tokens CONTROL, other added tokens
+    USER_DEFINED, the rest NORMAL; ids the tokenizer lacks (a padded embedding) are UNUSED."""
+    TT = gguf.TokenType
+    by_id: dict[int, tuple[str, int]] = {i: (t, TT.NORMAL) for t, i in tok["vocab"].items()}
+    for t in tok["added"]:
+        by_id[t["id"]] = (t["content"], TT.CONTROL if t["special"] else TT.USER_DEFINED)
+    if max(by_id) >= vocab_size:
+        raise ValueError(f"the tokenizer has ids up to {max(by_id)} but the model's vocabulary "
+                         f"is {vocab_size}")
+    tokens, types = [], []
+    for i in range(vocab_size):
+        text, kind = by_id.get(i, (f"[PAD{i}]", TT.UNUSED))
+        tokens.append(text)
+        types.append(int(kind))
+    return tokens, types
+
+
+# ---- Ollama -----------------------------------------------------------------------------------
+
+
+def go_template(fmt: dict) -> str:
+    """The chat format (per-role prefix/suffix, generation prompt) as an Ollama TEMPLATE. Ollama
+    passes the system prompt as the first of .Messages. Only literal text and plain {{ }} actions:
+    a {{- would trim the newlines the format needs."""
+    parts = ["{{ range .Messages }}"]
+    for n, role in enumerate(("system", "user", "assistant")):
+        prefix, suffix = fmt[role]
+        parts.append(("{{ if" if n == 0 else "{{ else if") + f' eq .Role "{role}" }}}}'
+                     + prefix + "{{ .Content }}" + suffix)
+    parts.append("{{ end }}{{ end }}" + fmt["generation_prompt"])
+    text = "".join(parts)
+    if '"""' in text:
+        raise ValueError('the chat format contains """, which a Modelfile cannot quote')
+    return text
+
+
+def modelfile(fmt: dict | None, stops: list[str], note: str | None = None) -> str:
+    lines = [f"FROM ./{GGUF_NAME}", ""]
+    if fmt is not None:
+        lines += ['TEMPLATE """' + go_template(fmt) + '"""', ""]
+    else:
+        lines += [f"# no TEMPLATE: {note}", ""]
+    lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the two files ----------------------------------------------------------------------------
+
+
+def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32") -> dict:
+    """Write OUT/model.gguf and OUT/Modelfile; returns their paths, the size and the notes."""
+    gguf = gguf_module()
+    if outtype not in OUTTYPES:
+        raise ValueError(f"unknown --outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    src = Path(model_dir)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (src / name).exists():
+            raise FileNotFoundError(f"{src} is not a checkpoint directory (no {name})")
+    tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
+    hf_tok = tokenizer_.load(src)
+    model = checkpoint.load_model(src)
+    c = model.cfg
+    tensors = llama_cpp_tensors(model)  # raises on rope scaling llama.cpp does not read
+
+    template = chat.template_for(src)
+    jinja = template.source if template is not None else chat.CHAT_TEMPLATE
+    specials = {t["content"] for t in tok["added"]}
+    ends = [hf_tok.id_to_token(i) for i in tokenizer_.end_ids(hf_tok)]
+    fmt, chat_note = None, None
+    try:
+        fmt = chat_format(template, specials, ends)
+    except ValueError as e:
+        chat_note = f"the chat template has no fixed per-role format ({e})"
+    stops = fmt["stop"] if fmt else ends
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / GGUF_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(src.resolve().name)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype])
+    w.add_vocab_size(c.vocab_size)
+    w.add_context_length(c.max_seq_len)
+    w.add_embedding_length(c.dim)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(c.ffn_hidden)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.n_kv_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(float(c.rope_theta))
+    w.add_layer_norm_rms_eps(float(c.norm_eps))
+
+    tokens, types = vocabulary(gguf, tok, c.vocab_size)
+    eot = tokenizer_.eot_id(hf_tok)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(PRE[tok["ignore_merges"]])
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([" ".join(m) for m in tok["merges"]])
+    w.add_bos_token_id(eot)  # no BOS token (never added); GPT-2's convention names the eot
+    w.add_eos_token_id(eot)
+    if "<|im_end|>" in specials:
+        w.add_eot_token_id(hf_tok.token_to_id("<|im_end|>"))
+    pad = hf_tok.token_to_id("<|pad|>")
+    w.add_pad_token_id(eot if pad is None else pad)
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    w.add_chat_template(jinja)
+
+    types_written = {}
+    for name, t in tensors.items():
+        data, qtype = encode_tensor(gguf, name, t, outtype)
+        w.add_tensor(name, data, raw_dtype=qtype)
+        types_written[name] = qtype.name
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.chmod(0o644)
+    tmp.replace(path)  # a reader never sees half a file
+
+    mf = out / MODELFILE_NAME
+    mf.write_text(modelfile(fmt, stops, chat_note))
+    return {"gguf": path, "modelfile": mf, "gguf_bytes": path.stat().st_size,
+            "pre": PRE[tok["ignore_merges"]], "types": types_written, "chat_note": chat_note}
