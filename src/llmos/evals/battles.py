@@ -158,3 +158,25 @@ def filter_battles(battles: list[dict], all_votes: bool = False, voter_cap: int 
         kept, n = cap_per_voter(kept, voter_cap), len(kept)
         dropped["over_voter_cap"] = n - len(kept)
     return kept, dropped
+
+
+def synthetic_battles(strengths: dict[str, float], n: int, seed: int = 0, tie_rate: float = 0.2,
+                      voters: int = 100, base: float = 10, scale: float = 400) -> list[dict]:
+    """n anonymous battles between uniformly drawn pairs with known true ratings: a tie with
+    probability tie_rate, otherwise model_a wins with the Bradley-Terry probability
+    1 / (1 + base^((r_b - r_a)/scale)). For tests, the benchmark and docs/arena.md."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = list(strengths)
+    r = np.array([strengths[m] for m in names], dtype=np.float64)
+    a = rng.integers(0, len(names), n)
+    b = (a + rng.integers(1, len(names), n)) % len(names)  # any other model, uniformly
+    p_a = 1 / (1 + base ** ((r[b] - r[a]) / scale))
+    tie = rng.random(n) < tie_rate
+    a_won = rng.random(n) < p_a
+    judge = rng.integers(0, voters, n)
+    return [{"model_a": names[a[i]], "model_b": names[b[i]],
+             "winner": "tie" if tie[i] else "model_a" if a_won[i] else "model_b",
+             "judge": f"voter-{judge[i]}", "turn": 1, "anony": True,
+             "tstamp": 1.7e9 + 60.0 * i} for i in range(n)]
