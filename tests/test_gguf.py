@@ -34,8 +34,20 @@ def exported(tmp_path_factory):
     return out
 
 
+def value(f):
+    """A GGUFReader field as a Python value (ReaderField.contents() is newer than gguf 0.10)."""
+    V = gguf.GGUFValueType
+
+    def one(part, kind):
+        return bytes(part).decode("utf-8") if kind == V.STRING else part[0].item()
+
+    if f.types[0] == V.ARRAY:
+        return [one(f.parts[i], f.types[-1]) for i in f.data]
+    return one(f.parts[f.data[0]], f.types[0])
+
+
 def fields(reader) -> dict:
-    return {k: f.contents() for k, f in reader.fields.items()}
+    return {k: value(f) for k, f in reader.fields.items()}
 
 
 def tensors(reader) -> dict:
