@@ -344,10 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write the two files: a params file and a numpy-only run.py",
                        description="--format run: OUT/model.llmos (safetensors layout, the "
                        "tokenizer and chat format in its metadata) and OUT/run.py, a standalone "
-                       "numpy-only runner: python OUT/run.py OUT/model.llmos -i TEXT. Layout and "
-                       "options: docs/export.md.")
+                       "numpy-only runner: python OUT/run.py OUT/model.llmos -i TEXT. "
+                       "--format gguf: OUT/model.gguf (llama.cpp) and OUT/Modelfile (Ollama). "
+                       "Layout and options: docs/export.md.")
     s.add_argument("model", help="checkpoint directory (e.g. runs/cpu-tiny/sft)")
-    s.add_argument("out", help="output folder for model.llmos and run.py")
+    s.add_argument("out", help="output folder for model.llmos and run.py (gguf: model.gguf "
+                   "and Modelfile)")
     s.add_argument("--format", default="run", choices=["run", "gguf"],
                    help="run: the params file + run.py (default); gguf: OUT/model.gguf for "
                    "llama.cpp + OUT/Modelfile for Ollama (needs pip install 'llmos[gguf]')")
