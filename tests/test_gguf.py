@@ -240,6 +240,34 @@ def test_cli_and_refusals(exported, tmp_path, capsys):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rope"):
         export_gguf(bad, tmp_path / "z")
+    # a tokenizer llama.cpp cannot reproduce (no GPT-4 split) is refused by name
+    tok_json = json.loads((bad / "tokenizer.json").read_text())
+    tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
+                                 "trim_offsets": True, "use_regex": True}
+    (bad / "tokenizer.json").write_text(json.dumps(tok_json))
+    with pytest.raises(ValueError, match="llama.cpp's gpt2 tokenizer"):
+        export_gguf(bad, tmp_path / "z")
+
+
+def test_imported_bos_and_q8_0_fallback(exported, tmp_path):
+    """A checkpoint whose tokenizer_config names a BOS keeps it (the chat template may render
+    it); a matrix whose rows are no multiple of Q8_0's 32-wide blocks is stored f16."""
+    from llmos.export.gguf import encode_tensor
+    src = Path(exported["tied", "f32"][0])
+    copy = tmp_path / "bos"
+    copy.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    config["bos_token"] = "<|im_start|>"
+    (copy / "tokenizer_config.json").write_text(json.dumps(config))
+    meta = fields(gguf.GGUFReader(export_gguf(copy, tmp_path / "o")["gguf"]))
+    assert meta["tokenizer.ggml.bos_token_id"] == tk.load(copy).token_to_id("<|im_start|>")
+    assert meta["tokenizer.ggml.add_bos_token"] is False  # this tokenizer does not add it
+    w = torch.randn(4, 48)
+    assert encode_tensor(gguf, "x", w, "q8_0")[1] == T.F16
+    assert encode_tensor(gguf, "x", w[:, :32], "q8_0")[1] == T.Q8_0
 
 
 # ---- llama.cpp itself (llama-cpp-python builds from source: not in CI) ------------------------

@@ -133,6 +133,20 @@ def vocabulary(gguf, tok: dict, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def bos_token(src: Path, hf_tok, eot: int) -> tuple[int, bool]:
+    """(BOS id, whether the tokenizer adds it). llmos tokenizers have none: the id names the eot
+    (GPT-2's convention; without any, llama.cpp would take id 11) and is never added. An
+    imported model's BOS (tokenizer_config.json's bos_token) is kept, and added to a prompt as
+    its tokenizer adds it, so its chat template's {{ bos_token }} renders the right text."""
+    config = src / "tokenizer_config.json"
+    text = json.loads(config.read_text()).get("bos_token") if config.exists() else None
+    text = text.get("content") if isinstance(text, dict) else text
+    bos = hf_tok.token_to_id(text) if isinstance(text, str) else None
+    if bos is None:
+        return eot, False
+    return bos, hf_tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
+
+
 # ---- Ollama -----------------------------------------------------------------------------------
 
 
@@ -174,7 +188,12 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (src / name).exists():
             raise FileNotFoundError(f"{src} is not a checkpoint directory (no {name})")
-    tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
+    try:
+        tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
+    except ValueError as e:  # the same tokenizers run.py reads are the ones llama.cpp's can
+        raise ValueError(str(e).replace("run.py cannot reproduce this tokenizer",
+                                        "llama.cpp's gpt2 tokenizer with GPT-4's split cannot "
+                                        "reproduce this tokenizer")) from e
     hf_tok = tokenizer_.load(src)
     model = checkpoint.load_model(src)
     c = model.cfg
@@ -214,18 +233,19 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
 
     tokens, types = vocabulary(gguf, tok, c.vocab_size)
     eot = tokenizer_.eot_id(hf_tok)
+    bos, add_bos = bos_token(src, hf_tok, eot)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(PRE[tok["ignore_merges"]])
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges([" ".join(m) for m in tok["merges"]])
-    w.add_bos_token_id(eot)  # no BOS token (never added); GPT-2's convention names the eot
+    w.add_bos_token_id(bos)
     w.add_eos_token_id(eot)
     if "<|im_end|>" in specials:
         w.add_eot_token_id(hf_tok.token_to_id("<|im_end|>"))
     pad = hf_tok.token_to_id("<|pad|>")
     w.add_pad_token_id(eot if pad is None else pad)
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(add_bos)
     w.add_add_eos_token(False)
     w.add_chat_template(jinja)
 
