@@ -209,6 +209,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     except ValueError as e:
         chat_note = f"the chat template has no fixed per-role format ({e})"
     stops = fmt["stop"] if fmt else ends
+    modelfile_text = modelfile(fmt, stops, chat_note)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,18 +251,21 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     w.add_chat_template(jinja)
 
     types_written = {}
-    for name, t in tensors.items():
-        data, qtype = encode_tensor(gguf, name, t, outtype)
-        w.add_tensor(name, data, raw_dtype=qtype)
-        types_written[name] = qtype.name
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    tmp.chmod(0o644)
-    tmp.replace(path)  # a reader never sees half a file
+    try:
+        for name, t in tensors.items():
+            data, qtype = encode_tensor(gguf, name, t, outtype)
+            w.add_tensor(name, data, raw_dtype=qtype)
+            types_written[name] = qtype.name
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.chmod(0o644)
+        tmp.replace(path)  # a reader never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
 
     mf = out / MODELFILE_NAME
-    mf.write_text(modelfile(fmt, stops, chat_note))
+    mf.write_text(modelfile_text)
     return {"gguf": path, "modelfile": mf, "gguf_bytes": path.stat().st_size,
             "pre": PRE[tok["ignore_merges"]], "types": types_written, "chat_note": chat_note}
