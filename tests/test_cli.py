@@ -107,3 +107,13 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already trained" in again.stdout
     assert "already finetuned" in again.stdout
+
+
+def test_a_run_saved_before_newer_config_fields_still_matches():
+    from llmos.config import load_config, normalized
+
+    cfg = load_config("cpu-tiny")
+    old = cfg.to_dict()
+    del old["model"]["head_size"], old["model"]["rope_scaling"]  # fields added later
+    assert normalized(old) == cfg.to_dict()
+    assert normalized({"model": {"no_such_key": 1}}) == {"model": {"no_such_key": 1}}

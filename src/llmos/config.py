@@ -129,6 +129,16 @@ class RunConfig:
         return cfg
 
 
+def normalized(d: dict | None) -> dict:
+    """A saved config as this version writes it: fields added since then take their defaults
+    (which keep old checkpoints' behaviour), so an old run compares equal to the same settings
+    today. A config this version cannot read comes back unchanged."""
+    try:
+        return RunConfig.from_dict(d or {}).to_dict()
+    except (ValueError, TypeError):
+        return d or {}
+
+
 def _coerce(value: str, current):
     """Parse a command-line string into the type of the field it overrides."""
     if isinstance(current, bool):

@@ -7,7 +7,7 @@ import time
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.config import RunConfig
+from llmos.config import RunConfig, normalized
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.train import pretrain, sft
 
@@ -72,7 +72,7 @@ def finetune(cfg: RunConfig, base):
     resumed when interrupted (LoRA runs keep no optimizer state: they start over)."""
     out = cfg.run_dir / ("sft-lora" if cfg.sft.lora_rank else "sft")
     info = checkpoint.read_info(out)
-    same = (info.get("config", {}).get("sft") == cfg.to_dict()["sft"]
+    same = (normalized(info.get("config")).get("sft") == cfg.to_dict()["sft"]
             and info.get("parent_info") == sft.parent_identity(base))
     if info.get("final") and same:
         print(f"speedrun: {out} is already finetuned with this config")

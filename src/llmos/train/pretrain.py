@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.config import RunConfig
+from llmos.config import RunConfig, normalized
 from llmos.data.prepare import prepare
 from llmos.data.shards import TokenLoader, iter_eval_batches, read_manifest
 from llmos.evals import bpb
@@ -50,7 +50,8 @@ def _check_existing(ckpt_dir: Path, cfg: RunConfig, resume: bool, overwrite: boo
 
 def _pretrain_part(config: dict | None) -> dict:
     """The settings that shape a base model (later stages' sections do not)."""
-    return {k: (config or {}).get(k) for k in ("model", "data", "train")}
+    config = normalized(config)
+    return {k: config.get(k) for k in ("model", "data", "train")}
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
