@@ -54,7 +54,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos.chat import ChatFormatError, tool_arguments
-from llmos.data.sources import SourceError, _is_regular_file, _parse_hf_spec, _walk_sorted
+from llmos.data.sources import (
+    SourceError,
+    _parse_hf_spec,
+    _walk_sorted,
+    iter_jsonl,
+)
 
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT speaker names -> roles. "function_call" holds a JSON call and becomes an assistant
@@ -336,28 +341,6 @@ def parse_record(record, where: str, max_messages: int = 64,
 # --- sources ------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path, where: str, skips: ConversationSkips) -> Iterator[tuple[str, object]]:
-    """(place, record) per non-blank line; a line that is not JSON is counted and passed over."""
-    if not _is_regular_file(path):
-        skips.add("unreadable", where)
-        return
-    try:
-        f = open(path, "rb")
-    except OSError:
-        skips.add("unreadable", where)
-        return
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue  # blank lines (a trailing newline, spacing) are not records
-            line_where = f"{where}:{lineno}"
-            try:
-                # utf-8-sig drops a byte-order mark, which editors on Windows like to add.
-                yield line_where, json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                skips.add("malformed_json", line_where)
-
-
 def _read_json(path: Path, where: str, skips: ConversationSkips) -> Iterator[tuple[str, object]]:
     """A .json file: a list of records (``file.json#i``) or a single record."""
     try:
@@ -378,7 +361,7 @@ def _read_json(path: Path, where: str, skips: ConversationSkips) -> Iterator[tup
 def _read_file(path: Path, where: str, skips: ConversationSkips):
     if path.suffix.lower() == ".json":
         return _read_json(path, where, skips)
-    return _read_jsonl(path, where, skips)
+    return iter_jsonl(path, where, skips, bad_json="malformed_json")
 
 
 def _iter_folder(root: Path, skips: ConversationSkips) -> Iterator[tuple[str, object]]:

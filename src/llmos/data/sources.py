@@ -135,33 +135,43 @@ def _read_text_file(path: Path, where: str, report: SkipReport) -> Iterator[Docu
         yield Document(text=text, source=where)
 
 
-def _read_jsonl(path: Path, where: str, report: SkipReport) -> Iterator[Document]:
-    """One document per line; each line is decoded on its own so one bad line costs one record."""
+def iter_jsonl(path: Path, where: str, skips, bad_json: str = "bad_record"
+               ) -> Iterator[tuple[str, object]]:
+    """(place, record) for each non-blank line of a JSONL file. Each line is decoded on its own,
+    so one bad line costs one record: an unreadable file, and a line that is not JSON, are
+    counted in `skips` (anything with .add(reason, place)) and passed over."""
     if not _is_regular_file(path):
-        report.add("unreadable", where)
+        skips.add("unreadable", where)
         return
     try:
         f = open(path, "rb")
     except OSError:
-        report.add("unreadable", where)
+        skips.add("unreadable", where)
         return
     with f:
         for lineno, raw in enumerate(f, start=1):
-            line_where = f"{where}:{lineno}"
             if not raw.strip():
                 continue  # blank lines (a trailing newline, spacing) are not records
+            place = f"{where}:{lineno}"
             try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                report.add("bad_record", line_where)
+                # utf-8-sig drops a byte-order mark, which editors on Windows like to add.
+                record = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                skips.add(bad_json, place)
                 continue
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                report.add("bad_record", line_where)
-            elif not text.strip():
-                report.add("empty", line_where)
-            else:
-                yield Document(text=text, source=line_where)
+            yield place, record
+
+
+def _read_jsonl(path: Path, where: str, report: SkipReport) -> Iterator[Document]:
+    """One document per line, from its `text` field."""
+    for place, record in iter_jsonl(path, where, report):
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            report.add("bad_record", place)
+        elif not text.strip():
+            report.add("empty", place)
+        else:
+            yield Document(text=text, source=place)
 
 
 def _import_pyarrow_parquet():
