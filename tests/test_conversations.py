@@ -67,7 +67,7 @@ def test_jsonl_openai_shape_with_tool_calls(tmp_path):
     ]}
     path = write_jsonl(tmp_path / "a.jsonl", [record, "", dict_args])
     convs, skips = read_conversations([path])
-    assert skips.total() == 0 and skips.summary() == "nothing skipped"
+    assert skips.total == 0 and skips.summary() == "nothing skipped"
     assert [c.source for c in convs] == [f"{path}:1", f"{path}:3"]
     assert convs[0].messages == [
         {"role": "system", "content": "Be brief."},
@@ -103,7 +103,7 @@ def test_sharegpt_shape_maps_speakers_and_function_calls(tmp_path):
         ]},
     ]
     convs, skips = read_conversations([write_jsonl(tmp_path / "s.jsonl", records)])
-    assert skips.total() == 0
+    assert skips.total == 0
     first = convs[0].messages
     assert [m["role"] for m in first] == ["system", "user", "assistant", "user", "assistant",
                                           "tool", "assistant"]
@@ -159,7 +159,7 @@ def test_each_bad_line_is_counted_with_its_line_number_and_good_lines_kept(tmp_p
     assert all(c.messages == GOOD["messages"] for c in convs)
     assert skips.counts == {reason: 1 for reason in BAD_LINES}
     assert skips.examples == {reason: [f"{path}:{n}"] for reason, n in where.items()}
-    assert skips.total() == len(BAD_LINES)
+    assert skips.total == len(BAD_LINES)
     assert skips.to_dict() == {"counts": skips.counts, "examples": skips.examples}
     assert f"malformed_json=1 ({path}:{where['malformed_json']})" in skips.summary()
     assert skips.summary().startswith("skipped ")
@@ -251,7 +251,7 @@ def test_to_dict_round_trips_through_a_file(tmp_path):
     train, _ = assistant_dataset(max_items=60)
     path = write_jsonl(tmp_path / "set.jsonl", [c.to_dict() for c in train])
     convs, skips = read_conversations([path])
-    assert skips.total() == 0
+    assert skips.total == 0
     assert [(c.messages, c.task, c.subject, c.answer) for c in convs] == [
         (c.messages, c.task, c.subject, c.answer) for c in train]
 
@@ -352,7 +352,7 @@ def test_builtin_passes_the_file_validation(builtin):
     system = sum(c.messages[0]["role"] == "system" for c in builtin[0]) / len(builtin[0])
     assert 0.25 < system < 0.35
     convs, skips = read_conversations(["builtin:assistant:heldout"])
-    assert skips.total() == 0 and len(convs) == len(builtin[1])
+    assert skips.total == 0 and len(convs) == len(builtin[1])
 
 
 def test_builtin_tool_messages_follow_a_matching_call(builtin):

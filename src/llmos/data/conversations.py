@@ -50,11 +50,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmos.chat import ChatFormatError, tool_arguments
 from llmos.data.sources import (
+    SkipReport,
     SourceError,
     _parse_hf_spec,
     _walk_sorted,
@@ -70,7 +71,6 @@ SHAREGPT_ROLES = {
 }
 FILE_SUFFIXES = {".jsonl", ".json"}
 BUILTIN_SPECS = ("builtin:assistant", "builtin:assistant:heldout")
-MAX_EXAMPLES = 10
 SUMMARY_EXAMPLES = 3
 
 ACCEPTED_FORMS = (
@@ -112,27 +112,9 @@ class Conversation:
         return record
 
 
-@dataclass
-class ConversationSkips:
-    """Skipped records by reason, with the first few places (``file:line``) for each."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, reason: str, where: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < MAX_EXAMPLES:
-            shown.append(where)
-
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def to_dict(self) -> dict:
-        return {
-            "counts": dict(self.counts),
-            "examples": {k: list(v) for k, v in self.examples.items()},
-        }
+class ConversationSkips(SkipReport):
+    """Skipped records by reason, with the first few places (``file:line``) for each; the
+    summary names the places, since a user fixes a conversation file line by line."""
 
     def summary(self) -> str:
         """One line, e.g. 'skipped malformed_json=2 (a.jsonl:3, a.jsonl:9), overlong=1 (...)'."""

@@ -49,7 +49,7 @@ def split_sources(specs: list[str], val_fraction: float
                 key = json.dumps(c.messages, sort_keys=True).encode()
                 bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
                 (heldout if bucket < val_fraction else train).append(c)
-        if skips.total():
+        if skips.total:
             skipped.append(f"{spec}: {skips.summary()}")
     return train, heldout, "; ".join(skipped)
 
