@@ -44,3 +44,36 @@ def tiny_config(runs_dir, corpus, name="t", **train):
         setattr(cfg.train, k, v)
     cfg.name, cfg.runs_dir, cfg.data.sources = name, str(runs_dir), [str(corpus)]
     return cfg
+
+
+# ---- databases: a fresh SQLite file, and a fresh database on a real PostgreSQL server --------
+
+POSTGRES_ENV = "LLMOS_TEST_POSTGRES_URL"  # .ci/run starts a server and sets this (.ci/postgres)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A URL to an empty database: a SQLite file, or a new database created on the PostgreSQL
+    server named by $LLMOS_TEST_POSTGRES_URL (dropped afterwards). The PostgreSQL case skips,
+    saying why, when no server is configured (`export LLMOS_TEST_POSTGRES_URL=$(.ci/postgres)`)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'llmos.db'}"
+        return
+    import os
+    import uuid
+
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} (.ci/postgres starts one)")
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    name = f"llmos_t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield server.rsplit("/", 1)[0] + "/" + name
+
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
