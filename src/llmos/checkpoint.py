@@ -222,8 +222,11 @@ def load_trainer_state(ckpt_dir: str | Path) -> dict:
 
 
 def save(out_dir: str | Path, model: Transformer, tokenizer_dir: str | Path, info: dict,
-         trainer_state: dict | None = None) -> Path:
-    """Write a complete checkpoint atomically. `info` becomes llmos.json."""
+         trainer_state: dict | None = None, *, tensors: dict | None = None,
+         config: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically. `info` becomes llmos.json. `tensors` and
+    `config` replace the causal LM's weights and config.json (a reward model writes Hugging
+    Face's sequence-classification layout this way)."""
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -234,8 +237,10 @@ def save(out_dir: str | Path, model: Transformer, tokenizer_dir: str | Path, inf
         if (tok_dir / name).exists():
             shutil.copy2(tok_dir / name, tmp / name)
     eos = tokenizers_.eot_id(tokenizers_.load(tmp / "tokenizer.json"))
-    (tmp / "config.json").write_text(json.dumps(hf_config(model.cfg, eos), indent=2))
-    save_file(to_hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = config if config is not None else hf_config(model.cfg, eos)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = tensors if tensors is not None else to_hf_state_dict(model)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "llmos.json").write_text(json.dumps(info, indent=2, default=str))
     if trainer_state is not None:
         save_trainer_state(trainer_state, tmp / "trainer_state")
