@@ -371,14 +371,16 @@ def _iter_path(spec: str, skips: ConversationSkips):
     return _read_file(path, spec, skips)
 
 
-def _iter_hf(spec: str):
+def _iter_hf(spec: str, fields: tuple[str, ...] = ("messages", "conversations"),
+             kind: str = "conversation", offline: str = "builtin:assistant"):
     # Not a generator, so a bad spec, a missing library or no network fails at once.
+    # `fields`: a first record with none of them is refused (it is some other kind of set).
     name, config, limit = _parse_hf_spec(spec)
     try:
         import datasets
     except ImportError as e:
         raise SourceError(
-            f"conversation source {spec!r} needs the Hugging Face `datasets` library: "
+            f"{kind} source {spec!r} needs the Hugging Face `datasets` library: "
             "pip install datasets (or pip install llmos[hf])"
         ) from e
     try:
@@ -387,12 +389,13 @@ def _iter_hf(spec: str):
         raise SourceError(
             f"could not load {spec!r}: the Hugging Face hub could not be reached, or the dataset "
             "or its train split is not there; hf: sources need network access (offline, use a "
-            ".jsonl file or builtin:assistant)"
+            f".jsonl file or {offline})"
         ) from e
-    return _hf_records(records, spec, name, limit)
+    return _hf_records(records, spec, name, limit, fields)
 
 
-def _hf_records(records, spec: str, name: str, limit: int | None):
+def _hf_records(records, spec: str, name: str, limit: int | None,
+                fields: tuple[str, ...] = ("messages", "conversations")):
     for index in range(limit) if limit is not None else itertools.count():
         try:
             record = next(records)
@@ -401,11 +404,9 @@ def _hf_records(records, spec: str, name: str, limit: int | None):
         except Exception as e:  # streaming fetches lazily, so the network can fail mid-way
             raise SourceError(f"lost the connection to the Hugging Face hub while streaming "
                               f"{spec!r}; hf: sources need network access") from e
-        if index == 0 and isinstance(record, dict) and not {"messages", "conversations"} & set(
-            record
-        ):
+        if index == 0 and isinstance(record, dict) and not set(fields) & set(record):
             # Without this a whole (possibly huge) dataset would stream by as skipped records.
-            raise SourceError(f"{spec!r} has no 'messages' or 'conversations' field "
+            raise SourceError(f"{spec!r} has no {' or '.join(map(repr, fields))} field "
                               f"(fields: {sorted(record)})")
         yield f"hf:{name}:{index}", record
 
