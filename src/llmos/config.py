@@ -106,6 +106,37 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=_sft_train)
 
 
+def _pairs_train(max_steps: int, lr: float) -> TrainConfig:
+    # batch_size = pairs per micro-batch; seq_len = most tokens read per conversation.
+    return TrainConfig(batch_size=16, max_steps=max_steps, optimizer="adamw", lr=lr,
+                       weight_decay=0.0, warmup_steps=10, min_lr_frac=0.0, eval_every=0)
+
+
+@dataclass
+class RewardConfig:
+    """Reward modelling on comparisons (`llmos reward`); its own loop settings in reward.train."""
+
+    sources: list[str] = field(default_factory=lambda: ["builtin:comparisons"])
+    val_fraction: float = 0.05  # held-out share of pairs from files (builtin: by subject)
+    eval_pairs: int = 1000  # held-out pairs scored for accuracy and margins (0 = all)
+    train: TrainConfig = field(default_factory=lambda: _pairs_train(200, 1e-4))
+
+
+@dataclass
+class DPOConfig:
+    """Direct Preference Optimization (`llmos dpo`); its own loop settings in dpo.train."""
+
+    sources: list[str] = field(default_factory=lambda: ["builtin:comparisons"])
+    val_fraction: float = 0.05
+    beta: float = 0.1  # strength of the pull toward the reference (lower = freer to move)
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge (SLiC) | robust (label-smoothed DPO)
+    label_smoothing: float = 0.0  # robust: assumed share of flipped labels
+    eval_pairs: int = 500  # held-out pairs for the held-out rewards and accuracy (0 = all)
+    eval_items: int = 0  # held-out prompts answered by the DPO model and its parent (0 = skip)
+    judge: str = ""  # reward model that decides non-verifiable answers in that comparison
+    train: TrainConfig = field(default_factory=lambda: _pairs_train(150, 1e-5))
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
@@ -114,6 +145,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -36,6 +36,9 @@ class Stage:
     evaluate: Callable[[torch.nn.Module], dict] | None = None  # -> {"val_loss":..., ...}
     sample: Callable[[torch.nn.Module], list[str]] | None = None
     flops_per_token: float = 0.0
+    # Extra numbers for each training log line (DPO's rewards and margins, ...): the stage
+    # accumulates them in `loss` and this returns their means since the last call.
+    train_metrics: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -188,8 +191,9 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
                 tok_s = tokens_timed / seconds_timed if seconds_timed else step_tokens / dt
                 mfu = stage.flops_per_token * tok_s / peak if peak else 0.0
                 eta = (cfg.max_steps - step) * (seconds_timed / steps_timed if steps_timed else dt)
+                extra = stage.train_metrics() if stage.train_metrics else {}
                 log({"loss": loss_val, "lr_factor": lr_now, "grad_norm": float(grad_norm),
-                     "tok_per_s": tok_s, "mfu": mfu})
+                     "tok_per_s": tok_s, "mfu": mfu, **extra})
                 if rt.is_main:
                     print(f"{stage.name} step {step:>5}/{cfg.max_steps} | loss {loss_val:.4f} | "
                           f"lr x{lr_now:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
