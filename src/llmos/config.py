@@ -137,6 +137,34 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=lambda: _pairs_train(150, 1e-5))
 
 
+def _rl_train() -> TrainConfig:
+    # batch_size is unused (rl.prompts_per_step x rl.group_size answers make a step);
+    # every step is logged: each one is a fresh sample.
+    return TrainConfig(max_steps=60, optimizer="adamw", lr=1e-5, weight_decay=0.0,
+                       schedule="constant", warmup_steps=0, min_lr_frac=1.0, eval_every=20,
+                       log_every=1)
+
+
+@dataclass
+class RLConfig:
+    """Online RL on prompts (`llmos rl`); its own loop settings in rl.train."""
+
+    prompts: list[str] = field(default_factory=lambda: ["builtin:arithmetic"])  # or JSONL files
+    val_fraction: float = 0.1  # held-out share of prompts from files (builtin: its own split)
+    group_size: int = 8  # answers sampled per prompt (G); advantages are normalized within it
+    prompts_per_step: int = 8  # prompts per optimizer step (P); a step trains on P x G answers
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 48  # answer length limit (an answer cut there is still scored)
+    clip_eps: float = 0.2  # PPO ratio clip
+    kl_coef: float = 0.0  # weight of the k3 KL penalty to the starting model (0 = off)
+    log_kl: bool = True  # keep the starting model to log the KL even when kl_coef is 0
+    updates_per_batch: int = 1  # optimizer steps per sampled batch (> 1: the clip binds)
+    reward_model: str = ""  # a `llmos reward` checkpoint; empty = the prompts' verifier
+    eval_items: int = 100  # held-out prompts answered greedily per evaluation (0 = none)
+    train: TrainConfig = field(default_factory=_rl_train)
+
+
 @dataclass
 class RunConfig:
     name: str = "default"
@@ -147,6 +175,7 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -197,7 +197,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
                 if rt.is_main:
                     print(f"{stage.name} step {step:>5}/{cfg.max_steps} | loss {loss_val:.4f} | "
                           f"lr x{lr_now:.3f} | {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | "
-                          f"ETA {_fmt_time(eta)}", flush=True)
+                          + "".join(f"{k} {v:.3g} | " for k, v in extra.items())
+                          + f"ETA {_fmt_time(eta)}", flush=True)
             last["train_loss"] = loss_val
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 last.update(evaluate())
