@@ -123,6 +123,18 @@ def cmd_sft(args):
     sft.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
 
 
+def cmd_rl(args):
+    from llmos.train import rl
+
+    cfg = resolve_config(args)
+    if args.prompts:
+        cfg.rl.prompts = args.prompts
+    if args.reward_model:
+        cfg.rl.reward_model = args.reward_model
+    parent = args.model or str(cfg.run_dir / "sft")
+    rl.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
 def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
     from llmos.infer.engine import SamplingParams
@@ -282,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue an interrupted run")
     s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     s.set_defaults(func=cmd_sft)
+
+    s = sub.add_parser("rl", help="online RL on prompts with a verifier or a reward model",
+                       description="Online reinforcement learning: sample a group of answers "
+                       "per prompt, score them (exact arithmetic, unit tests in the sandbox, or "
+                       "a reward model), and take clipped policy-gradient steps on "
+                       "group-normalized advantages (GRPO), optionally with a KL penalty to the "
+                       "starting model. Logs reward, accuracy, KL and answer length per step "
+                       "and plots held-out accuracy to RUNS_DIR/NAME/rl.png. Settings live in "
+                       "the rl section (rl.group_size, rl.prompts_per_step, rl.kl_coef, "
+                       "rl.train.max_steps, ...).\n\n" + CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--model", help="starting checkpoint (default RUNS_DIR/NAME/sft)")
+    s.add_argument("--prompts", action="append", metavar="SPEC",
+                   help="builtin:arithmetic (no calculator), builtin:signature, or a .jsonl "
+                   "file of {'prompt': ..., 'answer': ...} or {'prompt': ..., 'tests': ...} "
+                   "(repeatable; default builtin:arithmetic)")
+    s.add_argument("--reward-model", metavar="DIR",
+                   help="score answers with this `llmos reward` checkpoint instead of a verifier")
+    s.add_argument("--out", help="output checkpoint (default RUNS_DIR/NAME/rl)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    s.set_defaults(func=cmd_rl)
 
     s = sub.add_parser("chat", help="talk to a checkpoint in the terminal (tools in the loop)",
                        description="A terminal chat with streaming answers, history and the "
