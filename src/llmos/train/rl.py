@@ -1,0 +1,518 @@
+"""Stage 3c: online reinforcement learning on prompts. A checkpoint and prompts in, a tuned
+checkpoint out.
+
+    llmos rl --model runs/cpu-tiny/sft                       arithmetic without the calculator
+    llmos rl --model DIR --prompts tasks.jsonl               your prompts, answers or unit tests
+    llmos rl --model DIR --reward-model runs/cpu-tiny/reward a reward model instead of a verifier
+
+Each optimizer step samples a group of G answers to each of P prompts with the inference engine
+(batched, temperature sampling), scores every answer (a verifier or a reward model), and turns
+the scores into group-normalized advantages, A = (r - mean(group)) / (std(group) + eps) (GRPO,
+Shao et al. 2024: the group is the baseline, no value network). The update is PPO's clipped
+objective on each answer token,
+
+    -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * KL_k3(policy || reference),
+
+with ratio = pi(token) / pi_sampling(token). With one update per sampled batch the ratio is 1
+and this is REINFORCE with the group mean as baseline; `rl.updates_per_batch` > 1 reuses a batch
+and the clip keeps those updates near the sampling policy. The KL is the k3 estimator
+exp(d) - d - 1 with d = log pi_ref - log pi (Schulman 2020): unbiased, never negative.
+
+The sampling phase is the stage's batch source; the update, optimizer, schedule, metrics,
+checkpoints and resume are the one training loop's (train/loop.py). A group whose answers all
+score the same has no signal (every advantage is 0); `mixed_groups` in the log counts the rest.
+
+Prompt sources (rl.prompts):
+- ``builtin:arithmetic`` - the arithmetic questions of ``builtin:assistant`` (training split to
+  train, held-out split to evaluate), answered *without* the calculator: a call to a tool earns
+  nothing. Scored by exact arithmetic: the answer must contain the result, and every number it
+  writes that is not in the question must be the result (so listing guesses earns nothing).
+- ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
+  answer must contain the signature / the name llmos).
+- a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
+  ``{"prompt": ..., "tests": "assert f(2) == 4"}`` (the answer's code, then the tests, run in the
+  Python sandbox: reward 1 when they pass) per line; held out by a hash of the prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from llmos import chat, checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.config import RunConfig
+from llmos.evals.assistant import NUMBER, contains_number, prompt_of, score
+from llmos.infer.engine import Engine, SamplingParams
+from llmos.runtime import setup, teardown
+from llmos.train.loop import Stage, train
+
+BUILTIN_ARITHMETIC = "builtin:arithmetic"
+
+# ---- prompts ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    messages: list[dict]  # the conversation up to the user's question
+    answer: str = ""  # the exact result / expected substring ("" when scored by tests or a RM)
+    tests: str = ""  # Python asserts run after the answer's code
+    task: str = "arithmetic"  # arithmetic | text | python | reward
+
+
+BUILTIN_TASKS = {"builtin:arithmetic": "arithmetic", "builtin:signature": "text",
+                 "builtin:identity": "text"}
+
+
+def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, held-out) questions of one builtin:assistant task, as the model is asked them
+    (for arithmetic, the calculator call and its answer dropped)."""
+    from llmos.data.assistant import assistant_dataset
+
+    task, kind = spec.split(":", 1)[1], BUILTIN_TASKS[spec]
+    train, heldout = assistant_dataset()
+    pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task == task]  # noqa: E731
+    return pick(train), pick(heldout)
+
+
+def read_prompt_file(path: str | Path, val_fraction: float
+                     ) -> tuple[list[Prompt], list[Prompt], int]:
+    """(train, held-out, skipped lines) from a JSONL prompt file."""
+    train, heldout, skipped = [], [], 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt = row["prompt"]
+            messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
+                        else [dict(m) for m in prompt])
+            if not messages or messages[-1].get("role") != "user":
+                raise ValueError("the prompt must end with a user message")
+            answer, tests = str(row.get("answer", "")), str(row.get("tests", ""))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            skipped += 1
+            continue
+        task = "python" if tests else ("arithmetic" if NUMBER.fullmatch(answer.strip())
+                                       else "text" if answer else "reward")
+        key = json.dumps(messages, sort_keys=True).encode()
+        bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+        (heldout if bucket < val_fraction else train).append(Prompt(messages, answer, tests, task))
+    return train, heldout, skipped
+
+
+def load_prompts(specs: list[str], val_fraction: float) -> tuple[list[Prompt], list[Prompt]]:
+    train, heldout = [], []
+    for spec in specs:
+        if spec in BUILTIN_TASKS:
+            a, b = builtin_task(spec)
+        else:
+            a, b, skipped = read_prompt_file(spec, val_fraction)
+            if skipped:
+                print(f"rl: {spec}: skipped {skipped} malformed lines")
+        train, heldout = train + a, heldout + b
+    if not train:
+        raise ValueError(f"rl: no training prompts in {', '.join(specs)}")
+    return train, heldout
+
+
+# ---- verifiers ----------------------------------------------------------------------------------
+
+
+def exact_number(expected: str, question: str, answer: str) -> float:
+    """1.0 when the answer states the result and every other number it writes is from the
+    question ("416 - 50 = 366." is right; "366 or 367" and "416 - 50 = 367." are not)."""
+    if not contains_number(answer, expected):
+        return 0.0
+    given = {float(m.group()) for m in NUMBER.finditer(question.replace(",", ""))}
+    for m in NUMBER.finditer(answer.replace(",", "")):
+        if float(m.group()) not in given and float(m.group()) != float(expected):
+            return 0.0
+    return 1.0
+
+
+def extract_code(text: str) -> str:
+    """The first fenced code block of an answer, else the whole answer."""
+    m = re.search(r"```(?:python|py)?\n(.*?)```", text, re.S)
+    return m.group(1) if m else text
+
+
+def passes_tests(code: str, tests: str) -> float:
+    from llmos.agent.sandbox import PythonLimits, run_python
+
+    result = run_python(code + "\n\n" + tests, PythonLimits(cpu_seconds=2, wall_seconds=5))
+    return float(result.exit_code == 0)
+
+
+def verify(p: Prompt, content: str) -> float:
+    """The reward of one answer's final text under the prompt's programmatic verifier."""
+    if p.task == "arithmetic":
+        return exact_number(p.answer, p.messages[-1]["content"], content)
+    if p.task == "python":
+        return passes_tests(extract_code(content), p.tests)
+    return score("python", p.answer, content)  # contains the expected text
+
+
+class Scorer:
+    """Rewards for (prompt, answer text) pairs: the verifier, or a reward model when given."""
+
+    def __init__(self, reward_model: str = "", device: str = "cpu"):
+        self.rm = None
+        if reward_model:
+            from llmos.train import reward
+
+            self.rm, self.rm_tok = reward.load_reward_model(reward_model, device)
+            self.rm.eval()
+            self._score = reward.score
+
+    def __call__(self, prompts: list[Prompt], contents: list[str], calls: list[bool]
+                 ) -> tuple[list[float], list[float]]:
+        """(rewards, correct): correct is the verifier's verdict (nan without a reference)."""
+        correct = [float("nan") if p.task == "reward" else (0.0 if call else verify(p, c))
+                   for p, c, call in zip(prompts, contents, calls)]
+        if self.rm is None:
+            return [0.0 if math.isnan(x) else x for x in correct], correct
+        convs = [p.messages + [{"role": "assistant", "content": c}]
+                 for p, c in zip(prompts, contents)]
+        with torch.no_grad():
+            return [float(r) for r in self._score(self.rm, self.rm_tok, convs)], correct
+
+
+# ---- the RL pieces (pure functions, tested by hand) ---------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """rewards [N] in consecutive groups of group_size -> (r - mean) / (std + eps) per group
+    (population std: a group of equal rewards gets advantages of exactly 0)."""
+    r = rewards.view(-1, group_size).float()
+    a = (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + eps)
+    return a.view(-1)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from samples of the policy:
+    exp(d) - d - 1 with d = ref - policy; 0 where they agree, never negative."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_loss(logp, old_logp, ref_logp, adv, mask, clip_eps: float, kl_coef: float):
+    """PPO's clipped surrogate plus the KL penalty, averaged over answer tokens.
+    logp/old_logp/ref_logp/mask: [N, T]; adv: [N]. Returns (loss, stats)."""
+    ratio = torch.exp(logp - old_logp)
+    a = adv[:, None]
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
+    kl = kl_k3(logp, ref_logp)
+    per_token = -surrogate + kl_coef * kl
+    n = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / n
+    clipped = ((ratio - 1).abs() > clip_eps) & (surrogate != ratio * a)
+    return loss, {"kl": float((kl.detach() * mask).sum() / n),
+                  "clip_frac": float((clipped.float() * mask).sum() / n)}
+
+
+def token_logprobs(model, x: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(x[:, t] | x[:, :t]) at answer positions, 0 elsewhere; x, mask: [N, T]."""
+    logits = model(x[:, :-1]).float()
+    lp = torch.gather(F.log_softmax(logits, -1), 2, x[:, 1:, None]).squeeze(-1)
+    return F.pad(lp, (1, 0)) * answer_mask
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # [N, T] prompt + answer tokens, right-padded
+    mask: torch.Tensor  # [N, T] 1 on answer tokens (the ones trained)
+    adv: torch.Tensor  # [N]
+    old_logp: torch.Tensor  # [N, T] under the sampling policy
+    ref_logp: torch.Tensor  # [N, T] under the reference
+
+
+class Sampler:
+    """The sampling phase: P prompts x G answers -> a Batch, and the step's statistics."""
+
+    def __init__(self, model, ref, tok, prompts: list[Prompt], scorer: Scorer, rl, seed: int,
+                 device: str):
+        self.model, self.ref, self.tok, self.prompts = model, ref, tok, prompts
+        self.scorer, self.rl, self.seed, self.device = scorer, rl, seed, device
+        self.stops = tokenizers_.end_ids(tok)
+        self.epoch, self.index, self.draws = 0, 0, 0
+        self.cached: Batch | None = None
+        self.uses = 0
+        self.history: list[dict] = []
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        return order
+
+    def _next_prompts(self) -> list[Prompt]:
+        out = []
+        while len(out) < self.rl.prompts_per_step:
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self.prompts[self._order[self.index]])
+            self.index += 1
+        return out
+
+    def next_batch(self) -> Batch:
+        """A fresh sample every rl.updates_per_batch optimizer steps (PPO epochs)."""
+        if self.cached is None or self.uses >= self.rl.updates_per_batch:
+            self.cached, self.uses = self.sample(), 0
+        self.uses += 1
+        return self.cached
+
+    @torch.no_grad()
+    def sample(self) -> Batch:
+        t0 = time.perf_counter()
+        rl, G = self.rl, self.rl.group_size
+        prompts = [p for p in self._next_prompts() for _ in range(G)]
+        ids = [chat.render(self.tok, p.messages, add_generation_prompt=True).ids for p in prompts]
+        params = SamplingParams(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
+                                top_k=rl.top_k, stop_tokens=self.stops,
+                                seed=self.seed * 1_000_003 + self.draws)
+        self.draws += 1
+        outs = Engine(self.model).generate(ids, params)
+        self.model.train()
+        contents, calls, rows = [], [], []
+        for prompt_ids, out in zip(ids, outs):
+            stopped = len(out) < rl.max_new_tokens
+            turn = chat.parse_assistant(self.tok.decode(out, skip_special_tokens=False))
+            contents.append(turn.content)
+            calls.append(bool(turn.tool_calls or turn.errors))
+            rows.append((prompt_ids, out + ([self.stops[0]] if stopped else [])))
+        rewards, correct = self.scorer(prompts, contents, calls)
+        r = torch.tensor(rewards)
+        adv = group_advantages(r, G)
+        x, mask = _pad(rows, self.stops[0])
+        x, mask, adv = x.to(self.device), mask.to(self.device), adv.to(self.device)
+        old = token_logprobs(self.model, x, mask)
+        ref = token_logprobs(self.ref, x, mask) if self.ref is not None else old
+        n = mask.sum().clamp(min=1)
+        groups = r.view(-1, G)
+        judged = [c for c in correct if not math.isnan(c)]
+        self.history.append({
+            "reward": float(r.mean()),
+            "accuracy": sum(judged) / len(judged) if judged else float("nan"),
+            "kl_ref": float((kl_k3(old, ref) * mask).sum() / n),
+            "answer_len": float(mask.sum(1).float().mean()),
+            "mixed_groups": float((groups.max(1).values > groups.min(1).values).float().mean()),
+            "tool_calls": sum(calls) / len(calls),
+            "sample_s": time.perf_counter() - t0,
+        })
+        return Batch(x, mask, adv, old, ref)
+
+    def take_stats(self) -> dict:
+        """Means of the sampling statistics since the last call (the loop's log line)."""
+        done, self.history = self.history, []
+        return {k: sum(s[k] for s in done) / len(done) for k in done[0]} if done else {}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "draws": self.draws}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index, self.draws = state["epoch"], state["index"], state["draws"]
+        self._order = self._shuffle()
+
+
+def _pad(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(p) + len(a) for p, a in rows)
+    x = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T))
+    for i, (p, a) in enumerate(rows):
+        x[i, :len(p) + len(a)] = torch.tensor(p + a)
+        mask[i, len(p):len(p) + len(a)] = 1
+    return x, mask
+
+
+def rl_loss(rl):
+    """The stage's loss: the clipped objective on one sampled batch. Answers with no advantage
+    add nothing to the gradient when there is no KL term, so they are left out of the forward."""
+
+    def loss(model, b: Batch):
+        keep = (b.adv != 0) & (b.mask.sum(1) > 0) if rl.kl_coef == 0 else b.mask.sum(1) > 0
+        if not bool(keep.any()):
+            keep[0] = True  # a zero loss that still has a graph
+        x, mask = b.x[keep], b.mask[keep]
+        T = int(mask.nonzero()[:, 1].max()) + 1 if mask.any() else x.shape[1]
+        x, mask = x[:, :T], mask[:, :T]
+        logp = token_logprobs(model, x, mask)
+        value, _ = clipped_loss(logp, b.old_logp[keep][:, :T], b.ref_logp[keep][:, :T],
+                                b.adv[keep], mask, rl.clip_eps, rl.kl_coef)
+        return value
+
+    return loss
+
+
+# ---- held-out evaluation ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout_accuracy(model, tok, prompts: list[Prompt], max_new_tokens: int,
+                     batch_size: int = 64) -> dict:
+    """Greedy answers (one turn, no tools) to the held-out prompts, scored by the eval's
+    `score` (arithmetic: the answer contains the result) and by the training verifier."""
+    stops = tokenizers_.end_ids(tok)
+    acc = strict = 0.0
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s:s + batch_size]
+        ids = [chat.render(tok, p.messages, add_generation_prompt=True).ids for p in chunk]
+        outs = Engine(model).generate(ids, SamplingParams(max_new_tokens=max_new_tokens,
+                                                          temperature=0.0, stop_tokens=stops))
+        for p, out in zip(chunk, outs):
+            turn = chat.parse_assistant(tok.decode(out, skip_special_tokens=False))
+            call = bool(turn.tool_calls or turn.errors)
+            if p.task in ("arithmetic", "text"):
+                acc += 0.0 if call else score("arithmetic" if p.task == "arithmetic" else "python",
+                                              p.answer, turn.content)
+            strict += 0.0 if call or p.task == "reward" else verify(p, turn.content)
+    n = max(len(prompts), 1)
+    return {"heldout_acc": acc / n, "heldout_verified": strict / n}
+
+
+# ---- the stage ----------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False) -> Path:
+    from llmos.train.sft import _check_out, _write_json, parent_identity
+
+    rl, t = cfg.rl, cfg.rl.train
+    parent = Path(parent)
+    out = Path(out_dir) if out_dir else cfg.run_dir / "rl"
+    _check_out(out, resume, overwrite)
+    rt = setup()
+    if rt.distributed:
+        teardown()
+        raise ValueError("llmos rl runs in one process (the sampling phase is not sharded yet)")
+    try:
+        tok = tokenizers_.load(parent)
+        model = checkpoint.load_model(out if resume else parent).to(rt.device)
+        ref = None
+        if rl.kl_coef > 0 or rl.log_kl:
+            ref = checkpoint.load_model(parent).to(rt.device).eval()
+            ref.requires_grad_(False)
+        train_prompts, held = load_prompts(rl.prompts, rl.val_fraction)
+        held = held[:rl.eval_items]
+        scorer = Scorer(rl.reward_model, rt.device)
+        print(f"rl: {len(train_prompts):,} training prompts, {len(held):,} held out; "
+              f"{rl.prompts_per_step} prompts x {rl.group_size} answers per step, "
+              f"{'reward model ' + rl.reward_model if rl.reward_model else 'verifier'} rewards")
+        sampler = Sampler(model, ref, tok, train_prompts, scorer, rl, t.seed, rt.device)
+        evaluate = (lambda m: heldout_accuracy(m, tok, held, rl.max_new_tokens)) if held else None
+
+        metrics = cfg.run_dir / "metrics.jsonl"
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _drop_stage(metrics, "rl")
+            if evaluate:  # the starting point of the curve
+                start = evaluate(model.eval())
+                model.train()
+                print("rl: step 0 " + " ".join(f"{k} {v:.4f}" for k, v in start.items()))
+                with open(metrics, "a") as f:
+                    f.write(json.dumps({"stage": "rl", "step": 0, "tokens": 0, **start}) + "\n")
+
+        stage = Stage(
+            name="rl", next_batch=sampler.next_batch, loss=rl_loss(rl),
+            tokens=lambda b: int(b.mask.sum()),
+            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
+            evaluate=evaluate, train_metrics=sampler.take_stats,
+            flops_per_token=model.flops_per_token(model.cfg.max_seq_len))
+        tok_dir = parent
+        info_base = {"stage": "rl", "parent": str(parent), "config": cfg.to_dict(),
+                     "parent_info": parent_identity(parent),
+                     "data": {"prompts": rl.prompts, "train_prompts": len(train_prompts),
+                              "heldout_prompts": len(held)}}
+
+        def save(m, info, state):
+            checkpoint.save(out, m, tok_dir, {**info_base, **info}, state)
+
+        t0 = time.perf_counter()
+        result = train(model, t, stage, rt, ckpt_dir=out, save_checkpoint=save,
+                       run_dir=cfg.run_dir, resume=resume)
+        if not result.stopped_early:
+            plot_curve(metrics, cfg.run_dir / "rl.png")
+            print(f"rl: done at step {result.step} in {time.perf_counter() - t0:.0f} s: held-out "
+                  f"accuracy {result.metrics.get('heldout_acc', float('nan')):.3f} -> {out} "
+                  f"(curve: {cfg.run_dir / 'rl.png'})")
+            if rl.eval_items and BUILTIN_ARITHMETIC in rl.prompts:
+                summary = no_tool_eval(model.eval(), tok, rl.eval_items)
+                info = checkpoint.read_info(out)
+                info.setdefault("metrics", {}).update(summary)
+                _write_json(out / "llmos.json", info)
+        return out
+    finally:
+        teardown()
+
+
+def no_tool_eval(model, tok, limit: int) -> dict:
+    """The assistant eval's arithmetic-without-the-calculator number (its items, its tool loop
+    with no tools, its scoring), comparable with the SFT model's heldout_arithmetic_no_tool_acc."""
+    from llmos.data.conversations import read_conversations
+    from llmos.evals.assistant import run_items
+
+    held, _ = read_conversations(["builtin:assistant:heldout"])
+    items = [c for c in held if c.task == "arithmetic" and c.answer][:30]
+    records = run_items(model, tok, items[:limit], tools={})
+    acc = sum(r["score"] for r in records) / max(len(records), 1)
+    print(f"rl: held-out arithmetic without the calculator (the assistant eval's {len(records)} "
+          f"items): {acc:.3f}")
+    return {"heldout_arithmetic_no_tool_acc": acc, "heldout_arithmetic_no_tool_n": len(records)}
+
+
+def _drop_stage(path: Path, stage: str) -> None:
+    """A fresh run replaces the stage's earlier records in the run's metrics.jsonl."""
+    if not path.exists():
+        return
+    keep = [x for x in path.read_text().splitlines()
+            if x.strip() and not _is_stage(x, stage)]
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def _is_stage(line: str, stage: str) -> bool:
+    try:
+        return json.loads(line).get("stage") == stage
+    except json.JSONDecodeError:
+        return True  # a line cut by a crash
+
+
+def plot_curve(metrics: Path, out: Path) -> None:
+    """Held-out accuracy per evaluation and training reward per step, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    recs = [r for r in recs if r.get("stage") == "rl"]
+    held = [(r["step"], r["heldout_acc"]) for r in recs if "heldout_acc" in r]
+    reward = [(r["step"], r["accuracy"]) for r in recs
+              if "accuracy" in r and not math.isnan(r["accuracy"])]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if reward:
+        ax.plot(*zip(*reward), alpha=0.5, label="train accuracy (sampled, per step)")
+    if held:
+        ax.plot(*zip(*held), "o-", label="held-out accuracy (greedy)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
