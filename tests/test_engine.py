@@ -78,3 +78,32 @@ def test_text_stream_holds_back_partial_utf8():
     pieces = [stream.push(i) for i in ids]
     assert "".join(pieces) == "héllo → ok"
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_decode_layout_keeps_the_numbers_and_the_saved_checkpoint(tmp_path):
+    """use_decode_layout (which the engine applies) changes only how weights sit in memory."""
+    from safetensors.torch import load_file, save_file
+
+    from llmos import checkpoint
+    from llmos.config import ModelConfig
+    from llmos.model import Transformer, use_decode_layout
+
+    torch.manual_seed(0)
+    for tied in (True, False):
+        model = Transformer(ModelConfig(vocab_size=300, dim=48, n_layers=2, n_heads=4,
+                                        n_kv_heads=2, max_seq_len=32, tie_embeddings=tied))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        ids = torch.randint(0, 300, (2, 12))
+        with torch.no_grad():
+            want = model(ids)
+            use_decode_layout(model)
+            got = model(ids)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert model.lm_head.weight.stride() == (1, 300)  # [in, out] in memory
+        assert model.layers[0].attn.wqkv.weight.stride(0) == 1
+        assert (model.embed.weight.stride(0) == 1) == tied  # untied: a plain row lookup
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        path = tmp_path / f"tied{tied}.safetensors"  # what checkpoint.save writes
+        save_file(checkpoint.to_hf_state_dict(model), str(path))
+        assert load_file(str(path)).keys() == checkpoint.to_hf_state_dict(model).keys()

@@ -53,35 +53,53 @@ def read_params(path):
     return meta, tensors
 
 
-def load_weight(tensors, name, keep_int8=False):
-    """A float32 matrix, or with keep_int8 (int8 [out, in], float32 scales [out, in // group])."""
+def load_weight(tensors, name, keep_int8=False, transpose=True):
+    """A float32 matrix, or with keep_int8 the int8 values and their float32 scales (one per
+    group of inputs). Matrices are laid out [in, out] (transpose), the order in which numpy's
+    matrix-vector product reads a weight fastest: 2-3x faster than [out, in] at batch 1."""
     if name + ".q" in tensors:
         w = tensors[name + ".q"], tensors[name + ".scale"]
-        return w if keep_int8 else dequantize(w)
-    w = tensors[name]
-    if w.dtype == np.uint16:  # bfloat16 is the top half of a float32
-        return (w.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(w, dtype=np.float32)
+        if keep_int8:
+            return tuple(np.ascontiguousarray(a.T if transpose else a) for a in w)
+        w = (w[0].reshape(*w[1].shape, -1) * w[1][..., None]).reshape(w[0].shape)
+    else:
+        w = tensors[name]
+        if w.dtype == np.uint16:  # bfloat16 is the top half of a float32
+            w = (w.astype(np.uint32) << 16).view(np.float32)
+    w = np.asarray(w, dtype=np.float32)
+    return np.ascontiguousarray(w.T if transpose and w.ndim == 2 else w)
 
 
 # ----------------------------------------------------------------------------------------------
 # The transformer: RMSNorm, rotary embeddings (rotate-half), grouped-query attention over a
 # preallocated KV cache, SwiGLU. All math in float32.
 
-
-def dequantize(w, rows=None):
-    """int8 weights back to float32, one scale per group of inputs; floats pass through."""
-    if not isinstance(w, tuple):
-        return w if rows is None else w[rows]
-    q, s = w if rows is None else (w[0][rows], w[1][rows])
-    return (q.reshape(*s.shape, -1) * s[..., None]).reshape(q.shape)
+BLOCK = 1 << 16  # floats dequantized at a time from a kept int8 matrix: they stay in cache
 
 
 def matmul(x, w):
-    """x [T, in] times w [out, in] transposed -> [T, out]. A kept int8 matrix is dequantized
-    for this product only: 4x less memory, but numpy has no int8 matmul, so this is several
-    times slower than float32 (roughly 6-38x on one matrix-vector product)."""
-    return x @ dequantize(w).T
+    """x [T, in] times a weight stored [in, out] -> [T, out]. numpy has no int8 matrix product,
+    so a kept int8 weight (values [in, out], scales [in // group, out]) is dequantized a block
+    of input rows at a time: 4x less memory than float32, and slower (docs/export.md)."""
+    if not isinstance(w, tuple):
+        return x @ w
+    q, s = w
+    group, out = q.shape[0] // s.shape[0], q.shape[1]
+    k = max(1, BLOCK // (group * out))  # groups per block
+    y = np.zeros((x.shape[0], out), np.float32)
+    for g in range(0, s.shape[0], k):
+        block = q[g * group:(g + k) * group].reshape(-1, group, out) * s[g:g + k, None]
+        y += x[:, g * group:(g + k) * group] @ block.reshape(-1, out)
+    return y
+
+
+def embedding(w, tokens, transposed):
+    """Rows `tokens` of an embedding matrix, float32 [T, dim]. A tied matrix is the output
+    layer's, stored transposed [dim, vocab]; an untied one is [vocab, dim]."""
+    if not isinstance(w, tuple):
+        return (w[:, tokens].T if transposed else w[tokens]).astype(np.float32)
+    q, s = (w[0][:, tokens].T, w[1][:, tokens].T) if transposed else (w[0][tokens], w[1][tokens])
+    return (q.reshape(*s.shape, -1) * s[..., None]).reshape(q.shape).astype(np.float32)
 
 
 def rmsnorm(x, w, eps):
@@ -97,9 +115,10 @@ def rope(x, cos, sin):
 class Transformer:
     def __init__(self, config, tensors, keep_int8=False):
         c = self.c = config
-        self.embed = load_weight(tensors, "embed.weight", keep_int8)
-        self.lm_head = self.embed if c["tied"] else load_weight(tensors, "lm_head.weight",
-                                                                  keep_int8)
+        self.lm_head = load_weight(tensors, "embed.weight" if c["tied"] else "lm_head.weight",
+                                   keep_int8)
+        self.embed = None if c["tied"] else load_weight(tensors, "embed.weight", keep_int8,
+                                                        transpose=False)
         self.norm = load_weight(tensors, "norm.weight")
         names = ("attn_norm.weight", "attn.wqkv.weight", "attn.wo.weight", "ffn_norm.weight",
                  "ffn.w13.weight", "ffn.w2.weight")
@@ -120,7 +139,8 @@ class Transformer:
         H, KV, hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
         if pos + T > c["max_seq_len"]:
             raise ValueError(f"{pos + T} tokens exceed max_seq_len {c['max_seq_len']}")
-        x = dequantize(self.embed, np.asarray(tokens)).astype(np.float32)
+        tied = self.embed is None
+        x = embedding(self.lm_head if tied else self.embed, np.asarray(tokens), tied)
         cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
         S = pos + T  # keys visible to the last new token
         causal = np.arange(S)[None, :] > (pos + np.arange(T))[:, None]  # [T, S]: future keys

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmos.model import KVCache, Transformer
+from llmos.model import KVCache, Transformer, use_decode_layout
 
 
 @dataclass
@@ -72,7 +72,7 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams],
 
 class Engine:
     def __init__(self, model: Transformer):
-        self.model = model.eval()
+        self.model = use_decode_layout(model.eval())
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 

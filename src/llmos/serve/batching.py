@@ -28,7 +28,7 @@ import torch
 
 from llmos.agent.loop import STOP
 from llmos.infer.engine import SamplingParams, sample_rows
-from llmos.model import KVCache, Transformer
+from llmos.model import KVCache, Transformer, use_decode_layout
 
 _END = object()  # the row ended without a stop token (budget, context, cancel)
 
@@ -70,7 +70,7 @@ class ContextFull(ValueError):
 class Scheduler:
     def __init__(self, model: Transformer, max_batch: int = 16, gather_s: float = 0.005,
                  name: str = "model"):
-        self.model = model.eval()
+        self.model = use_decode_layout(model.eval())
         self.cfg = model.cfg
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
