@@ -637,9 +637,11 @@ def sse(obj) -> str:
 
 
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
-               limits: Limits | None = None, builtin_tools: dict | None = None) -> FastAPI:
+               limits: Limits | None = None, builtin_tools: dict | None = None,
+               database=None, contestants: list | None = None) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
-    BUILTIN_TOOLS; {} for none)."""
+    BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from serve/db.py) adds the
+    arena pages (serve/arena.py): the served models plus `contestants` (evals/contestants.py)."""
     limits = limits or Limits()
     keys = set(api_keys or [])
 
@@ -752,6 +754,11 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         echo = [served.tok.decode(x) if req.echo else "" for x in ids for _ in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=False,
                             echo=echo)
+
+    if database is not None:
+        from llmos.serve.arena import mount_arena
+
+        mount_arena(app, database, models, contestants, builtin_tools)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -886,16 +893,26 @@ def chat_choice(index: int, o: dict) -> dict:
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_keys: list[str] | None = None, max_tokens: int = 2048, max_batch: int = 16,
-          device: str = "auto", tools: bool = True) -> None:
+          device: str = "auto", tools: bool = True, database: str | None = None,
+          arena_contestants: list[str] | None = None) -> None:
     import torch
     import uvicorn
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if arena_contestants and not database:
+        raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
     models = load_models(specs, device, max_batch)
     builtin = None if tools else {}
-    app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin)
+    extra = None
+    if arena_contestants:
+        from llmos.evals.contestants import parse_contestants
+
+        extra = parse_contestants(arena_contestants, device)
+    app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin, database, extra)
     for name, m in models.items():
         print(f"serving {name} (context {m.context}) on http://{host}:{port}/v1")
     print(f"web chat: http://{host}:{port}/")
+    if database:
+        print(f"arena: http://{host}:{port}/arena (votes in {database})")
     uvicorn.run(app, host=host, port=port, log_level="info")
