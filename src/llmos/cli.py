@@ -155,7 +155,7 @@ def cmd_serve(args):
 
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
           max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
-          tools=not args.no_tools)
+          tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant)
 
 
 def cmd_import(args):
@@ -210,6 +210,40 @@ def cmd_arena(args):
     if args.png:
         ratings.plot_intervals(rows, args.png)
         print(f"wrote {args.png}", file=sys.stderr)
+
+
+def cmd_arena_battle(args):
+    from llmos.evals import autoarena, ratings
+    from llmos.evals.battles import filter_battles
+    from llmos.evals.contestants import parse_contestants
+    from llmos.evals.judges import make_judge
+
+    contestants = parse_contestants(args.contestant, args.device)
+    judge = make_judge(args.judge)
+    items = autoarena.load_prompts(args.prompts, args.limit)
+    pairs = len(contestants) * (len(contestants) - 1) // 2
+    print(f"{len(contestants)} contestants, {len(items)} prompts, judge {judge.name}: "
+          f"{pairs * len(items) * 2} judgements", file=sys.stderr)
+    battles, counts = autoarena.run(contestants, items, judge, args.out, args.max_tokens,
+                                    args.temperature, args.seed)
+    told = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    print(f"wrote {len(battles)} battles to {args.out} ({told})", file=sys.stderr)
+    kept, _ = filter_battles(battles)
+    if kept:
+        print(ratings.format_table(ratings.leaderboard(kept, rounds=args.bootstrap,
+                                                       seed=args.seed or 0)))
+
+
+def cmd_arena_export(args):
+    from llmos.serve import arena, db
+
+    engine = db.open_database(args.db)
+    if args.out in (None, "-"):
+        n = arena.export_jsonl(engine, sys.stdout)
+    else:
+        with open(args.out, "w", encoding="utf-8") as f:
+            n = arena.export_jsonl(engine, f)
+    print(f"exported {n} votes" + (f" to {args.out}" if args.out else ""), file=sys.stderr)
 
 
 def cmd_eval(args):
@@ -374,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda, cuda:1, ... (default auto: cuda when available)")
     s.add_argument("--no-tools", action="store_true",
                    help="run no built-in tools (calculator, python) for the model")
+    s.add_argument("--db", metavar="URL",
+                   help="database for the arena pages at /arena (a SQLite path or "
+                   "postgresql://...); without it there is no arena")
+    s.add_argument("--arena-contestant", action="append", metavar="SPEC",
+                   help="another arena contestant besides the served models (repeatable): "
+                   "NAME=openai:BASE_URL#MODEL[;key=ENV] or [NAME=]DIR")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("import", help="make an llmos checkpoint from another format",
@@ -445,6 +485,37 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--k", type=float, default=4,
                     help="online Elo step size K (default 4, FastChat's)")
     lb.set_defaults(func=cmd_arena)
+    bt = verbs.add_parser("battle", help="automatic battles on a prompt set with a judge",
+                          description="Every contestant answers every prompt once; the judge "
+                          "compares every pair of answers on every prompt in both orders (A/B "
+                          "swapped). Writes FastChat battle records and prints the leaderboard.")
+    bt.add_argument("--contestant", action="append", required=True, metavar="SPEC",
+                    help="[NAME=]DIR (a checkpoint) or NAME=openai:BASE_URL#MODEL[;key=ENV] "
+                    "(repeatable; at least two)")
+    bt.add_argument("--prompts", default="builtin:assistant:heldout", metavar="SPEC",
+                    help="conversations .jsonl ({'messages': [...]} with optional task/answer), "
+                    "a .jsonl of {'prompt': ..., 'answer': ...}, or builtin:assistant-heldout "
+                    "(default)")
+    bt.add_argument("--judge", default="verifier",
+                    help="verifier (needs reference answers), reward:PATH (a reward model) or "
+                    "openai:BASE_URL#MODEL[;key=ENV] (an LLM judge) (default verifier)")
+    bt.add_argument("--out", default="battles.jsonl", help="battles JSONL (default battles.jsonl)")
+    bt.add_argument("--limit", type=int, metavar="N", help="use the first N prompts")
+    bt.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer")
+    bt.add_argument("-t", "--temperature", type=float, default=0.0,
+                    help="contestants' sampling temperature (default 0 = greedy)")
+    bt.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    bt.add_argument("--bootstrap", type=int, default=1000, metavar="ROUNDS",
+                    help="bootstrap rounds for the printed leaderboard (default 1000)")
+    bt.add_argument("--device", default="cpu", help="device for checkpoint contestants")
+    bt.set_defaults(func=cmd_arena_battle)
+    ex = verbs.add_parser("export", help="write the arena's votes from the database as JSONL",
+                          description="Every vote cast in the arena pages of `llmos serve --db "
+                          "URL`, oldest first, as FastChat clean-battle records (read by "
+                          "`llmos arena leaderboard`).")
+    ex.add_argument("--db", required=True, metavar="URL", help="the database `llmos serve` used")
+    ex.add_argument("--out", help="output file (default stdout)")
+    ex.set_defaults(func=cmd_arena_export)
     s = sub.add_parser("eval", help="evaluate a checkpoint on task suites (MMLU, ARC, GSM8K, ...)",
                        description="Run tasks on a checkpoint and write every prompt, output and "
                        "score to JSON (default MODEL/evals/TASKS-Kshot.json); print a table and "
