@@ -192,6 +192,13 @@ def cmd_speedrun(args):
     speedrun.run(resolve_config(args))
 
 
+def cmd_report(args):
+    from llmos.evals import report
+
+    md, page = report.write(args.run)
+    print(f"wrote {md} and {page}")
+
+
 def cmd_arena(args):
     from llmos.evals import battles as battles_
     from llmos.evals import ratings
@@ -460,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     add_config_args(s)
     s.set_defaults(func=cmd_speedrun)
+
+    s = sub.add_parser("report", help="write a run's report card (Markdown and HTML)",
+                       description="Collect what the stages of a run directory left (configs, "
+                       "loss curves, evaluations of every checkpoint side by side, arena "
+                       "standings, samples) into RUN/report.md and a self-contained "
+                       "RUN/report.html.")
+    s.add_argument("run", metavar="RUN", help="a run directory, e.g. runs/cpu-tiny")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("arena", help="rate models from arena battles (Elo, Bradley-Terry)",
                        description="Ratings from pairwise votes in FastChat's clean-battle "
