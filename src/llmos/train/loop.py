@@ -255,7 +255,7 @@ def _plot(metrics: Path, out: Path) -> None:
         train = [(r["tokens"], r["loss"]) for r in records if r["stage"] == stage and "loss" in r]
         val = [(r["tokens"], r["val_loss"]) for r in records
                if r["stage"] == stage and "val_loss" in r]
-        if train:
+        if train and min(v for _, v in train) > 0:  # a policy-gradient "loss" is no loss
             ax.plot(*zip(*train), label=f"{stage} train", alpha=0.8)
         if val:
             ax.plot(*zip(*val), "o-", label=f"{stage} validation")
