@@ -84,6 +84,13 @@ function showPrompt(el, messages) {
     `<div>${escapeHtml(m.content)}</div></div>`).join("");
 }
 
+function clearViews() {  // nothing of another user's or project's work stays on screen
+  for (const id of ["write-prompt", "compare-prompt", "compare-answers", "review-list"])
+    $(id).innerHTML = "";
+  $("write-answer").value = "";
+  $("review-detail").hidden = true;
+}
+
 function show(view) {
   for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== "view-" + view;
   for (const el of document.querySelectorAll(".owner-only"))
@@ -129,8 +136,9 @@ $("login-form").addEventListener("submit", async (ev) => {
 
 $("logout").addEventListener("click", async () => {
   await call("POST", "/logout").catch(() => {});
-  me = null;
-  project = null;
+  me = project = reviewing = null;
+  current = {};
+  clearViews();
   location.hash = "";
   await route();
 });
@@ -177,6 +185,7 @@ $("new-user").addEventListener("submit", async (ev) => {
 
 async function showProject(id, tab) {
   if (!project || project.id !== id) {
+    clearViews();
     project = await call("GET", `/projects/${id}`);
     current = {};
     skipped = {write: [], compare: []};
@@ -199,6 +208,10 @@ async function nextItem(kind) {
 
 // Write: the model drafts, the labeler edits.
 async function loadWrite() {
+  if (!current.write) {  // nothing stale on screen while the next item loads
+    $("write-prompt").innerHTML = "";
+    $("write-answer").value = "";
+  }
   const item = current.write || await nextItem("write");
   current.write = item;
   $("write-submit").disabled = $("write-redraft").disabled = !item;
@@ -280,6 +293,9 @@ function readRanking(box) {
 }
 
 async function loadCompare() {
+  if (!current.compare) {
+    $("compare-prompt").innerHTML = $("compare-answers").innerHTML = "";
+  }
   const item = current.compare || await nextItem("compare");
   current.compare = item;
   $("compare-submit").disabled = !item;
@@ -368,8 +384,8 @@ $("review-critique").addEventListener("click", async () => {
 $("review-accept").addEventListener("click", async () => {
   try {
     reviewing = await call("POST", `/labels/${reviewing.id}/accept`);
-    status("accepted");
     await loadReview();
+    status("accepted");
   } catch (e) { status(e.message, true); }
 });
 
@@ -378,8 +394,8 @@ $("review-revise").addEventListener("click", async () => {
     const body = reviewing.kind === "write" ? {content: $("review-edit").value}
       : {ranking: readRanking($("review-ranking")), reason: $("review-reason").value};
     reviewing = await call("POST", `/labels/${reviewing.id}/revise`, body);
-    status("revised");
     await loadReview();
+    status("revised");
   } catch (e) { status(e.message, true); }
 });
 
@@ -428,10 +444,10 @@ $("upload").addEventListener("click", async () => {
   try {
     const r = await call("POST", `/projects/${project.id}/prompts?format=` +
       $("upload-format").value, undefined, await file.text());
-    status(`queued ${r.added} prompts` + (r.duplicates ? ` (${r.duplicates} already queued)`
-      : ""));
     current = {};
     await loadData();
+    status(`queued ${r.added} prompts` + (r.duplicates ? ` (${r.duplicates} already queued)`
+      : ""));
   } catch (e) { status(e.message, true); }
 });
 
