@@ -27,7 +27,7 @@ def label_server(database_url, models=None):
         with run_server(app) as url:
             yield url
     finally:
-        app.state.label_engine.dispose()
+        app.state.database.dispose()
 
 
 def client(url, name=None, password=PASSWORD, setup=False) -> httpx.Client:
@@ -285,3 +285,19 @@ def test_a_restart_mid_session_loses_nothing(database_url):
         assert nxt["id"] != first["id"]  # the queue goes on where bob stopped
         assert bob.post("/logout").status_code == 200
         assert bob.get("/me").status_code == 401
+
+
+def test_llmos_serve_with_a_database_has_the_labeling_pages(database_url):
+    from llmos.serve.app import create_app
+
+    app = create_app({}, ["sk-key"], database=database_url)
+    try:
+        with run_server(app) as url:
+            assert "llmos label" in httpx.get(url + "/label").text
+            assert httpx.get(url + "/static/label.js").status_code == 200
+            r = httpx.post(url + "/label/api/setup", json={"name": "ann", "password": PASSWORD})
+            assert r.status_code == 200  # cookie login, not the API key
+            r = httpx.get(url + "/label/api/me", cookies=r.cookies)
+            assert r.json() == {"user": {"id": 1, "name": "ann", "role": "owner"}, "models": []}
+    finally:
+        app.state.database.dispose()

@@ -641,7 +641,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                database=None, contestants: list | None = None) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
     BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from serve/db.py) adds the
-    arena pages (serve/arena.py): the served models plus `contestants` (evals/contestants.py)."""
+    arena pages (serve/arena.py): the served models plus `contestants` (evals/contestants.py),
+    and the labeling pages (serve/labeling.py)."""
     limits = limits or Limits()
     keys = set(api_keys or [])
 
@@ -757,8 +758,10 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
 
     if database is not None:
         from llmos.serve.arena import mount_arena
+        from llmos.serve.labeling import mount_labeling
 
         mount_arena(app, database, models, contestants, builtin_tools)
+        mount_labeling(app, app.state.database, models)  # the engine the arena opened
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -915,4 +918,5 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     print(f"web chat: http://{host}:{port}/")
     if database:
         print(f"arena: http://{host}:{port}/arena (votes in {database})")
+        print(f"labeling: http://{host}:{port}/label")
     uvicorn.run(app, host=host, port=port, log_level="info")

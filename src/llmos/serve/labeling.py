@@ -464,7 +464,7 @@ def _conflict(e: IntegrityError) -> str:
 def mount_labeling(app: FastAPI, database, served: dict) -> None:
     """Add the labeling pages to a `create_app` app. `database`: a URL, a path or an Engine."""
     engine = db.open_database(database) if isinstance(database, (str, Path)) else database
-    app.state.label_engine = engine
+    app.state.database = engine
     app.include_router(label_router(engine, served))
 
 
