@@ -98,7 +98,8 @@ class Engine:
         cols = torch.arange(L + budget, device=self.device)
         key_valid = cols[None, :] >= pads[:, None]  # [B, S]: False on left padding
 
-        if bool((pads == 0).all()):
+        unpadded = bool((pads == 0).all())
+        if unpadded:
             logits = self.model(idx, cache=cache)[:, -1]
         else:
             positions = (torch.arange(L, device=self.device)[None] - pads[:, None]).clamp(min=0)
@@ -107,20 +108,25 @@ class Engine:
             mask |= torch.eye(L, dtype=torch.bool, device=self.device)[None]  # pads see themselves
             logits = self.model(idx, cache=cache, positions=positions, mask=mask[:, None])[:, -1]
 
-        stops = torch.tensor(list(p.stop_tokens) or [-1], device=self.device)
-        done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        next_pos = L - pads
+        stop_set = set(p.stop_tokens)
+        stops = torch.tensor(list(stop_set) or [-1], device=self.device)
+        done = [False] * B
+        positions = (L - pads)[:, None]
         for step in range(budget):
-            if step < p.min_new_tokens:
-                logits[:, stops[stops >= 0]] = float("-inf")
+            if step < p.min_new_tokens and stop_set:
+                logits[:, stops] = float("-inf")
             tok = sample_next(logits, p, gen)
-            done |= torch.isin(tok, stops)
-            yield [None if d else t for t, d in zip(tok.tolist(), done.tolist())]
-            if bool(done.all()) or step == budget - 1:
+            # One transfer per step; stops are checked in Python (no small tensor ops).
+            row = tok.tolist()
+            done = [d or t in stop_set for d, t in zip(done, row)]
+            yield [None if d else t for t, d in zip(row, done)]
+            if all(done) or step == budget - 1:
                 return
-            mask = None if bool((pads == 0).all()) else key_valid[:, None, None, :cache.length + 1]
-            logits = self.model(tok[:, None], cache=cache, positions=next_pos[:, None] + step,
-                                mask=mask)[:, -1]
+            if unpadded:  # positions are the cache's length: no gather, no mask
+                logits = self.model(tok[:, None], cache=cache)[:, -1]
+            else:
+                logits = self.model(tok[:, None], cache=cache, positions=positions + step,
+                                    mask=key_valid[:, None, None, :cache.length + 1])[:, -1]
 
     def generate(self, prompts: Sequence[Sequence[int]], p: SamplingParams) -> list[list[int]]:
         out: list[list[int]] = [[] for _ in prompts]
