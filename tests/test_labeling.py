@@ -301,3 +301,37 @@ def test_llmos_serve_with_a_database_has_the_labeling_pages(database_url):
             assert r.json() == {"user": {"id": 1, "name": "ann", "role": "owner"}, "models": []}
     finally:
         app.state.database.dispose()
+
+
+def test_cli_label_user_and_export(tmp_path, capsys, monkeypatch):
+    from llmos.cli import build_parser, main
+    from llmos.serve import db
+
+    url = str(tmp_path / "labels.db")
+    monkeypatch.setenv("LLMOS_LABEL_PASSWORD", PASSWORD)
+    main(["label", "user", "ann", "--role", "owner", "--db", url])
+    main(["label", "--db", url, "user", "bob"])
+    main(["label", "--db", url, "user", "bob"])  # again: a new password
+    assert capsys.readouterr().out.splitlines() == [
+        "added owner ann", "added labeler bob", "new password for bob"]
+    engine = db.open_database(url)
+    with db.session(engine) as s:
+        p = L.add_project(s, "demo")
+        L.add_items(s, p, L.parse_upload(b"hello\nhow are you?\n", "text"))
+        for item_id, text in ((1, "Hi!"), (2, "Well, thanks.")):
+            L.submit(s, s.get(L.Item, item_id), 2, "write", text)
+    engine.dispose()
+    out = tmp_path / "out" / "c.jsonl"
+    main(["label", "export", "--db", url, "--project", "demo", "--out", str(out)])
+    assert "exported 2 conversations" in capsys.readouterr().out
+    assert json.loads(out.read_text().splitlines()[1]) == {"messages": [
+        {"role": "user", "content": "how are you?"},
+        {"role": "assistant", "content": "Well, thanks."}]}
+    with pytest.raises(SystemExit):
+        main(["label", "export", "--db", url, "--project", "nope", "--out", str(out)])
+    assert "no project named 'nope' (projects: demo)" in capsys.readouterr().err
+    args = build_parser().parse_args(["label", "--db", url, "--model", "m"])
+    assert (args.verb, args.db, args.model) == (None, url, ["m"])
+    with pytest.raises(SystemExit) as e:
+        main(["label", "--help"])
+    assert e.value.code == 0 and "--model" in capsys.readouterr().out

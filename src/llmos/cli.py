@@ -253,6 +253,24 @@ def cmd_arena_export(args):
     print(f"exported {n} votes" + (f" to {args.out}" if args.out else ""), file=sys.stderr)
 
 
+def cmd_label(args):
+    from llmos.serve import labeling
+
+    if args.verb == "export":
+        n = labeling.export_file(args.db, args.project, args.kind, args.out)
+        print(f"exported {n} {args.kind} of project {args.project!r} to {args.out}")
+    elif args.verb == "user":
+        import getpass
+        import os
+
+        password = os.environ.get("LLMOS_LABEL_PASSWORD") or getpass.getpass(
+            f"password for {args.name}: ")
+        print(labeling.set_user(args.db, args.name, password, args.role))
+    else:
+        labeling.serve_label(args.model, args.db, host=args.host, port=args.port,
+                             device=args.device, max_batch=args.max_batch)
+
+
 def cmd_eval(args):
     from llmos.evals import harness
 
@@ -416,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tools", action="store_true",
                    help="run no built-in tools (calculator, python) for the model")
     s.add_argument("--db", metavar="URL",
-                   help="database for the arena pages at /arena (a SQLite path or "
-                   "postgresql://...); without it there is no arena")
+                   help="database for the arena pages at /arena and the labeling pages at "
+                   "/label (a SQLite path or postgresql://...); without it there are neither")
     s.add_argument("--arena-contestant", action="append", metavar="SPEC",
                    help="another arena contestant besides the served models (repeatable): "
                    "NAME=openai:BASE_URL#MODEL[;key=ENV] or [NAME=]DIR")
@@ -531,6 +549,45 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--db", required=True, metavar="URL", help="the database `llmos serve` used")
     ex.add_argument("--out", help="output file (default stdout)")
     ex.set_defaults(func=cmd_arena_export)
+
+    s = sub.add_parser("label", help="the labeling app alone; export its labels",
+                       description="Serve the labeling pages (http://HOST:PORT/label): the "
+                       "model drafts answers that labelers edit, samples answers they rank, and "
+                       "reviews their labels against the project's instructions. The first "
+                       "visitor makes the owner account. `llmos serve --db URL` serves the same "
+                       "pages beside the API. docs/labeling.md.")
+    s.add_argument("--db", default="llmos.db", metavar="URL",
+                   help="database: a SQLite path or postgresql://... (default llmos.db)")
+    s.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
+                   help="checkpoint that drafts, answers and reviews (repeatable: compare "
+                   "samples from each in turn); without one, compare needs uploaded answers")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.add_argument("--device", default="auto", help="cpu, cuda, ... (default auto)")
+    s.add_argument("--max-batch", type=int, default=16, metavar="ROWS",
+                   help="most sequences decoded together per model (default 16)")
+    s.set_defaults(func=cmd_label, verb=None)
+    verbs = s.add_subparsers(dest="verb", metavar="VERB")
+    ex = verbs.add_parser("export", help="write a project's labels as JSONL",
+                          description="conversations: {'messages': [...]} per written answer "
+                          "(llmos sft --data FILE); comparisons: {'prompt', 'chosen', "
+                          "'rejected'} per ordered pair of ranked answers (llmos reward / dpo).")
+    ex.add_argument("--db", default=argparse.SUPPRESS, metavar="URL",
+                    help="the labeling database (default llmos.db)")
+    ex.add_argument("--project", required=True, help="project name")
+    ex.add_argument("--kind", default="conversations", choices=["conversations", "comparisons"],
+                    help="what to export (default conversations)")
+    ex.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file")
+    us = verbs.add_parser("user", help="add an account or set its password",
+                          description="Create the account NAME, or set a new password for it "
+                          "(its sessions end). The password is read from $LLMOS_LABEL_PASSWORD "
+                          "or asked for.")
+    us.add_argument("name", metavar="NAME")
+    us.add_argument("--db", default=argparse.SUPPRESS, metavar="URL",
+                    help="the labeling database (default llmos.db)")
+    us.add_argument("--role", default="labeler", choices=["labeler", "owner"],
+                    help="for a new account: labeler (default) or owner")
+
     s = sub.add_parser("eval", help="evaluate a checkpoint on task suites (MMLU, ARC, GSM8K, ...)",
                        description="Run tasks on a checkpoint and write every prompt, output and "
                        "score to JSON (default MODEL/evals/TASKS-Kshot.json); print a table and "

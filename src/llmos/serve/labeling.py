@@ -530,3 +530,17 @@ def export_file(database, project: str, kind: str, out: str | Path) -> int:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(L.to_jsonl(rows), encoding="utf-8")
     return len(rows)
+
+
+def set_user(database, name: str, password: str, role: str = "labeler") -> str:
+    """`llmos label user`: add the account, or give an existing one a new password."""
+    engine = db.open_database(database)
+    try:
+        with db.session(engine) as s:
+            if s.scalar(select(accounts.User).where(accounts.User.name == name)):
+                accounts.set_password(s, name, password)
+                return f"new password for {name}"
+            accounts.add_user(s, name, password, role)
+            return f"added {role} {name}"
+    finally:
+        engine.dispose()
