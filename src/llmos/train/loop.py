@@ -263,7 +263,8 @@ def _plot(metrics: Path, out: Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     tmp = out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
