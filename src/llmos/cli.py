@@ -601,8 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "humaneval, mbpp, assistant, bpb (the run's validation shards), bpb:SOURCE "
                    "(any `llmos data` source), hf:NAME[:CONFIG][@SPLIT] (network)")
     s.add_argument("--limit", type=int, metavar="N",
-                   help="at most N items per task, spread evenly over the set (bpb: documents, "
-                   "or tokens on the run's shards; assistant: default 200)")
+                   help="at most N items per task, spread evenly over the set "
+                   "(bpb:SOURCE: documents; assistant: default 200)")
     s.add_argument("--shots", type=int, default=0, metavar="K",
                    help="few-shot examples before each question (default 0); contexts longer "
                    "than the model's window lose their oldest tokens")

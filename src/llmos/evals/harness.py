@@ -160,12 +160,15 @@ def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
         if not (data_dir / "manifest.json").exists():
             raise TaskError(f"bpb without a source reads the run's validation shards, but "
                             f"{data_dir} has none; name a source: bpb:SOURCE")
+        # The same windows pretraining measures (its eval_tokens); --limit does not apply.
         train = checkpoint.read_info(model_dir).get("config", {}).get("train", {})
-        max_tokens = limit or train.get("eval_tokens", 65536)
-        batches = shards.iter_eval_batches(data_dir, "val", batch_size, seq_len, max_tokens)
+        max_tokens = train.get("eval_tokens", 65536)
+        batches = list(shards.iter_eval_batches(data_dir, "val", batch_size, seq_len,
+                                                max_tokens))
         m = bpb.evaluate(model, batches, token_bytes)
         return {"metrics": {"bpb": m["val_bpb"], "loss": m["val_loss"],
-                            "source": str(data_dir / "val"), "max_tokens": max_tokens},
+                            "tokens": sum(y.numel() for _, y in batches),
+                            "source": str(data_dir)},
                 "items": []}
     try:
         docs, skipped = sources.load_corpus([source])
@@ -229,8 +232,8 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
     for name in names:
         t = time.perf_counter()
         r = run_task(name, model, tok, model_dir, shots, limit, batch_size)
-        r["n"] = len(r["items"]) if r["kind"] not in ("bpb", "assistant") else r["metrics"].get(
-            "documents", r["metrics"].get("items", len(r["items"])))
+        m = r["metrics"]  # n: items; bpb: documents, or tokens on the run's shards
+        r["n"] = m.get("documents", m.get("tokens", m.get("items", len(r["items"]))))
         r["seconds"] = round(time.perf_counter() - t, 1)
         c = centered(r)
         if c is not None:
