@@ -236,9 +236,10 @@ def cmd_arena_battle(args):
     told = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"wrote {len(battles)} battles to {args.out} ({told})", file=sys.stderr)
     kept, _ = filter_battles(battles)
-    if kept:
-        print(ratings.format_table(ratings.leaderboard(kept, rounds=args.bootstrap,
-                                                       seed=args.seed or 0)))
+    if not kept:
+        raise ValueError("the judge decided no battle; see the messages above")
+    print(ratings.format_table(ratings.leaderboard(kept, rounds=args.bootstrap,
+                                                   seed=args.seed or 0)))
 
 
 def cmd_arena_export(args):

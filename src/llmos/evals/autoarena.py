@@ -88,7 +88,11 @@ def judge_battles(items: list[Item], answers: dict[str, list[str]], judge, log=N
                 x, y = answers[first][i], answers[second][i]
                 v = judge(item, x, y)
                 if v.winner is None:
-                    counts[v.note.split(":")[0] or "undecided"] += 1
+                    reason = v.note.split(":")[0] or "undecided"
+                    counts[reason] += 1
+                    if log and counts[reason] <= 2:  # say why, without flooding the terminal
+                        said = f" (said {v.raw[:80]!r})" if v.raw else ""
+                        log(f"  undecided, {v.note[:300]}{said}")
                     continue
                 counts[v.winner] += 1
                 battles.append({
