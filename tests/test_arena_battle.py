@@ -207,6 +207,7 @@ def test_arena_battle_command(memorised, random_model, server, tmp_path, monkeyp
     assert {r["model"] for r in rows} == {"memo", "noise", "remote"}
 
 
+@pytest.mark.slow  # builds the built-in assistant set from the standard library (about 8 s)
 def test_builtin_heldout_prompts_have_reference_answers():
     items = autoarena.load_prompts("builtin:assistant-heldout", limit=5)
     assert len(items) == 5 and all(i.answer and i.messages[-1]["role"] == "user" for i in items)

@@ -253,3 +253,13 @@ def test_export_command_and_schema(memorised, database_url, tmp_path, capsys):
     columns = {c["name"] for c in inspect(engine).get_columns("arena_battles")}
     engine.dispose()
     assert columns == set(ArenaBattle.__table__.columns.keys())
+
+
+def test_serve_arena_flags(memorised, capsys):
+    from llmos.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", str(memorised), "--arena-contestant",
+              "x=openai:http://127.0.0.1:9/v1#m"])
+    assert e.value.code == 2
+    assert "--arena-contestant needs --db" in capsys.readouterr().err
