@@ -194,6 +194,17 @@ def test_vote_rules(memorised, database_url):
         assert c.post("/arena/api/battles", json={"prompt": "x" * 5000}).status_code == 400
 
 
+def test_a_failed_answer_cannot_be_voted_on(memorised, database_url):
+    app = arena_app(memorised, database_url, ["alpha"],
+                    extra=["dead=openai:http://127.0.0.1:9/v1#m"])  # nothing listens on 9
+    with run_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        bid, texts, end = battle(c, "Hello!")
+        assert end == {"end": True, "votable": False}
+        assert HELLO_ANSWER in texts.values()  # the other side still answered
+        assert vote(c, bid, "model_a").status_code == 404  # the battle is gone
+    assert rows(database_url) == []
+
+
 def test_one_voter_cannot_flood_the_board(memorised, database_url):
     from llmos.serve.arena import ArenaBattle, client_hash
 

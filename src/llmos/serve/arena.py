@@ -199,7 +199,7 @@ def arena_router(engine, contestants: dict[str, Contestant],
         return {"count": len(contestants)}  # the names stay hidden until a vote
 
     @router.post("/arena/api/battles")
-    async def start(req: BattleRequest, request: Request):
+    def start(req: BattleRequest, request: Request):  # a worker thread: the DB work blocks
         voter, new = voter_of(request)
         client = client_of(request)
         if len(contestants) < 2:
@@ -224,6 +224,15 @@ def arena_router(engine, contestants: dict[str, Contestant],
         response = StreamingResponse(body, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         return with_cookie(response, voter, new)
+
+    def save_answers(battle_id: str, messages: list[dict], texts: list[str], failed: bool):
+        with db.session(engine) as s:
+            row = s.get(ArenaBattle, battle_id)
+            if failed:
+                s.delete(row)  # nothing fair to vote on
+                return
+            row.conversation_a = messages + [{"role": "assistant", "content": texts[0].strip()}]
+            row.conversation_b = messages + [{"role": "assistant", "content": texts[1].strip()}]
 
     async def run_battle(battle_id: str, pair: list[Contestant], messages: list[dict]):
         loop = asyncio.get_running_loop()
@@ -265,15 +274,7 @@ def arena_router(engine, contestants: dict[str, Contestant],
                     live -= 1
                     failed |= kind == "error"
                     yield _sse({"side": name, kind: text or True})
-            with db.session(engine) as s:
-                row = s.get(ArenaBattle, battle_id)
-                if failed:
-                    s.delete(row)  # nothing fair to vote on
-                else:
-                    row.conversation_a = messages + [{"role": "assistant",
-                                                      "content": texts[0].strip()}]
-                    row.conversation_b = messages + [{"role": "assistant",
-                                                      "content": texts[1].strip()}]
+            await asyncio.to_thread(save_answers, battle_id, messages, texts, failed)
             yield _sse({"end": True, "votable": not failed})
         finally:
             stop.set()
