@@ -47,7 +47,10 @@ from llmos.serve import labels as L
 
 STATIC = Path(__file__).parent / "static"
 DRAFT = {"temperature": 0.7, "max_tokens": 384}
-SAMPLE = {"temperature": 1.0, "max_tokens": 384}  # compare candidates: varied on purpose
+# Compare candidates: varied on purpose. A small model often says the same thing at
+# temperature 1 (cpu-tiny on "What is 347 * 29?" did, twice); the answers that repeat one
+# already drawn are sampled again, hotter.
+SAMPLE_TEMPERATURES, SAMPLE_TOKENS = (1.0, 1.3, 1.6), 384
 CRITIQUE = {"temperature": 0.3, "max_tokens": 384}
 
 
@@ -93,6 +96,23 @@ def critique_messages(instructions: str, prompt: list[dict], label: L.Label,
            "instructions, say so in one sentence.")
     return [{"role": "system", "content": instructions},
             {"role": "user", "content": f"{body}\n\n{ask}"}]
+
+
+def fit_instructions(served, messages: list[dict], room: int) -> list[dict] | None:
+    """The review request cut to leave `room` tokens for the answer in the model's context:
+    the instructions are shortened from the end (their most important rules come first);
+    None when even the label alone does not fit."""
+    from llmos import chat
+
+    system, rest = messages[0]["content"], messages[1:]
+    while True:
+        candidate = ([{"role": "system", "content": system}] if system else []) + rest
+        if len(chat.render(served.tok, candidate, add_generation_prompt=True).ids) + room \
+                <= served.context:
+            return candidate
+        if not system:
+            return None
+        system = system[:len(system) // 2].rsplit("\n", 1)[0] if len(system) > 80 else ""
 
 
 # ---- requests ----------------------------------------------------------------------------------
@@ -367,11 +387,11 @@ def label_router(engine, models: dict) -> APIRouter:
                                 "DIR, or upload prompts with their 'answers'")
         names = list(models)
         texts: list[tuple[str, str]] = []
-        for _round in range(2):  # sample again for answers identical to an earlier one
+        for temperature in SAMPLE_TEMPERATURES:  # hotter again for answers seen already
             want = [names[(len(texts) + i) % len(names)] for i in range(k - len(texts))]
             with ThreadPoolExecutor(len(want)) as pool:  # they decode in one batch
-                got = list(pool.map(lambda n: (n, generate(
-                    models[n], prompt, seed=secrets.randbelow(2**31), **SAMPLE)), want))
+                got = list(pool.map(lambda n, t=temperature: (n, generate(
+                    models[n], prompt, t, SAMPLE_TOKENS, seed=secrets.randbelow(2**31))), want))
             seen = {t for _, t in texts}
             texts += [(n, t) for n, t in got if t not in seen and not seen.add(t)]
             if len(texts) >= k:
@@ -408,7 +428,12 @@ def label_router(engine, models: dict) -> APIRouter:
             texts = {a.id: a.content for a in L.candidates(s, item.id)}
             messages = critique_messages(instructions, item.prompt, label, texts)
         served = first_model()
-        text = generate(served, messages, **CRITIQUE) or "(the model gave no critique)"
+        fitted = fit_instructions(served, messages, room=min(CRITIQUE["max_tokens"],
+                                                             served.context // 4))
+        if fitted is None:
+            text = f"(the label is too long for {served.name}'s context of {served.context} tokens)"
+        else:
+            text = generate(served, fitted, **CRITIQUE) or "(the model gave no critique)"
 
         def work(s):
             label = label_of(s, lid, u)
