@@ -198,6 +198,7 @@ def test_arena_battle_command(memorised, random_model, server, tmp_path, monkeyp
             assert b["winner"] == "model_a"
     printed = capsys.readouterr()
     assert "wrote 12 battles" in printed.err
+    assert "the same verdict in both orders on 6 of 6 pair-prompts" in printed.err  # verifier
     table = printed.out.splitlines()
     assert table[0].split()[:2] == ["rank", "model"]
     assert table[-1].split()[1] == "noise"  # last: it never wins

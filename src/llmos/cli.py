@@ -233,8 +233,10 @@ def cmd_arena_battle(args):
           f"{pairs * len(items) * 2} judgements", file=sys.stderr)
     battles, counts = autoarena.run(contestants, items, judge, args.out, args.max_tokens,
                                     args.temperature, args.seed)
+    consistent = counts.pop("order_consistent", 0)
     told = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    print(f"wrote {len(battles)} battles to {args.out} ({told})", file=sys.stderr)
+    print(f"wrote {len(battles)} battles to {args.out} ({told}); the same verdict in both "
+          f"orders on {consistent} of {pairs * len(items)} pair-prompts", file=sys.stderr)
     kept, _ = filter_battles(battles)
     if not kept:
         raise ValueError("the judge decided no battle; see the messages above")

@@ -83,10 +83,13 @@ def judge_battles(items: list[Item], answers: dict[str, list[str]], judge, log=N
     battles, counts = [], Counter()
     t0 = time.time()
     for a, b in itertools.combinations(sorted(answers), 2):
+        consistent = decided = 0
         for i, item in enumerate(items):
+            seen = []  # the winner by name (or "tie") in each order
             for first, second in ((a, b), (b, a)):
                 x, y = answers[first][i], answers[second][i]
                 v = judge(item, x, y)
+                seen.append({"model_a": first, "model_b": second}.get(v.winner, v.winner))
                 if v.winner is None:
                     reason = v.note.split(":")[0] or "undecided"
                     counts[reason] += 1
@@ -103,8 +106,13 @@ def judge_battles(items: list[Item], answers: dict[str, list[str]], judge, log=N
                     "conversation_b": item.messages + [{"role": "assistant", "content": y}],
                     "prompt_index": i, "judge_note": v.note,
                 })
+            if None not in seen:
+                decided += 1
+                consistent += seen[0] == seen[1]
+        counts["order_consistent"] += consistent
         if log:
-            log(f"judged {a} vs {b}: {len(items)} prompts x 2 orders")
+            log(f"judged {a} vs {b}: {len(items)} prompts x 2 orders; the same verdict in "
+                f"both orders on {consistent}/{decided} decided prompts")
     return battles, counts
 
 
