@@ -355,3 +355,16 @@ def test_a_review_request_is_cut_to_the_models_context(memorised):
     assert len(chat.render(tok, cut, add_generation_prompt=True).ids) + 64 <= small.context
     assert L.DEFAULT_INSTRUCTIONS.startswith(cut[0]["content"]) and cut[1:] == messages[1:]
     assert labeling.fit_instructions(SimpleNamespace(tok=tok, context=40), messages, 64) is None
+
+
+def test_the_tables_match_their_migration(database_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from llmos.serve import db
+
+    engine = db.open_database(database_url)
+    with engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), db.Base.metadata)
+    engine.dispose()
+    assert [d for d in diff if "label_" in str(d)] == []
