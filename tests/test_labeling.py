@@ -283,6 +283,11 @@ def test_a_restart_mid_session_loses_nothing(database_url):
         assert sorted(a["id"] for a in again) == sorted(a["id"] for a in answers)
         nxt = bob.get(f"/projects/{pid}/next?kind=compare").json()["item"]
         assert nxt["id"] != first["id"]  # the queue goes on where bob stopped
+        answers = bob.get(f"/items/{nxt['id']}/answers").json()["answers"]
+        r = bob.post(f"/items/{nxt['id']}/labels", json={"kind": "compare",
+                                                         "ranking": [answers[0]["id"]]})
+        assert r.status_code == 200
+        assert len(bob.get(f"/projects/{pid}/labels").json()) == 2
         assert bob.post("/logout").status_code == 200
         assert bob.get("/me").status_code == 401
 
