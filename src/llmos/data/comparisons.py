@@ -25,6 +25,9 @@ assistant message. A record that breaks a rule is skipped and counted with its p
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import random
 import re
 from collections.abc import Iterator
@@ -329,6 +332,7 @@ def _pairs(conversations: list[Conversation], source: str, wrong: _Wrong) -> lis
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def builtin_comparisons() -> tuple[list[Comparison], list[Comparison]]:
     """(train, heldout) pairs from `builtin:assistant`'s (train, heldout) conversations: the
     gold answer against a plausible wrong one (another function's docstring or signature, the
@@ -340,3 +344,25 @@ def builtin_comparisons() -> tuple[list[Comparison], list[Comparison]]:
     train, heldout = assistant_dataset()
     wrong = _Wrong()
     return (_pairs(train, BUILTIN_SPECS[0], wrong), _pairs(heldout, BUILTIN_SPECS[1], wrong))
+
+
+def split_sources(specs: list[str], val_fraction: float
+                  ) -> tuple[list[Comparison], list[Comparison], str]:
+    """(train, heldout, skip summary). The built-in set keeps builtin:assistant's split; other
+    sources are split by a hash of the prompt, so every pair of one prompt lands on one side
+    and the split never changes between runs."""
+    train, heldout, skipped = [], [], []
+    for spec in specs:
+        if spec == BUILTIN_SPECS[0]:
+            part, skips = read_comparisons([spec])
+            train += part
+            heldout += read_comparisons([BUILTIN_SPECS[1]])[0]
+        else:
+            part, skips = read_comparisons([spec])
+            for c in part:
+                key = json.dumps(c.prompt, sort_keys=True).encode()
+                bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+                (heldout if bucket < val_fraction else train).append(c)
+        if skips.total:
+            skipped.append(f"{spec}: {skips.summary()}")
+    return train, heldout, "; ".join(skipped)
