@@ -22,11 +22,18 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llmos import chat, checkpoint
 from llmos import tokenizer as tokenizers_
+from llmos.config import RunConfig
+from llmos.data.comparisons import Comparison, split_sources
 from llmos.model import Transformer
+from llmos.runtime import setup, teardown
+from llmos.train.loop import Stage, train
+from llmos.train.sft import _check_out as check_out
+from llmos.train.sft import _write_json, parent_identity
 
 # ---- the model ---------------------------------------------------------------------------------
 
@@ -44,6 +51,13 @@ class RewardModel(nn.Module):
     @property
     def cfg(self):
         return self.body.cfg
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token as `Transformer.flops_per_token` counts them, without the
+        vocabulary-sized head (a reward model reads one scalar)."""
+        matmul = sum(p.numel() for n, p in self.named_parameters()
+                     if p.dim() == 2 and not n.startswith("body.embed"))
+        return 6 * matmul + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
 
     def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """idx: [B, T] right-padded ids; last: [B] index of each row's last real token.
@@ -166,3 +180,205 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardMode
         raise ValueError(f"{d}: missing tensors {sorted(missing)}")
     model.score.weight.data.copy_(sd["score.weight"])
     return model.to(device).eval(), tokenizers_.load(d)
+
+
+# ---- data: comparisons -> batches ---------------------------------------------------------------
+
+
+class PairOrder:
+    """Indices of training pairs in a fresh shuffled order each epoch; its position is saved
+    for exact resume. With several processes each global batch is cut into one slice per rank."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if n == 0:
+            raise ValueError("no training pairs")
+        self.n, self.B, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
+        self.epoch, self.index = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def next(self) -> list[int]:
+        out = []
+        while len(out) < self.B * self.world:
+            if self.index >= self.n:
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self._order[self.index])
+            self.index += 1
+        return out[self.rank * self.B:(self.rank + 1) * self.B]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._shuffle()
+
+
+def pair_batch(tok, pairs: list[Comparison], max_len: int, device: str):
+    """B pairs -> (ids [2B, T], last [2B]): the B chosen conversations, then the B rejected."""
+    rows = [encode(tok, p.prompt + p.chosen, max_len) for p in pairs]
+    rows += [encode(tok, p.prompt + p.rejected, max_len) for p in pairs]
+    return collate(rows, pad_id(tok), device)
+
+
+def bt_loss(rewards: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: rewards [2B] (chosen first) -> mean -log sigmoid(r_chosen - r_rejected)."""
+    chosen, rejected = rewards.chunk(2)
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+
+
+def margins(model: RewardModel, tok, pairs: list[Comparison], batch_size: int = 32
+            ) -> list[float]:
+    """r(chosen) - r(rejected) for each pair (> 0: the reward model agrees with the label)."""
+    chosen = score(model, tok, [p.prompt + p.chosen for p in pairs], batch_size)
+    rejected = score(model, tok, [p.prompt + p.rejected for p in pairs], batch_size)
+    return [c - r for c, r in zip(chosen, rejected)]
+
+
+def heldout_metrics(model, tok, pairs: list[Comparison], keep: dict | None = None) -> dict:
+    """BT loss, accuracy and mean margin on held-out pairs; the margins go to keep["margins"]."""
+    m = torch.tensor(margins(model, tok, pairs))
+    if keep is not None:
+        keep["margins"] = m.tolist()
+    return {"val_loss": float(-F.logsigmoid(m).mean()),
+            "val_accuracy": float((m > 0).float().mean()), "val_margin": float(m.mean())}
+
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def report(model, tok, pairs: list[Comparison], out: Path | None = None,
+           m: list[float] | None = None) -> dict:
+    """Held-out pairwise accuracy (overall and per kind of rejected answer, ties count as
+    wrong), the margin distribution as quantiles, and a histogram in out/margins.png.
+    `m`: the pairs' margins when already computed."""
+    m = margins(model, tok, pairs) if m is None else m
+    t = torch.tensor(m)
+    by_kind: dict[str, list[float]] = {}
+    for p, x in zip(pairs, m):
+        by_kind.setdefault(p.kind or p.task, []).append(x)
+    result = {
+        "pairs": len(m),
+        "accuracy": float((t > 0).float().mean()),
+        "margin_mean": float(t.mean()),
+        "margin_quantiles": {f"p{round(100 * q)}": float(t.quantile(q)) for q in QUANTILES},
+        "accuracy_by_kind": {k: {"accuracy": sum(x > 0 for x in v) / len(v), "pairs": len(v)}
+                             for k, v in sorted(by_kind.items())},
+    }
+    if out is not None:
+        _histogram(m, out / "margins.png", result["accuracy"])
+        tmp = out / "reward_eval.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out / "reward_eval.json")
+    return result
+
+
+def _histogram(m: list[float], path: Path, accuracy: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(m, bins=40, color="tab:blue", alpha=0.8)
+    ax.axvline(0, color="black", lw=1)
+    ax.set_xlabel("reward margin r(chosen) - r(rejected), held-out pairs")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"{len(m)} pairs, {100 * accuracy:.1f}% ranked correctly")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
+        resume: bool = False, overwrite: bool = False) -> Path:
+    r, t = cfg.reward, cfg.reward.train
+    parent = Path(parent)
+    out = Path(out_dir) if out_dir else cfg.run_dir / "reward"
+    check_out(out, resume, overwrite)
+    rt = setup()
+    try:
+        if resume:
+            model, tok = load_reward_model(out)
+        else:
+            tok = tokenizers_.load(parent)
+            model = RewardModel(checkpoint.load_model(parent))
+        max_len = min(t.seq_len, model.cfg.max_seq_len)
+        train_pairs, held, skipped = split_sources(r.sources, r.val_fraction)
+        if skipped:
+            print(f"reward: skipped {skipped}")
+        held_eval = held[:r.eval_pairs] if r.eval_pairs else held
+        print(f"reward: {len(train_pairs):,} train pairs, {len(held):,} held out "
+              f"({len(held_eval):,} scored); {t.max_steps} steps of {t.batch_size} pairs")
+        model = model.to(rt.device).train()
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)  # metrics.jsonl goes there
+        order = PairOrder(len(train_pairs), t.batch_size, t.seed, rt.rank, rt.world_size)
+        seen = {"acc": 0.0, "margin": 0.0, "n": 0}
+        last_eval: dict = {}  # the final evaluation's margins, reused by the report
+
+        def loss(m, batch):
+            rewards = m(*batch)
+            c, rj = rewards.detach().chunk(2)
+            seen["acc"] += float((c > rj).float().sum())
+            seen["margin"] += float((c - rj).sum())
+            seen["n"] += len(c)
+            return bt_loss(rewards)
+
+        def train_metrics() -> dict:
+            n = max(seen["n"], 1)
+            out_ = {"accuracy": seen["acc"] / n, "margin": seen["margin"] / n}
+            seen.update(acc=0.0, margin=0.0, n=0)
+            return out_
+
+        stage = Stage(
+            name="reward",
+            next_batch=lambda: pair_batch(tok, [train_pairs[i] for i in order.next()], max_len,
+                                          rt.device),
+            loss=loss,
+            tokens=lambda b: int((b[1] + 1).sum()),
+            data_state=order.state_dict,
+            load_data_state=order.load_state_dict,
+            evaluate=(lambda m: heldout_metrics(m, tok, held_eval, last_eval))
+            if held_eval else None,
+            flops_per_token=model.flops_per_token(max_len),
+            train_metrics=train_metrics,
+        )
+        info_base = {"parent": str(parent), "config": cfg.to_dict(),
+                     "parent_info": parent_identity(parent),
+                     "data": {"sources": r.sources, "train_pairs": len(train_pairs),
+                              "heldout_pairs": len(held), "skipped": skipped}}
+        tok_dir = out if resume else parent  # copied before the old checkpoint is replaced
+
+        def save(m, info, state):
+            save_reward_model(out, m, tok_dir, {**info_base, **info}, state)
+
+        result = train(model, t, stage, rt, ckpt_dir=out, save_checkpoint=save,
+                       run_dir=cfg.run_dir, resume=resume)
+        if not result.stopped_early and rt.is_main and held_eval:
+            rep = report(model, tok, held_eval, out, last_eval.get("margins"))
+            q = rep["margin_quantiles"]
+            print(f"reward: held-out pairwise accuracy {100 * rep['accuracy']:.1f}% on "
+                  f"{rep['pairs']} pairs; margin p5 {q['p5']:.2f} p25 {q['p25']:.2f} "
+                  f"median {q['p50']:.2f} p75 {q['p75']:.2f} p95 {q['p95']:.2f}")
+            print("reward: by kind " + ", ".join(f"{k} {100 * v['accuracy']:.1f}%"
+                                                for k, v in rep["accuracy_by_kind"].items()))
+            info = checkpoint.read_info(out)
+            info.setdefault("metrics", {}).update(
+                heldout_accuracy=rep["accuracy"], heldout_margin_quantiles=q)
+            _write_json(out / "llmos.json", info)
+            print(f"reward: -> {out} (margins histogram: {out / 'margins.png'})")
+        return out
+    finally:
+        teardown()

@@ -1,0 +1,142 @@
+"""Reward model: Bradley-Terry training on the one loop, scoring, Hugging Face parity, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.cli import main
+from llmos.train import pretrain, reward
+
+
+def toy_pairs(n: int, offset: int = 0) -> list[dict]:
+    """Separable: the chosen answer is helpful, the rejected one evasive."""
+    return [{"prompt": f"What does alpha_{i} return?",
+             "chosen": f"It returns the beta of gamma after {i} steps.",
+             "rejected": "I don't know."} for i in range(offset, offset + n)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, corpus_dir):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(runs, corpus_dir, name="rmbase", max_steps=3)
+    cfg.model.max_seq_len = 64
+    return cfg, pretrain.run(cfg)
+
+
+def small_reward_config(cfg, data, **train):
+    cfg.reward.sources = [str(data)]
+    cfg.reward.val_fraction = 0.25
+    cfg.reward.eval_pairs = 0
+    settings = dict(max_steps=30, batch_size=8, seq_len=64, warmup_steps=2, lr=3e-3,
+                    log_every=1, dtype="fp32", eval_every=10) | train
+    for k, v in settings.items():
+        setattr(cfg.reward.train, k, v)
+    return cfg
+
+
+def test_bt_loss_falls_and_heldout_accuracy_rises(base, tmp_path):
+    cfg, ckpt = base
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(60))
+    small_reward_config(cfg, data)
+    cfg.name = "bt"
+    out = reward.run(cfg, ckpt, tmp_path / "reward")
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["stage"] == "reward" and "loss" in r]
+    evals = [r for r in records if r["stage"] == "reward" and "val_accuracy" in r]
+    assert train[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # a zero head: every reward 0
+    assert train[-1]["loss"] < 0.2
+    assert evals[-1]["val_accuracy"] == 1.0 and evals[-1]["val_margin"] > evals[0]["val_margin"]
+    rep = json.loads((out / "reward_eval.json").read_text())
+    assert rep["accuracy"] == 1.0 and set(rep["margin_quantiles"]) == {"p5", "p25", "p50",
+                                                                        "p75", "p95"}
+    assert (out / "margins.png").stat().st_size > 1000
+    info = checkpoint.read_info(out)
+    assert info["stage"] == "reward" and info["parent"] == str(ckpt)
+    assert info["metrics"]["heldout_accuracy"] == 1.0
+
+
+def random_reward_model(ckpt, seed=0):
+    torch.manual_seed(seed)
+    model = reward.RewardModel(checkpoint.load_model(ckpt))
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    return model.eval()
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"},
+     {"role": "assistant", "content": "It returns the beta of gamma after 4 steps."}],
+    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+]
+
+
+def test_scores_do_not_depend_on_batching_and_survive_save_and_load(base, tmp_path):
+    _, ckpt = base
+    model = random_reward_model(ckpt)
+    tok = tokenizers_.load(ckpt)
+    together = reward.score(model, tok, CONVERSATIONS)
+    alone = [reward.score(model, tok, [c])[0] for c in CONVERSATIONS]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert len(set(together)) == 3
+    reward.save_reward_model(tmp_path / "rm", model, ckpt, {"note": "test"})
+    loaded, tok2 = reward.load_reward_model(tmp_path / "rm")
+    assert reward.score(loaded, tok2, CONVERSATIONS) == pytest.approx(together, abs=1e-6)
+
+
+def test_transformers_sequence_classification_gives_the_same_scores(base, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _, ckpt = base
+    model = random_reward_model(ckpt, seed=1)
+    tok = tokenizers_.load(ckpt)
+    reward.save_reward_model(tmp_path / "rm", model, ckpt, {})
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["pad_token_id"] == tok.token_to_id("<|pad|>") and config["num_labels"] == 1
+    hf = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    rows = [reward.encode(tok, c, 64) for c in CONVERSATIONS]
+    x, _ = reward.collate(rows, reward.pad_id(tok))  # right-padded, as score() batches them
+    with torch.no_grad():
+        theirs = hf(input_ids=x).logits[:, 0].tolist()
+    assert theirs == pytest.approx(reward.score(model, tok, CONVERSATIONS), abs=1e-4)
+
+
+def test_a_language_model_is_not_a_reward_model(base):
+    _, ckpt = base
+    with pytest.raises(ValueError, match="not a reward model"):
+        reward.load_reward_model(ckpt)
+
+
+def test_long_conversations_keep_their_end(base):
+    _, ckpt = base
+    tok = tokenizers_.load(ckpt)
+    long = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    ids = reward.encode(tok, long, 64)
+    assert len(ids) == 64 and "ok" in tok.decode(ids[-8:], skip_special_tokens=False)
+
+
+def test_cli_reward_end_to_end(base, tmp_path, capsys):
+    cfg, ckpt = base
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(24))
+    main(["reward", "--model", str(ckpt), "--data", str(data), "--runs-dir", str(tmp_path),
+          "--name", "cli", "--set", "reward.train.max_steps=4", "--set",
+          "reward.train.batch_size=4", "--set", "reward.train.dtype=fp32", "--set",
+          "reward.val_fraction=0.25"])
+    out = capsys.readouterr().out
+    assert "held-out pairwise accuracy" in out and "margin p5" in out
+    model, tok = reward.load_reward_model(tmp_path / "cli" / "reward")
+    assert len(reward.score(model, tok, CONVERSATIONS)) == 3
+    with pytest.raises(SystemExit):  # an existing checkpoint is not replaced silently
+        main(["reward", "--model", str(ckpt), "--data", str(data), "--runs-dir",
+              str(tmp_path), "--name", "cli"])
+    assert "already holds a checkpoint" in capsys.readouterr().err
