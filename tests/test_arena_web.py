@@ -191,6 +191,7 @@ def test_vote_rules(memorised, database_url):
         assert vote(c, bid, "model_a").status_code == 200
         assert vote(c, bid, "model_b").status_code == 409  # one vote per battle
         assert c.post("/arena/api/battles", json={"prompt": ""}).status_code == 400
+        assert c.post("/arena/api/battles", json={"prompt": " \n"}).status_code == 400
         assert c.post("/arena/api/battles", json={"prompt": "x" * 5000}).status_code == 400
 
 

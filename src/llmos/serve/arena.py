@@ -204,6 +204,8 @@ def arena_router(engine, contestants: dict[str, Contestant],
         client = client_of(request)
         if len(contestants) < 2:
             return _error(503, "the arena needs at least two models")
+        if not req.prompt.strip():
+            return _error(400, "the prompt is empty")
         if len(req.prompt) > settings.max_prompt_chars:
             return _error(400, f"the prompt is longer than {settings.max_prompt_chars} "
                           "characters")
