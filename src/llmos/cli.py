@@ -135,6 +135,29 @@ def cmd_rl(args):
     rl.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
 
 
+def cmd_reward(args):
+    from llmos.train import reward
+
+    cfg = resolve_config(args)
+    if args.data:
+        cfg.reward.sources = args.data
+    parent = args.model or str(cfg.run_dir / "sft")
+    reward.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
+def cmd_dpo(args):
+    from llmos.train import dpo
+
+    cfg = resolve_config(args)
+    if args.data:
+        cfg.dpo.sources = args.data
+    for key in ("beta", "loss", "judge", "eval_items"):
+        if getattr(args, key) is not None:
+            setattr(cfg.dpo, key, getattr(args, key))
+    parent = args.model or str(cfg.run_dir / "sft")
+    dpo.run(cfg, parent, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
 def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
     from llmos.infer.engine import SamplingParams
@@ -394,6 +417,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue an interrupted run")
     s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     s.set_defaults(func=cmd_rl)
+
+    s = sub.add_parser("reward", help="train a reward model on comparisons (Bradley-Terry)",
+                       description="Reward modelling: the SFT model with a scalar head on the "
+                       "last token, trained so that r(chosen) > r(rejected) (Bradley-Terry "
+                       "loss); reports held-out pairwise accuracy and the reward-margin "
+                       "distribution (OUT/reward_eval.json, OUT/margins.png). The checkpoint "
+                       "loads in transformers as LlamaForSequenceClassification. Settings live "
+                       "in the reward section (reward.sources, reward.train.max_steps, "
+                       "reward.train.lr, ...).\n\n" + CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--model", help="SFT checkpoint to start from (default RUNS_DIR/NAME/sft)")
+    s.add_argument("--data", action="append", metavar="SPEC",
+                   help="comparisons: a .jsonl file or folder ({'prompt', 'chosen', "
+                   "'rejected'}), builtin:comparisons, or hf:NAME (repeatable; default "
+                   "builtin:comparisons)")
+    s.add_argument("--out", help="output checkpoint (default RUNS_DIR/NAME/reward)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    s.set_defaults(func=cmd_reward)
+
+    s = sub.add_parser("dpo", help="tune a checkpoint on comparisons with DPO",
+                       description="Direct Preference Optimization from an SFT checkpoint "
+                       "against itself frozen as the reference (its log-probabilities computed "
+                       "once): raises the chosen answers' likelihood relative to the rejected "
+                       "ones, on the answer tokens only. Logs the implicit rewards, margins and "
+                       "accuracy to metrics.jsonl. With --eval-items N it then answers N "
+                       "held-out questions with the tuned model and its parent and reports the "
+                       "win rate and task accuracy side by side. Settings live in the dpo "
+                       "section (dpo.beta, dpo.loss, dpo.train.max_steps, ...).\n\n"
+                       + CONFIG_HELP, formatter_class=fmt)
+    add_config_args(s)
+    s.add_argument("--model", help="SFT checkpoint to tune (default RUNS_DIR/NAME/sft)")
+    s.add_argument("--data", action="append", metavar="SPEC",
+                   help="comparisons, as for `llmos reward` (default builtin:comparisons)")
+    s.add_argument("--beta", type=float,
+                   help="strength of the pull toward the reference (dpo.beta, default 0.1)")
+    s.add_argument("--loss", choices=["sigmoid", "robust", "ipo", "hinge"],
+                   help="sigmoid = DPO, robust = label-smoothed DPO (dpo.label_smoothing), "
+                   "ipo = IPO, hinge = SLiC (default sigmoid)")
+    s.add_argument("--eval-items", type=int, metavar="N",
+                   help="held-out questions for the comparison with the parent (0 = skip)")
+    s.add_argument("--judge", metavar="DIR",
+                   help="an `llmos reward` checkpoint that decides pairs the verifier cannot")
+    s.add_argument("--out", help="output checkpoint (default RUNS_DIR/NAME/dpo)")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    s.set_defaults(func=cmd_dpo)
 
     s = sub.add_parser("chat", help="talk to a checkpoint in the terminal (tools in the loop)",
                        description="A terminal chat with streaming answers, history and the "

@@ -1,0 +1,152 @@
+"""A tuned checkpoint against its parent on held-out prompts: win rate and task accuracy.
+
+Both models answer the same held-out questions of the assistant evaluation (greedy, tools in
+the loop; `llmos.evals.assistant`). Each question is one pair, decided by
+
+1. the verifier: one answer is correct and the other is not (exact result, program output,
+   signature, identity; word F1 >= 0.5 against the gold answer for free text);
+2. otherwise, when a reward model is given and the answers differ, the higher reward;
+3. otherwise a tie (the same answer, or both right or both wrong with no reward model).
+
+The win rate is wins / (wins + losses): ties are left out ("decided pairs").
+
+    from llmos.evals.versus import compare_to_parent
+    compare_to_parent("runs/cpu-tiny/dpo", "runs/cpu-tiny/sft", judge="runs/cpu-tiny/reward")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.data.conversations import Conversation, read_conversations
+from llmos.evals import assistant
+
+HELDOUT = "builtin:assistant:heldout"
+
+
+def correct(record: dict) -> bool:
+    if record["task"] in ("docstring", "followup"):
+        return record["score"] >= assistant.F1_THRESHOLD
+    return record["score"] >= 1.0
+
+
+def _evaluate(model, tok, heldout: list[Conversation], limit: int, saved: Path | None) -> dict:
+    """The assistant evaluation, or the one saved in `saved` when it asked the same questions."""
+    if saved is not None and saved.exists():
+        result = json.loads(saved.read_text())
+        planned = _planned(heldout, limit)
+        asked = [(r["task"], r["subject"]) for r in result.get("items", [])
+                 if r["task"] != "arithmetic_no_tool"]
+        if asked == planned:
+            return result
+    return assistant.evaluate(model, tok, heldout, limit)
+
+
+def _planned(heldout: list[Conversation], limit: int) -> list[tuple[str, str]]:
+    """The (task, subject) items `assistant.evaluate` asks, in its order."""
+    by_task: dict[str, list[Conversation]] = {}
+    for c in heldout:
+        if c.answer:
+            by_task.setdefault(c.task, []).append(c)
+    per_task = max(1, limit // max(1, len(by_task)))
+    return [(c.task, c.subject) for task in sorted(by_task) for c in by_task[task][:per_task]]
+
+
+def decide(child: dict, parent: dict, rewards: tuple[float, float] | None = None
+           ) -> tuple[str, str]:
+    """(outcome for the child: win / loss / tie, what decided it: verifier / reward / same)."""
+    if child["transcript"] == parent["transcript"]:
+        return "tie", "same"
+    c, p = correct(child), correct(parent)
+    if c != p:
+        return ("win" if c else "loss"), "verifier"
+    if rewards is not None and rewards[0] != rewards[1]:
+        return ("win" if rewards[0] > rewards[1] else "loss"), "reward"
+    return "tie", "undecided"
+
+
+def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
+                      judge: str | Path | None = None, heldout: list[Conversation] | None = None,
+                      model=None, write: bool = True) -> dict:
+    """Answer up to `limit` held-out questions with the child and its parent, judge each pair
+    (verifier, then the reward model `judge` if given) and compare task accuracy. Writes
+    child/compare_parent.json (every pair) and child/eval_assistant.json, adds the numbers to
+    child/llmos.json's metrics, prints a summary and returns it."""
+    child, parent = Path(child), Path(parent)
+    if heldout is None:
+        heldout, _ = read_conversations([HELDOUT])
+    tok = tokenizers_.load(child)
+    model = model if model is not None else checkpoint.load_model(child)
+    model.eval()
+    print(f"versus: answering up to {limit} held-out questions with {child} and {parent}...")
+    mine = _evaluate(model, tok, heldout, limit, None)
+    theirs = _evaluate(checkpoint.load_model(parent), tokenizers_.load(parent), heldout, limit,
+                       parent / "eval_assistant.json")
+    rewards = None
+    if judge is not None:
+        from llmos.train.reward import load_reward_model, score
+
+        by_subject = {(c.task, c.subject): c for c in heldout}
+        rm, rtok = load_reward_model(judge)
+
+        def conversations(items):
+            return [assistant.prompt_of(by_subject[(r["task"].replace("_no_tool", ""),
+                                                    r["subject"])]) + r["transcript"]
+                    for r in items]
+
+        rewards = list(zip(score(rm, rtok, conversations(mine["items"])),
+                           score(rm, rtok, conversations(theirs["items"]))))
+    pairs = []
+    for i, (c, p) in enumerate(zip(mine["items"], theirs["items"])):
+        outcome, by = decide(c, p, rewards[i] if rewards else None)
+        pairs.append({"task": c["task"], "subject": c["subject"], "outcome": outcome, "by": by,
+                      "child": c["answer"], "parent": p["answer"],
+                      **({"rewards": rewards[i]} if rewards else {})})
+    summary = _summary(pairs, mine["summary"], theirs["summary"])
+    _print(summary)
+    if write:
+        _write(child / "compare_parent.json", {"summary": summary, "pairs": pairs,
+                                               "child": str(child), "parent": str(parent),
+                                               "judge": str(judge) if judge else None})
+        _write(child / "eval_assistant.json", mine)
+        info = checkpoint.read_info(child)
+        info.setdefault("metrics", {}).update(
+            {f"heldout_{k}": v for k, v in mine["summary"].items()}
+            | {"win_rate_vs_parent": summary["win_rate"], "decided_vs_parent": summary["decided"]})
+        _write(child / "llmos.json", info)
+    return summary
+
+
+def _summary(pairs: list[dict], mine: dict, theirs: dict) -> dict:
+    count = {o: sum(p["outcome"] == o for p in pairs) for o in ("win", "loss", "tie")}
+    decided = count["win"] + count["loss"]
+    by = {}
+    for how in ("verifier", "reward"):
+        sub = [p for p in pairs if p["by"] == how]
+        by[how] = {"wins": sum(p["outcome"] == "win" for p in sub),
+                   "losses": sum(p["outcome"] == "loss" for p in sub)}
+    accuracy = {k: {"child": v, "parent": theirs.get(k)} for k, v in mine.items()
+                if k.endswith(("_acc", "_f1")) or k in ("well_formed_turns", "valid_tool_calls")}
+    return {"pairs": len(pairs), "wins": count["win"], "losses": count["loss"],
+            "ties": count["tie"], "decided": decided,
+            "win_rate": count["win"] / decided if decided else float("nan"),
+            "decided_by": by, "accuracy": accuracy}
+
+
+def _print(s: dict) -> None:
+    print(f"versus: {s['wins']} wins, {s['losses']} losses, {s['ties']} ties over {s['pairs']} "
+          f"held-out questions: win rate {100 * s['win_rate']:.1f}% of {s['decided']} decided "
+          f"(verifier {s['decided_by']['verifier']}, reward model {s['decided_by']['reward']})")
+    for k, v in s["accuracy"].items():
+        parent = v["parent"]
+        print(f"  {k:<26} {v['child']:.3f}  (parent "
+              f"{parent:.3f})" if isinstance(parent, float) else f"  {k:<26} {v['child']}")
+
+
+def _write(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)

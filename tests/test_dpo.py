@@ -1,0 +1,135 @@
+"""DPO: the answer-only mask, the loss variants, log 2 at the start, a growing margin, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.cli import main
+from llmos.data.comparisons import Comparison
+from llmos.evals import versus
+from llmos.train import dpo, pretrain
+
+
+def toy_pairs(n: int) -> list[dict]:
+    return [{"prompt": f"What does alpha_{i} return?",
+             "chosen": f"It returns the beta of gamma after {i} steps.",
+             "rejected": f"It returns the delta of {i} windows."} for i in range(n)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, corpus_dir):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(runs, corpus_dir, name="dpobase", max_steps=3)
+    cfg.model.max_seq_len = 64
+    return cfg, pretrain.run(cfg)
+
+
+def small_dpo_config(cfg, data, **train):
+    cfg.dpo.sources = [str(data)]
+    cfg.dpo.val_fraction = 0.25
+    settings = dict(max_steps=20, batch_size=4, seq_len=64, warmup_steps=2, lr=3e-3,
+                    log_every=1, dtype="fp32", eval_every=10) | train
+    for k, v in settings.items():
+        setattr(cfg.dpo.train, k, v)
+    return cfg
+
+
+def test_only_the_answer_tokens_are_trained(base):
+    _, ckpt = base
+    tok = tokenizers_.load(ckpt)
+    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello there."},
+              {"role": "user", "content": "and then?"}]
+    ids, mask = dpo.answer_tokens(tok, prompt, [{"role": "assistant", "content": "Then more."}],
+                                  64)
+    trained = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert trained.startswith("Then more.") and "Hello" not in trained
+    x, y = dpo.collate([(ids, mask)], dpo.pad_id(tok))
+    assert x.shape == y.shape and int((y != -100).sum()) == sum(mask[1:])
+
+
+def test_loss_variants():
+    policy = torch.tensor([[-1.0, -3.0]])
+    ref = torch.tensor([[-2.0, -2.0]])  # h = (1) - (-1) = 2
+    beta = 0.5
+    loss, stats = dpo.dpo_loss(policy, ref, beta, "sigmoid")
+    assert float(loss) == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
+    assert stats["reward_chosen"] == pytest.approx(0.5) and stats["margin"] == pytest.approx(1)
+    assert stats["accuracy"] == 1
+    assert float(dpo.dpo_loss(policy, ref, beta, "ipo")[0]) == pytest.approx((2 - 1) ** 2)
+    assert float(dpo.dpo_loss(policy, ref, beta, "hinge")[0]) == pytest.approx(0.0)
+    robust = float(dpo.dpo_loss(policy, ref, beta, "robust", 0.1)[0])
+    expected = 0.9 * math.log1p(math.exp(-1)) + 0.1 * math.log1p(math.exp(1))
+    assert robust == pytest.approx(expected)
+    with pytest.raises(ValueError, match="dpo.loss"):
+        dpo.dpo_loss(policy, ref, beta, "nope")
+
+
+def test_loss_is_log_2_when_the_policy_is_the_reference(base):
+    _, ckpt = base
+    tok = tokenizers_.load(ckpt)
+    model = checkpoint.load_model(ckpt)
+    pairs = [Comparison([{"role": "user", "content": r["prompt"]}],
+                        [{"role": "assistant", "content": r["chosen"]}],
+                        [{"role": "assistant", "content": r["rejected"]}], "t")
+             for r in toy_pairs(6)]
+    ref = dpo.reference_logps(model, tok, pairs, 64, "cpu", batch_size=4)
+    x, y = dpo.collate(dpo.pair_rows(tok, pairs, 64), dpo.pad_id(tok))  # other batching
+    with torch.no_grad():
+        lp = dpo.sequence_logps(model.train(), x, y)
+    loss, stats = dpo.dpo_loss(torch.stack(lp.chunk(2), dim=1), ref, 0.1)
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-5)
+    assert abs(stats["margin"]) < 1e-4
+
+
+def test_dpo_run_widens_the_margin(base, tmp_path):
+    cfg, ckpt = base
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(40))
+    small_dpo_config(cfg, data)
+    cfg.name = "dpo"
+    out = dpo.run(cfg, ckpt, tmp_path / "dpo")
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["stage"] == "dpo" and "loss" in r]
+    evals = [r for r in records if r["stage"] == "dpo" and "val_margin" in r]
+    assert train[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(train[0])
+    assert train[-1]["margin"] > 1.0 and evals[-1]["val_margin"] > evals[0]["val_margin"] > 0
+    assert evals[-1]["val_accuracy"] == 1.0
+    info = checkpoint.read_info(out)
+    assert info["stage"] == "dpo" and info["parent"] == str(ckpt) and info["final"]
+    checkpoint.load_model(out)  # an ordinary causal LM checkpoint
+
+
+def test_versus_decides_by_verifier_then_reward():
+    right = {"task": "arithmetic", "score": 1.0, "transcript": [{"content": "4"}]}
+    wrong = {"task": "arithmetic", "score": 0.0, "transcript": [{"content": "5"}]}
+    other = {"task": "arithmetic", "score": 0.0, "transcript": [{"content": "6"}]}
+    assert versus.decide(right, wrong) == ("win", "verifier")
+    assert versus.decide(wrong, right, (9.0, 0.0)) == ("loss", "verifier")
+    assert versus.decide(wrong, other) == ("tie", "undecided")
+    assert versus.decide(wrong, other, (1.0, 2.0)) == ("loss", "reward")
+    assert versus.decide(wrong, dict(wrong)) == ("tie", "same")
+
+
+def test_cli_dpo_end_to_end(base, tmp_path, capsys):
+    _, ckpt = base
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(16))
+    main(["dpo", "--model", str(ckpt), "--data", str(data), "--runs-dir", str(tmp_path),
+          "--name", "cli", "--beta", "0.2", "--loss", "ipo", "--set", "dpo.train.max_steps=3",
+          "--set", "dpo.train.batch_size=4", "--set", "dpo.train.dtype=fp32", "--set",
+          "dpo.val_fraction=0.25"])
+    out = capsys.readouterr().out
+    assert "loss ipo, beta 0.2" in out and "held-out pairs: accuracy" in out
+    info = checkpoint.read_info(tmp_path / "cli" / "dpo")
+    assert info["config"]["dpo"]["loss"] == "ipo" and info["config"]["dpo"]["beta"] == 0.2
