@@ -1,0 +1,175 @@
+"""Online RL: advantages, the clipped objective, the KL estimator, learning a trivial task, the
+command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.cli import main
+from llmos.train import pretrain, rl
+
+# ---- the pieces, by hand ------------------------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 3.0])
+    a = rl.group_advantages(r, 4, eps=1e-8)
+    # group 1: mean 0.5, population std 0.5; group 2: all equal -> no signal; group 3: mean
+    # 0.75, std sqrt((3 * 0.75^2 + 2.25^2) / 4) = 1.299
+    std3 = math.sqrt((3 * 0.75**2 + 2.25**2) / 4)
+    expected = [1, -1, -1, 1, 0, 0, 0, 0, -0.75 / std3, -0.75 / std3, -0.75 / std3, 2.25 / std3]
+    assert torch.allclose(a, torch.tensor(expected), atol=1e-5)
+    assert torch.equal(rl.group_advantages(torch.ones(8), 4), torch.zeros(8))
+
+
+@pytest.mark.parametrize("adv,ratio,clipped", [
+    (1.0, 1.1, False),  # inside the trust region: plain policy gradient
+    (1.0, 1.5, True),  # already more likely than the clip allows: no push further
+    (-1.0, 1.5, False),  # a bad answer made more likely: always corrected
+    (-1.0, 0.5, True),  # a bad answer already much less likely: no push further
+    (1.0, 0.5, False),  # a good answer made less likely: always corrected
+])
+def test_clipped_objective_gradient_by_hand(adv, ratio, clipped):
+    old = torch.tensor([[math.log(0.2)]])
+    logp = (old + math.log(ratio)).clone().requires_grad_(True)
+    loss, stats = rl.clipped_loss(logp, old, logp.detach(), torch.tensor([adv]),
+                                  torch.ones(1, 1), clip_eps=0.2, kl_coef=0.0)
+    loss.backward()
+    # d/dlogp of -ratio * A is -ratio * A; the clipped branch is constant.
+    expected = 0.0 if clipped else -ratio * adv
+    assert logp.grad.item() == pytest.approx(expected, abs=1e-6)
+    assert loss.item() == pytest.approx(-min(ratio * adv, min(max(ratio, 0.8), 1.2) * adv))
+    assert stats["clip_frac"] == float(clipped)
+
+
+def test_ratio_one_is_reinforce_with_a_baseline():
+    logp = torch.log(torch.tensor([[0.3, 0.6], [0.5, 0.1]])).requires_grad_(True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([2.0, -1.0])
+    loss, _ = rl.clipped_loss(logp, logp.detach(), logp.detach(), adv, mask, 0.2, 0.0)
+    loss.backward()
+    assert torch.allclose(logp.grad, -adv[:, None] * mask / 3)
+
+
+def test_kl_estimator_is_zero_at_the_reference_and_unbiased():
+    lp = torch.log_softmax(torch.randn(5, 7), -1)
+    assert torch.equal(rl.kl_k3(lp, lp), torch.zeros(5, 7))
+    # Sampled from p, the k3 estimates average to KL(p || q), and each one is >= 0.
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(6, generator=g), -1)
+    q = torch.softmax(torch.randn(6, generator=g), -1)
+    x = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    k3 = rl.kl_k3(p.log()[x], q.log()[x])
+    assert bool((k3 >= 0).all())
+    assert k3.mean().item() == pytest.approx(float((p * (p / q).log()).sum()), rel=0.03)
+
+
+def test_the_verifier_wants_the_result_and_no_other_new_number():
+    q = "What is 416 - 50?"
+    assert rl.exact_number("366", q, "416 - 50 = 366.") == 1.0
+    assert rl.exact_number("366", q, "416 - 50 = 367.") == 0.0
+    assert rl.exact_number("366", q, "366 or 367") == 0.0  # listing guesses earns nothing
+    assert rl.exact_number("366", q, "It is 1,366.") == 0.0
+    p = rl.Prompt([{"role": "user", "content": "Write f(x) returning 2x."}],
+                  tests="assert f(2) == 4", task="python")
+    assert rl.verify(p, "```python\ndef f(x):\n    return 2 * x\n```") == 1.0
+    assert rl.verify(p, "```python\ndef f(x):\n    return x\n```") == 0.0
+
+
+def test_prompt_file_rows_and_bad_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"prompt": "What is 2 + 2?", "answer": "4"}),
+        json.dumps({"prompt": [{"role": "user", "content": "f?"}], "tests": "assert f(1)"}),
+        json.dumps({"prompt": "Say hi", "answer": "hi"}),
+        json.dumps({"answer": "no prompt"}),
+        "not json",
+    ]))
+    train, held, skipped = rl.read_prompt_file(path, val_fraction=0.0)
+    assert skipped == 2 and not held
+    assert [p.task for p in train] == ["arithmetic", "python", "text"]
+
+
+# ---- a tiny model learns "always answer 7" ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, corpus_dir):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(runs, corpus_dir, name="rlbase", max_steps=2)
+    return cfg, pretrain.run(cfg)
+
+
+def seven_prompts(tmp_path, n=16):
+    path = tmp_path / "seven.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say a number, {chr(97 + i % 26)}.",
+                                        "answer": "7"}) + "\n" for i in range(n)))
+    return path
+
+
+def tiny_rl(cfg, prompts, steps):
+    cfg.rl.prompts = [str(prompts)]
+    cfg.rl.val_fraction = 0.0
+    cfg.rl.group_size, cfg.rl.prompts_per_step = 16, 4
+    cfg.rl.max_new_tokens, cfg.rl.eval_items = 3, 0
+    for k, v in dict(max_steps=steps, lr=2e-2, dtype="fp32", eval_every=0).items():
+        setattr(cfg.rl.train, k, v)
+    return cfg
+
+
+@pytest.mark.slow
+def test_reward_rises_on_a_trivial_verifier_task(tiny, tmp_path):
+    cfg, ckpt = tiny
+    cfg = tiny_rl(cfg, seven_prompts(tmp_path), steps=12)
+    out = rl.run(cfg, ckpt, tmp_path / "rl")
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if r["stage"] == "rl" and "reward" in r]
+    assert len(rewards) == 12
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
+    info = checkpoint.read_info(out)
+    assert info["stage"] == "rl" and info["parent"] == str(ckpt) and info["final"]
+    assert (cfg.run_dir / "rl.png").exists()
+    tok = tokenizers_.load(out)
+    assert tok.token_to_id("<|im_end|>") is not None
+
+
+def test_kl_penalty_and_several_updates_per_batch_run(tiny, tmp_path):
+    cfg, ckpt = tiny
+    cfg = tiny_rl(cfg, seven_prompts(tmp_path), steps=4)
+    cfg.rl.kl_coef, cfg.rl.updates_per_batch = 0.1, 2
+    rl.run(cfg, ckpt, tmp_path / "rl-kl")
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["stage"] == "rl" and "loss" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+    # Steps 2 and 4 update on the batch sampled for steps 1 and 3: no new sampling statistics.
+    assert ["reward" in r for r in steps] == [True, False, True, False]
+    assert steps[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)  # starts at the reference
+    assert steps[2]["kl_ref"] > 0
+
+
+def test_cli_rl_end_to_end(tiny, tmp_path, capsys):
+    cfg, ckpt = tiny
+    prompts = seven_prompts(tmp_path, n=30)
+    main(["rl", "--model", str(ckpt), "--prompts", str(prompts), "--runs-dir", str(tmp_path),
+          "--name", "cli", "--out", str(tmp_path / "cli-rl"),
+          "--set", "rl.train.max_steps=3", "--set", "rl.group_size=4",
+          "--set", "rl.prompts_per_step=2", "--set", "rl.max_new_tokens=4",
+          "--set", "rl.train.eval_every=2", "--set", "rl.eval_items=4",
+          "--set", "rl.val_fraction=0.3", "--set", "rl.train.dtype=fp32"])
+    out = capsys.readouterr().out
+    assert "rl step     3/3" in out and "reward" in out and "rl: done at step 3" in out
+    records = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    held = [r for r in records if "heldout_acc" in r]
+    assert [r["step"] for r in held] == [0, 2, 3]  # the start, every 2 steps, the end
+    assert checkpoint.read_info(tmp_path / "cli-rl")["stage"] == "rl"
+    with pytest.raises(SystemExit):  # never overwritten by accident
+        main(["rl", "--model", str(ckpt), "--prompts", str(prompts), "--runs-dir",
+              str(tmp_path), "--name", "cli", "--out", str(tmp_path / "cli-rl")])
+    assert "already holds a checkpoint" in capsys.readouterr().err
