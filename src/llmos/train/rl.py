@@ -503,7 +503,12 @@ def plot_curve(metrics: Path, out: Path) -> None:
               if "accuracy" in r and not math.isnan(r["accuracy"])]
     fig, ax = plt.subplots(figsize=(7, 4))
     if reward:
-        ax.plot(*zip(*reward), alpha=0.5, label="train accuracy (sampled, per step)")
+        steps, acc = zip(*reward)
+        ax.plot(steps, acc, alpha=0.3, label="train accuracy (sampled, per step)")
+        w = 5  # the per-step numbers are noisy (P x G answers): a moving mean shows the trend
+        if len(acc) >= w:
+            ax.plot(steps[w - 1:], [sum(acc[i - w + 1:i + 1]) / w for i in range(w - 1, len(acc))],
+                    color="C0", label=f"train accuracy ({w}-step mean)")
     if held:
         ax.plot(*zip(*held), "o-", label="held-out accuracy (greedy)")
     ax.set_xlabel("step")
