@@ -36,6 +36,7 @@ Prompt sources (rl.prompts):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -53,7 +54,7 @@ from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.evals.assistant import NUMBER, contains_number, prompt_of, score
 from llmos.infer.engine import Engine, SamplingParams
-from llmos.runtime import setup, teardown
+from llmos.runtime import autocast_dtype, setup, teardown
 from llmos.train.loop import Stage, train
 
 BUILTIN_ARITHMETIC = "builtin:arithmetic"
@@ -243,9 +244,12 @@ class Sampler:
     """The sampling phase: P prompts x G answers -> a Batch, and the step's statistics."""
 
     def __init__(self, model, ref, tok, prompts: list[Prompt], scorer: Scorer, rl, seed: int,
-                 device: str):
+                 device: str, amp: torch.dtype | None = None):
         self.model, self.ref, self.tok, self.prompts = model, ref, tok, prompts
         self.scorer, self.rl, self.seed, self.device = scorer, rl, seed, device
+        # Log-probabilities in the precision of the update, so the PPO ratio starts at 1.
+        self.autocast = (lambda: torch.autocast(device.split(":")[0], dtype=amp)) if amp else (
+            contextlib.nullcontext)
         self.stops = tokenizers_.end_ids(tok)
         self.epoch, self.index, self.draws = 0, 0, 0
         self.cached: Batch | None = None
@@ -299,8 +303,9 @@ class Sampler:
         adv = group_advantages(r, G)
         x, mask = _pad(rows, self.stops[0])
         x, mask, adv = x.to(self.device), mask.to(self.device), adv.to(self.device)
-        old = token_logprobs(self.model, x, mask)
-        ref = token_logprobs(self.ref, x, mask) if self.ref is not None else old
+        with self.autocast():
+            old = token_logprobs(self.model, x, mask)
+            ref = token_logprobs(self.ref, x, mask) if self.ref is not None else old
         n = mask.sum().clamp(min=1)
         groups = r.view(-1, G)
         judged = [c for c in correct if not math.isnan(c)]
@@ -350,8 +355,11 @@ def rl_loss(rl):
         T = int(mask.nonzero()[:, 1].max()) + 1 if mask.any() else x.shape[1]
         x, mask = x[:, :T], mask[:, :T]
         logp = token_logprobs(model, x, mask)
-        value, _ = clipped_loss(logp, b.old_logp[keep][:, :T], b.ref_logp[keep][:, :T],
-                                b.adv[keep], mask, rl.clip_eps, rl.kl_coef)
+        # One update per sample: the policy is the sampling policy, ratio exactly 1 (the old
+        # log-probabilities, computed apart, would differ by rounding under bf16 autocast).
+        old = logp.detach() if rl.updates_per_batch == 1 else b.old_logp[keep][:, :T]
+        value, _ = clipped_loss(logp, old, b.ref_logp[keep][:, :T], b.adv[keep], mask,
+                                rl.clip_eps, rl.kl_coef)
         return value
 
     return loss
@@ -411,7 +419,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         print(f"rl: {len(train_prompts):,} training prompts, {len(held):,} held out; "
               f"{rl.prompts_per_step} prompts x {rl.group_size} answers per step, "
               f"{'reward model ' + rl.reward_model if rl.reward_model else 'verifier'} rewards")
-        sampler = Sampler(model, ref, tok, train_prompts, scorer, rl, t.seed, rt.device)
+        sampler = Sampler(model, ref, tok, train_prompts, scorer, rl, t.seed, rt.device,
+                          autocast_dtype(t.dtype, rt.device))
         evaluate = (lambda m: heldout_accuracy(m, tok, held, rl.max_new_tokens)) if held else None
 
         metrics = cfg.run_dir / "metrics.jsonl"
