@@ -237,3 +237,10 @@ def test_eval_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--tasks", "--limit", "--shots", "--out", "--batch-size", "--device"):
         assert flag in text
+
+
+def test_chat_prompts_are_a_user_turn(tiny):
+    text = generative.chat_prompt(tk.load(tiny), "Question: what?\nAnswer:")
+    assert text == ("<|im_start|>user\nQuestion: what?\nAnswer:<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    assert harness.default_out(tiny, ["gsm8k"], 0, None, chat=True).name == "gsm8k-0shot-chat.json"

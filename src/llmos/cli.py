@@ -304,10 +304,10 @@ def cmd_eval(args):
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.shots < 0:
         raise ValueError("--batch-size and --limit must be >= 1, --shots >= 0")
     result = harness.evaluate(args.model, names, shots=args.shots, limit=args.limit,
-                              batch_size=args.batch_size, device=args.device,
+                              batch_size=args.batch_size, device=args.device, chat=args.chat,
                               log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out) if args.out else harness.default_out(args.model, names, args.shots,
-                                                              args.limit)
+                                                              args.limit, args.chat)
     harness.write(result, out)
     print(harness.format_table(result))
     print(f"wrote {out}", file=sys.stderr)
@@ -683,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32, metavar="N",
                    help="questions (or generations, or bpb windows) per forward pass "
                    "(default 32; lower it on out-of-memory)")
+    s.add_argument("--chat", action="store_true",
+                   help="ask gsm8k and triviaqa as a user turn in the chat format (for "
+                   "assistant checkpoints); other tasks are scored as plain text")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     s.set_defaults(func=cmd_eval)
     return p

@@ -61,6 +61,18 @@ def score_answer(task: str, output: str, answers: Sequence[str]) -> tuple[float,
 # ---- generation --------------------------------------------------------------------------------
 
 
+def chat_prompt(tok, text: str) -> str:
+    """The prompt as a user turn in the model's chat format, ending in the assistant's header
+    (for assistant checkpoints, which answer a chat turn rather than continue a document)."""
+    from llmos import chat
+
+    messages = [{"role": "user", "content": text.strip()}]
+    template = getattr(tok, "chat_template", None)
+    if template is not None:
+        return chat.template_text(template, messages, None, add_generation_prompt=True)
+    return chat.render_text(messages, None, add_generation_prompt=True)[0]
+
+
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """The text before the first stop string, and whether one was found."""
     cuts = [text.index(s) for s in stops if s in text]

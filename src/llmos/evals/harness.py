@@ -201,7 +201,7 @@ def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
 
 
 def run_task(name: str, model, tok, model_dir: Path, shots: int, limit: int | None,
-             batch_size: int) -> dict:
+             batch_size: int, chat: bool = False) -> dict:
     if name == "assistant":
         return {"kind": "assistant", "primary": "acc", **run_assistant(model, tok, limit)}
     if name == "bpb" or name.startswith("bpb:"):
@@ -210,6 +210,9 @@ def run_task(name: str, model, tok, model_dir: Path, shots: int, limit: int | No
                 **run_bpb(model, tok, model_dir, source, limit, batch_size)}
     task = tasks_.hf_task(name) if name.startswith("hf:") else tasks_.TASKS[name]
     items = tasks_.build_items(task, shots, limit)
+    if chat and task.kind == "gen":
+        for it in items:
+            it.prompt = generative.chat_prompt(tok, it.prompt)
     run = run_mc if task.kind == "mc" else run_generate
     return {"kind": task.kind, "primary": task.primary, "about": task.about,
             **run(model, tok, task, items, batch_size)}
@@ -223,7 +226,7 @@ def centered(result: dict) -> float | None:
 
 
 def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = None,
-             batch_size: int = 32, device: str = "cpu", log=print) -> dict:
+             batch_size: int = 32, device: str = "cpu", chat: bool = False, log=print) -> dict:
     model_dir = Path(model_dir)
     model = checkpoint.load_model(model_dir, device).eval()
     tok = tokenizers_.load(model_dir)
@@ -231,7 +234,7 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
     results = {}
     for name in names:
         t = time.perf_counter()
-        r = run_task(name, model, tok, model_dir, shots, limit, batch_size)
+        r = run_task(name, model, tok, model_dir, shots, limit, batch_size, chat)
         m = r["metrics"]  # n: items; bpb: documents, or tokens on the run's shards
         r["n"] = m.get("documents", m.get("tokens", m.get("items", len(r["items"]))))
         r["seconds"] = round(time.perf_counter() - t, 1)
@@ -244,7 +247,7 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
         results[name] = {k: v for k, v in r.items() if k != "items"} | {"items": r["items"]}
     scored = [r["centered"] for r in results.values() if "centered" in r]
     return {
-        "model": str(model_dir), "tasks": names, "shots": shots, "limit": limit,
+        "model": str(model_dir), "tasks": names, "shots": shots, "limit": limit, "chat": chat,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),
         "centered_accuracy": sum(scored) / len(scored) if scored else None,
@@ -252,9 +255,10 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
     }
 
 
-def default_out(model_dir, names: list[str], shots: int, limit: int | None) -> Path:
+def default_out(model_dir, names: list[str], shots: int, limit: int | None,
+                chat: bool = False) -> Path:
     tag = "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", n).strip("_") for n in names)[:120]
-    tag += f"-{shots}shot" + (f"-limit{limit}" if limit else "")
+    tag += f"-{shots}shot" + ("-chat" if chat else "") + (f"-limit{limit}" if limit else "")
     return Path(model_dir) / "evals" / f"{tag}.json"
 
 
