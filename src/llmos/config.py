@@ -131,6 +131,7 @@ class DPOConfig:
     beta: float = 0.1  # strength of the pull toward the reference (lower = freer to move)
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge (SLiC) | robust (label-smoothed DPO)
     label_smoothing: float = 0.0  # robust: assumed share of flipped labels
+    nll_coef: float = 0.0  # weight of the chosen answers' NLL added to the loss (RPO); 0 = off
     eval_pairs: int = 500  # held-out pairs for the held-out rewards and accuracy (0 = all)
     eval_items: int = 0  # held-out prompts answered by the DPO model and its parent (0 = skip)
     judge: str = ""  # reward model that decides non-verifiable answers in that comparison

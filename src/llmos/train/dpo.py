@@ -14,6 +14,10 @@ training (it is never run again). With h = [log pi(chosen) - log ref(chosen)]
     ipo       (h - 1 / (2 * beta))^2                                  IPO (Azar et al. 2023)
     hinge     max(0, 1 - beta * h)                                    SLiC (Zhao et al. 2023)
 
+`dpo.nll_coef` > 0 adds that much of the chosen answers' mean per-token negative log-likelihood
+(RPO, Pang et al. 2024): plain DPO can widen the margin by lowering both answers, and on
+cpu-tiny that garbled some answers (docs/LOG.md, 2026-11-27).
+
 The implicit rewards beta * (log pi - log ref) of the chosen and rejected answers, their margin
 and the share of pairs ranked right are logged each step (train) and at each evaluation
 (held-out pairs) to metrics.jsonl.
@@ -130,6 +134,15 @@ def dpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float, kind: s
     return losses.mean(), stats
 
 
+def chosen_nll(logps: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood of the chosen answers (the first half of the rows):
+    the term RPO adds to DPO (Pang et al. 2024) so the chosen answers' own likelihood cannot sink
+    while the margin grows."""
+    B = len(logps) // 2
+    tokens = (y[:B] != -100).sum(-1).clamp(min=1)
+    return -(logps[:B] / tokens).mean()
+
+
 def _means(total: dict, prefix: str = "") -> dict:
     n = max(total.get("n", 0), 1)
     return {prefix + k: v / n for k, v in total.items() if k != "n"}
@@ -208,6 +221,10 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             lp = sequence_logps(m, x, y)
             value, stats = dpo_loss(torch.stack(lp.chunk(2), dim=1), ref, d.beta, d.loss,
                                     d.label_smoothing)
+            if d.nll_coef:
+                nll = chosen_nll(lp, y)
+                value = value + d.nll_coef * nll
+                stats["chosen_nll"] = float(nll) * stats["n"]
             _add(seen, stats)
             return value
 
