@@ -133,3 +133,11 @@ def test_cli_dpo_end_to_end(base, tmp_path, capsys):
     assert "loss ipo, beta 0.2" in out and "held-out pairs: accuracy" in out
     info = checkpoint.read_info(tmp_path / "cli" / "dpo")
     assert info["config"]["dpo"]["loss"] == "ipo" and info["config"]["dpo"]["beta"] == 0.2
+
+
+def test_rpo_term_is_the_chosen_answers_mean_token_nll():
+    logps = torch.tensor([-4.0, -6.0, -1.0, -1.0])  # two chosen rows, then two rejected
+    y = torch.full((4, 5), -100)
+    y[0, :2] = 1  # 2 answer tokens
+    y[1, :3] = 1  # 3 answer tokens
+    assert float(dpo.chosen_nll(logps, y)) == pytest.approx((4 / 2 + 6 / 3) / 2)
