@@ -140,3 +140,16 @@ def test_cli_reward_end_to_end(base, tmp_path, capsys):
         main(["reward", "--model", str(ckpt), "--data", str(data), "--runs-dir",
               str(tmp_path), "--name", "cli"])
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["reward", "dpo"])
+def test_every_flag_has_help(command, capsys):
+    from llmos.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
+    for action in actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and action.option_strings[-1] in text
