@@ -7,7 +7,7 @@ import pytest
 from llmos.cli import build_parser, main
 
 COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "sft", "chat", "serve",
-            "export", "import", "arena", "speedrun"]
+            "export", "import", "arena", "speedrun", "report"]
 TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
         "--set", "model.n_kv_heads=2", "--set", "model.max_seq_len=64",
         "--set", "data.vocab_size=300", "--set", "data.val_fraction=0.1",
@@ -19,6 +19,12 @@ TINY_SFT = ["--set", "sft.train.max_steps=3", "--set", "sft.train.batch_size=2",
             "--set", "sft.train.seq_len=64", "--set", "sft.train.eval_every=0",
             "--set", "sft.train.warmup_steps=1", "--set", "sft.eval_items=4",
             "--set", "sft.val_fraction=0.3"]
+TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
+    "--set", f"{stage}.train.max_steps=2", "--set", f"{stage}.train.batch_size=2",
+    "--set", f"{stage}.train.seq_len=64", "--set", f"{stage}.eval_pairs=8")] + [
+    "--set", "dpo.eval_items=4", "--set", "speedrun.eval_tasks=bpb,arc_easy",
+    "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
+    "--set", "speedrun.arena_max_tokens=8"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -93,7 +99,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         {"role": "user", "content": f"What is alpha_{i}?"},
         {"role": "assistant", "content": f"The beta of gamma {i}."}]}) + "\n" for i in range(12)))
     cmd = [sys.executable, "-m", "llmos", "speedrun", "--name", "sr", "--runs-dir",
-           str(tmp_path), "--source", str(corpus_dir), *TINY, *TINY_SFT,
+           str(tmp_path), "--source", str(corpus_dir), *TINY, *TINY_SFT, *TINY_PAIRS,
            "--set", f"sft.sources={chats}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -103,10 +109,27 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert info["stage"] == "sft" and info["parent"] == str(tmp_path / "sr" / "base")
     assert (tmp_path / "sr" / "conversations.md").read_text().count("user: ") == 4
     assert f"llmos chat --model {tmp_path / 'sr' / 'sft'}" in out.stdout
-    # Run again: it notices the finished checkpoints instead of training again.
+    run = tmp_path / "sr"
+    for stage, parent in (("reward", "sft"), ("dpo", "sft")):
+        info = json.loads((run / stage / "llmos.json").read_text())
+        assert info["stage"] == stage and info["parent"] == str(run / parent) and info["final"]
+    for ckpt in ("base", "sft", "dpo"):  # the same evaluation on each, for the report card
+        evals = list((run / ckpt / "evals").glob("*.json"))
+        assert len(evals) == 1 and set(json.loads(evals[0].read_text())["results"]) == {
+            "bpb", "arc_easy"}
+    battles = (run / "arena" / "battles.jsonl").read_text().splitlines()
+    assert len(battles) == 3 * 3 * 2  # 3 prompts x 3 pairs x both orders
+    card = (run / "report.md").read_text()
+    assert "| base | sft | dpo |" in card.replace("| metric ", "")  # side by side
+    timings = json.loads((run / "timings.json").read_text())["stages"]
+    assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
+                             "eval", "arena", "report"]
+    assert "report card" in out.stdout
+    # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "already trained" in again.stdout
-    assert "already finetuned" in again.stdout
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already trained" in again.stdout and "sft is already trained" in again.stdout
+    assert "dpo is already trained" in again.stdout and "is up to date" in again.stdout
 
 
 def test_a_run_saved_before_newer_config_fields_still_matches():

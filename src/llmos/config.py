@@ -167,6 +167,16 @@ class RLConfig:
 
 
 @dataclass
+class SpeedrunConfig:
+    """What `llmos speedrun` measures after training (its stages' own settings are above)."""
+
+    eval_tasks: list[str] = field(default_factory=lambda: ["bpb", "arc_easy", "hellaswag"])
+    eval_limit: int = 500  # questions per eval task (0 = all); bpb always uses the val shards
+    arena_prompts: int = 60  # held-out questions with a reference, judged by the verifier
+    arena_max_tokens: int = 96  # answer length limit in the arena
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     runs_dir: str = "runs"
@@ -177,6 +187,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    speedrun: SpeedrunConfig = field(default_factory=SpeedrunConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -2,41 +2,88 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig, normalized
+from llmos.evals import report
 from llmos.infer.engine import Engine, SamplingParams
-from llmos.train import pretrain, sft
+from llmos.train import dpo, pretrain, reward, sft
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class Stack:\n    \"\"\"", "# Return the"]
 SAMPLE_QUESTIONS = ["Who are you?", "What is 347 * 29?", "What does `json.dumps` do?",
                     "What does `sorted('banana')` return?"]
 
 
-def run(cfg: RunConfig) -> None:
-    t0 = time.perf_counter()
-    base = cfg.run_dir / "base"
-    info = checkpoint.read_info(base)
-    if info and not info.get("final"):
-        print(f"speedrun: resuming the unfinished pretraining in {base}")
-        pretrain.run(cfg, resume=True)
-    else:
+class StageTimer:
+    """Wall time per stage, kept in RUN/timings.json (the report card's "Time" table). A stage
+    found already done says so instead of a time."""
+
+    def __init__(self, path):
+        self.path = path
+        self.stages: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
         try:
-            pretrain.run(cfg)
-        except pretrain.AlreadyTrained as e:
-            print(f"speedrun: {e}")
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t, 1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"stages": self.stages, "total_s": round(
+                time.perf_counter() - self.t0, 1)}, indent=1))
+
+
+def run(cfg: RunConfig) -> None:
+    timer = StageTimer(cfg.run_dir / "timings.json")
+    base = cfg.run_dir / "base"
+    with timer("pretrain"):
+        info = checkpoint.read_info(base)
+        if info and not info.get("final"):
+            print(f"speedrun: resuming the unfinished pretraining in {base}")
+            pretrain.run(cfg, resume=True)
+        else:
+            try:
+                pretrain.run(cfg)
+            except pretrain.AlreadyTrained as e:
+                print(f"speedrun: {e}")
     if not checkpoint.read_info(base).get("final"):
         print("speedrun: pretraining stopped before the end; run it again to continue")
         return
-    samples = write_samples(cfg, base)
-    assistant = finetune(cfg, base)
+    with timer("samples"):
+        samples = write_samples(cfg, base)
+    with timer("sft"):
+        assistant = finetune(cfg, base)
     if not checkpoint.read_info(assistant).get("final"):
         print("speedrun: finetuning stopped before the end; run it again to continue")
         return
-    chats = write_conversations(cfg, assistant)
+    with timer("conversations"):
+        chats = write_conversations(cfg, assistant)
+    tuned = {}
+    for name, module in (("reward", reward), ("dpo", dpo)):
+        if name == "dpo" and not cfg.dpo.judge:  # DPO vs SFT: pairs the verifier leaves
+            cfg.dpo.judge = str(tuned["reward"])  # undecided go to the reward model
+        with timer(name):
+            out = train_stage(cfg, name, module, assistant)
+        if not checkpoint.read_info(out).get("final"):
+            print(f"speedrun: {name} stopped before the end; run it again to continue")
+            return
+        tuned[name] = out
+    with timer("eval"):
+        evaluate_all(cfg, [base, assistant, tuned["dpo"]])
+    with timer("arena"):
+        arena(cfg, [base, assistant, tuned["dpo"]])
+    with timer("report"):
+        card, page = report.write(cfg.run_dir)
+    summary(cfg, base, assistant, tuned, samples, chats, card, page, timer)
+
+
+def summary(cfg, base, assistant, tuned, samples, chats, card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -50,10 +97,16 @@ def run(cfg: RunConfig) -> None:
     for key, label in HELDOUT_FIGURES:
         if f"heldout_{key}" in sm:
             print(f"  {label:<28}{sm[f'heldout_{key}']:.3f}")
+    for name, out in tuned.items():
+        tm = checkpoint.read_info(out).get("metrics", {})
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in tm.items()
+                          if k in STAGE_FIGURES.get(name, ()) and isinstance(v, float))
+        print(f"{name:<16}{out}  ({shown})")
+    print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
     print(f"conversations   {chats}")
-    print(f"time            {time.perf_counter() - t0:.0f}s")
+    print(f"time            {time.perf_counter() - timer.t0:.0f}s")
     print(f"\nnext: llmos chat --model {assistant}")
     print(f"      llmos serve --model {assistant}   (then open http://127.0.0.1:8000)")
 
@@ -67,25 +120,72 @@ HELDOUT_FIGURES = [
 ]
 
 
+STAGE_FIGURES = {  # printed in the summary, from each checkpoint's llmos.json metrics
+    "reward": ("val_accuracy", "val_margin"),
+    "dpo": ("val_accuracy", "win_rate_vs_parent", "heldout_well_formed_turns"),
+}
+
+
 def finetune(cfg: RunConfig, base):
-    """SFT on the base model: skipped when already done on this base with this config,
-    resumed when interrupted (LoRA runs keep no optimizer state: they start over)."""
+    """SFT on the base model (LoRA runs keep no optimizer state: they start over)."""
     out = cfg.run_dir / ("sft-lora" if cfg.sft.lora_rank else "sft")
+    return train_stage(cfg, "sft", sft, base, out, can_resume=not cfg.sft.lora_rank)
+
+
+def train_stage(cfg: RunConfig, section: str, module, parent, out=None, can_resume=True):
+    """Run a training stage on `parent` into RUN/<section>: skipped when already done on this
+    parent with this config, resumed when interrupted; a checkpoint made otherwise is moved
+    aside, never overwritten."""
+    out = out or cfg.run_dir / section
     info = checkpoint.read_info(out)
-    same = (normalized(info.get("config")).get("sft") == cfg.to_dict()["sft"]
-            and info.get("parent_info") == sft.parent_identity(base))
+    same = (normalized(info.get("config")).get(section) == cfg.to_dict()[section]
+            and info.get("parent_info") == sft.parent_identity(parent))
     if info.get("final") and same:
-        print(f"speedrun: {out} is already finetuned with this config")
+        print(f"speedrun: {out} is already trained with this config")
         return out
-    if info and not info.get("final") and same and not cfg.sft.lora_rank:
-        print(f"speedrun: resuming the unfinished finetuning in {out}")
-        return sft.run(cfg, base, out, resume=True)
-    if out.exists():  # built on another base or with other settings: keep it, out of the way
+    if info and not info.get("final") and same and can_resume:
+        print(f"speedrun: resuming the unfinished {section} stage in {out}")
+        return module.run(cfg, parent, out, resume=True)
+    if out.exists():  # built on another parent or with other settings: keep it, out of the way
         kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         out.rename(kept)
-        print(f"speedrun: {out} was made from another base or with other settings; "
-              f"moved it to {kept} and finetuning again")
-    return sft.run(cfg, base, out)
+        print(f"speedrun: {out} was made from another parent or with other settings; "
+              f"moved it to {kept} and training again")
+    return module.run(cfg, parent, out)
+
+
+def evaluate_all(cfg: RunConfig, ckpts) -> None:
+    """`llmos eval` on every checkpoint with the same tasks, so the report card's columns
+    compare; a result newer than its checkpoint is kept."""
+    from llmos.evals import harness
+
+    tasks, limit = cfg.speedrun.eval_tasks, cfg.speedrun.eval_limit or None
+    for ckpt in ckpts:
+        out = harness.default_out(ckpt, tasks, 0, limit)
+        if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+            print(f"speedrun: {out} is up to date")
+            continue
+        result = harness.evaluate(ckpt, tasks, limit=limit)
+        harness.write(result, out)
+
+
+def arena(cfg: RunConfig, ckpts) -> None:
+    """Automatic battles between the tuned checkpoints on held-out questions with a reference
+    answer, judged by the verifier in both orders; RUN/arena/battles.jsonl feeds the report."""
+    from llmos.evals import autoarena
+    from llmos.evals.contestants import CheckpointContestant
+    from llmos.evals.judges import VerifierJudge
+
+    out = cfg.run_dir / "arena" / "battles.jsonl"
+    if out.exists() and all(out.stat().st_mtime > (c / "llmos.json").stat().st_mtime
+                            for c in ckpts):
+        print(f"speedrun: {out} is up to date")
+        return
+    items = [i for i in autoarena.load_prompts("builtin:assistant:heldout") if i.answer]
+    contestants = [CheckpointContestant(c.name, c) for c in ckpts]
+    battles, _ = autoarena.run(contestants, items[:cfg.speedrun.arena_prompts], VerifierJudge(),
+                               out, max_tokens=cfg.speedrun.arena_max_tokens)
+    print(f"speedrun: {len(battles)} arena battles judged by the verifier -> {out}")
 
 
 def write_conversations(cfg: RunConfig, ckpt) -> str:
