@@ -27,6 +27,9 @@ def test_group_advantages_by_hand():
     expected = [1, -1, -1, 1, 0, 0, 0, 0, -0.75 / std3, -0.75 / std3, -0.75 / std3, 2.25 / std3]
     assert torch.allclose(a, torch.tensor(expected), atol=1e-5)
     assert torch.equal(rl.group_advantages(torch.ones(8), 4), torch.zeros(8))
+    # A reward model's equal scores can differ in the last bit: still no signal.
+    noisy = torch.tensor([-2.7912, -2.7912 + 2e-7, -2.7912, -2.7912 - 2e-7])
+    assert torch.equal(rl.group_advantages(noisy, 4), torch.zeros(4))
 
 
 @pytest.mark.parametrize("adv,ratio,clipped", [

@@ -175,15 +175,16 @@ class Scorer:
             self.rm.eval()
             self._score = reward.score
 
-    def __call__(self, prompts: list[Prompt], contents: list[str], calls: list[bool]
+    def __call__(self, prompts: list[Prompt], turns: list[dict], calls: list[bool]
                  ) -> tuple[list[float], list[float]]:
-        """(rewards, correct): correct is the verifier's verdict (nan without a reference)."""
+        """(rewards, correct) of parsed assistant turns: correct is the verifier's verdict (nan
+        without a reference). A reward model reads the whole turn, tool calls included."""
+        contents = [t.get("content", "") for t in turns]
         correct = [float("nan") if p.task == "reward" else (0.0 if call else verify(p, c))
                    for p, c, call in zip(prompts, contents, calls)]
         if self.rm is None:
             return [0.0 if math.isnan(x) else x for x in correct], correct
-        convs = [p.messages + [{"role": "assistant", "content": c}]
-                 for p, c in zip(prompts, contents)]
+        convs = [p.messages + [t] for p, t in zip(prompts, turns)]
         with torch.no_grad():
             return [float(r) for r in self._score(self.rm, self.rm_tok, convs)], correct
 
@@ -194,9 +195,13 @@ class Scorer:
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
     """rewards [N] in consecutive groups of group_size -> (r - mean) / (std + eps) per group
     (population std: a group of equal rewards gets advantages of exactly 0)."""
-    r = rewards.view(-1, group_size).float()
-    a = (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + eps)
-    return a.view(-1)
+    r = rewards.view(-1, group_size).double()
+    std = r.std(1, unbiased=False, keepdim=True)
+    a = (r - r.mean(1, keepdim=True)) / (std + eps)
+    # Equal rewards can leave a rounding-sized std (a reward model's floats); dividing would
+    # blow that noise up to full-size advantages, and Adam would take full steps on it.
+    a = torch.where(r.max(1, keepdim=True).values - r.min(1, keepdim=True).values > 1e-4, a, 0.0)
+    return a.view(-1).float()
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -291,14 +296,14 @@ class Sampler:
         self.draws += 1
         outs = Engine(self.model).generate(ids, params)
         self.model.train()
-        contents, calls, rows = [], [], []
+        turns, calls, rows = [], [], []
         for prompt_ids, out in zip(ids, outs):
             stopped = len(out) < rl.max_new_tokens
             turn = chat.parse_assistant(self.tok.decode(out, skip_special_tokens=False))
-            contents.append(turn.content)
+            turns.append(turn.message())
             calls.append(bool(turn.tool_calls or turn.errors))
             rows.append((prompt_ids, out + ([self.stops[0]] if stopped else [])))
-        rewards, correct = self.scorer(prompts, contents, calls)
+        rewards, correct = self.scorer(prompts, turns, calls)
         r = torch.tensor(rewards)
         adv = group_advantages(r, G)
         x, mask = _pad(rows, self.stops[0])
