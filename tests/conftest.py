@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -44,6 +45,22 @@ def tiny_config(runs_dir, corpus, name="t", **train):
         setattr(cfg.train, k, v)
     cfg.name, cfg.runs_dir, cfg.data.sources = name, str(runs_dir), [str(corpus)]
     return cfg
+
+
+def write_jsonl(path, rows):
+    """One line per row: dicts as JSON, strings as they are (to write malformed lines)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def pretrained_tiny(tmp_path_factory, corpus, name: str, max_steps: int = 3,
+                    max_seq_len: int = 64):
+    """(config, checkpoint) of a tiny model pretrained a few steps: a parent for later stages."""
+    from llmos.train import pretrain
+
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), corpus, name=name, max_steps=max_steps)
+    cfg.model.max_seq_len = max_seq_len
+    return cfg, pretrain.run(cfg)
 
 
 # ---- databases: a fresh SQLite file, and a fresh database on a real PostgreSQL server --------

@@ -7,14 +7,14 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import pretrained_tiny, write_jsonl
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.cli import main
 from llmos.data.comparisons import Comparison
 from llmos.evals import versus
-from llmos.train import dpo, pretrain
+from llmos.train import dpo
 
 
 def toy_pairs(n: int) -> list[dict]:
@@ -23,17 +23,10 @@ def toy_pairs(n: int) -> list[dict]:
              "rejected": f"It returns the delta of {i} windows."} for i in range(n)]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, corpus_dir):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(runs, corpus_dir, name="dpobase", max_steps=3)
-    cfg.model.max_seq_len = 64
-    return cfg, pretrain.run(cfg)
+    return pretrained_tiny(tmp_path_factory, corpus_dir, "dpobase")
 
 
 def small_dpo_config(cfg, data, **train):

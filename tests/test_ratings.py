@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from conftest import write_jsonl
 
 from llmos.cli import build_parser, main
 from llmos.evals import battles as B
@@ -23,10 +24,6 @@ def swapped(b):
     return {**b, "model_a": b["model_b"], "model_b": b["model_a"],
             "winner": flip.get(b["winner"], b["winner"])}
 
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 # ---- online Elo ----------------------------------------------------------------------------------

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import pretrained_tiny, write_jsonl
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.cli import main
-from llmos.train import pretrain, reward
+from llmos.train import reward
 
 
 def toy_pairs(n: int, offset: int = 0) -> list[dict]:
@@ -21,17 +21,10 @@ def toy_pairs(n: int, offset: int = 0) -> list[dict]:
              "rejected": "I don't know."} for i in range(offset, offset + n)]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, corpus_dir):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(runs, corpus_dir, name="rmbase", max_steps=3)
-    cfg.model.max_seq_len = 64
-    return cfg, pretrain.run(cfg)
+    return pretrained_tiny(tmp_path_factory, corpus_dir, "rmbase")
 
 
 def small_reward_config(cfg, data, **train):
