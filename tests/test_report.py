@@ -38,7 +38,7 @@ def test_report_card_of_a_real_tiny_run(tmp_path, corpus_dir, capsys):
     assert f"| base | pretrain | - | {info['step']:,} |" in md
     assert f"{info['metrics']['val_loss']:.4f}" in md  # the stages table
     bpb = result["results"]["bpb"]["metrics"]["bpb"]
-    assert f"| eval bpb bpb | {bpb:.4f} |" in md  # the evaluation table
+    assert f"| eval bpb | {bpb:.4f} |" in md  # the evaluation table
     arena = md.split("## Arena")[1]
     assert arena.index("strong") < arena.index("weak")  # wins everything: ranked first
     assert "| 1 | strong |" in arena and "30 of 30 battles counted" in arena

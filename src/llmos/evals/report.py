@@ -157,7 +157,9 @@ def eval_table(run: Path, ckpts: list[tuple[str, dict]]) -> str:
                     and not key.endswith("_f1")):
                 cells.setdefault(key, {})[name] = v
         for task, r in eval_results(run / name).items():
-            label = f"eval {task} {r['primary']}" + (f" (limit {r['limit']})" if r["limit"] else "")
+            limited = r["limit"] and r.get("kind") != "bpb"  # bpb reads every val window
+            label = (f"eval {task}" + (f" {r['primary']}" if r["primary"] != task else "")
+                     + (f" (limit {r['limit']})" if limited else ""))
             cells.setdefault(label, {})[name] = r["metrics"].get(r["primary"])
     if not cells:
         return "_No evaluations found._"
