@@ -26,8 +26,6 @@ assistant message. A record that breaks a rule is skipped and counted with its p
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import random
 import re
 from collections.abc import Iterator
@@ -43,7 +41,9 @@ from llmos.data.conversations import (
     _iter_hf,
     _messages,
     _read_file,
+    parse_all,
     parse_messages,
+    split_bucket,
 )
 from llmos.data.sources import SourceError
 
@@ -179,19 +179,9 @@ def read_comparisons(specs: list[str], max_messages: int = 64, max_chars: int = 
         specs = [specs]
     if not specs:
         raise ComparisonError(f"no comparison sources given; {ACCEPTED_FORMS}")
-    skips = ConversationSkips()
-    out: list[Comparison] = []
-    for spec in specs:
-        found = 0
-        for where, record in iter_records(spec, skips):
-            try:
-                out.append(parse_comparison(record, where, max_messages, max_chars))
-                found += 1
-            except BadConversation as e:
-                skips.add(e.reason, where)
-        if not found:
-            raise ComparisonError(f"no usable comparison in {spec!r}; {skips.summary()}")
-    return out, skips
+    return parse_all(specs, iter_records,
+                     lambda record, where: parse_comparison(record, where, max_messages, max_chars),
+                     "comparison", ComparisonError)
 
 
 # --- the built-in set ---------------------------------------------------------------------------
@@ -360,9 +350,7 @@ def split_sources(specs: list[str], val_fraction: float
         else:
             part, skips = read_comparisons([spec])
             for c in part:
-                key = json.dumps(c.prompt, sort_keys=True).encode()
-                bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-                (heldout if bucket < val_fraction else train).append(c)
+                (heldout if split_bucket(c.prompt) < val_fraction else train).append(c)
         if skips.total:
             skipped.append(f"{spec}: {skips.summary()}")
     return train, heldout, "; ".join(skipped)

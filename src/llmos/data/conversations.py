@@ -47,6 +47,7 @@ up, so what trains is exactly what the file says. The rules, in the order they a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from collections.abc import Iterator
@@ -444,16 +445,33 @@ def read_conversations(specs: list[str], max_messages: int = 64, max_chars: int 
         raise ConversationError(f"no conversation sources given; {ACCEPTED_FORMS}")
     if max_messages < 1 or max_chars < 1:
         raise ValueError("max_messages and max_chars must be positive")
+    return parse_all(specs, iter_records,
+                     lambda record, where: parse_record(record, where, max_messages, max_chars),
+                     "conversation", ConversationError)
+
+
+def parse_all(specs: list[str], records, parse, noun: str, error: type[Exception]
+              ) -> tuple[list, ConversationSkips]:
+    """`parse(record, where)` over `records(spec, skips)` of every spec, in order; a record it
+    rejects with BadConversation is skipped and counted. A spec with nothing usable raises
+    `error`."""
     skips = ConversationSkips()
-    conversations: list[Conversation] = []
+    out: list = []
     for spec in specs:
         found = 0
-        for where, record in iter_records(spec, skips):
+        for where, record in records(spec, skips):
             try:
-                conversations.append(parse_record(record, where, max_messages, max_chars))
+                out.append(parse(record, where))
                 found += 1
             except BadConversation as e:
                 skips.add(e.reason, where)
         if not found:
-            raise ConversationError(f"no usable conversation in {spec!r}; {skips.summary()}")
-    return conversations, skips
+            raise error(f"no usable {noun} in {spec!r}; {skips.summary()}")
+    return out, skips
+
+
+def split_bucket(obj) -> float:
+    """A number in [0, 1) fixed by the object's content (its sorted JSON): comparing it with a
+    held-out fraction splits records the same way on every run and machine."""
+    key = json.dumps(obj, sort_keys=True).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64

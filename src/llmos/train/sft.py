@@ -10,7 +10,6 @@ block-diagonal and rotary positions restart at each conversation.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import torch
 from llmos import chat, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.conversations import Conversation, read_conversations
+from llmos.data.conversations import Conversation, read_conversations, split_bucket
 from llmos.runtime import setup, teardown
 from llmos.train import lora
 from llmos.train.loop import Stage, train
@@ -46,9 +45,7 @@ def split_sources(specs: list[str], val_fraction: float
         else:
             part, skips = read_conversations([spec])
             for c in part:
-                key = json.dumps(c.messages, sort_keys=True).encode()
-                bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-                (heldout if bucket < val_fraction else train).append(c)
+                (heldout if split_bucket(c.messages) < val_fraction else train).append(c)
         if skips.total:
             skipped.append(f"{spec}: {skips.summary()}")
     return train, heldout, "; ".join(skipped)
