@@ -191,9 +191,10 @@ def use_decode_layout(model: nn.Module) -> nn.Module:
     """Store every linear layer's weight transposed in memory: the same tensor and shape
     [out, in], laid out as [in, out] (column-major). On CPU a decoding step multiplies one row
     x by W.T, and BLAS's matrix-vector kernel reads W 2-3x faster in this layout (x @ W.T at
-    vocab 32000 x dim 288: 1.5 ms vs 3.6-4.8 ms, one thread; docs/LOG.md 2026-11-27). Prefill
-    and training are no slower with it; checkpoints are saved contiguous either way. Weights
-    under a parametrization (LoRA) are left as they are. Returns the model."""
+    vocab 32000 x dim 288: 1.5 ms vs 3.6-4.8 ms, one thread; docs/LOG.md 2026-11-27). A
+    256-row prefill was no slower; training still works on such weights (RL samples with the
+    engine, then updates the same model), and checkpoints are saved contiguous either way.
+    Weights under a parametrization (LoRA) are left as they are. Returns the model."""
     done = set()
     for module in model.modules():
         if not isinstance(module, nn.Linear) or "weight" not in module._parameters:
