@@ -19,8 +19,8 @@ SAMPLE_QUESTIONS = ["Who are you?", "What is 347 * 29?", "What does `json.dumps`
 
 
 class StageTimer:
-    """Wall time per stage, kept in RUN/timings.json (the report card's "Time" table). A stage
-    found already done says so instead of a time."""
+    """Wall time per stage of this invocation, kept in RUN/timings.json (the report card's
+    "Time" table): a stage found already done shows only the seconds it took to notice."""
 
     def __init__(self, path):
         self.path = path
