@@ -6,8 +6,8 @@ import pytest
 
 from llmos.cli import build_parser, main
 
-COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "sft", "chat", "serve",
-            "export", "import", "arena", "speedrun", "report"]
+COMMANDS = ["config", "data", "tokenizer", "pretrain", "generate", "sft", "reward", "dpo", "rl",
+            "chat", "serve", "export", "import", "arena", "label", "eval", "speedrun", "report"]
 TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
         "--set", "model.n_kv_heads=2", "--set", "model.max_seq_len=64",
         "--set", "data.vocab_size=300", "--set", "data.val_fraction=0.1",

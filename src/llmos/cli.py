@@ -319,8 +319,9 @@ def cmd_eval(args):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmos", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="llmos: make an LLM end to end: data -> pretrain -> sft -> chat, serve.",
-        epilog="Quick start: `llmos speedrun` (cpu-tiny preset, about 10 minutes on 2 cores).")
+        description="llmos: make an LLM end to end: data -> pretrain -> sft -> reward, dpo, rl "
+        "-> eval, arena, report -> chat, serve, export.",
+        epilog="Quick start: `llmos speedrun` (cpu-tiny preset, about 21 minutes on 2 cores).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -551,10 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "32) (default f32)")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a chat",
+    s = sub.add_parser("speedrun", help="the whole pipeline on a preset, ending in a report card",
                        description="data -> tokenizer -> shards -> pretrain -> samples -> SFT "
-                       "-> held-out evaluation -> sample conversations. "
-                       "Picks up where it stopped when run again.\n\n" + CONFIG_HELP,
+                       "-> held-out evaluation -> sample conversations -> reward model -> DPO "
+                       "-> llmos eval of base, SFT and DPO -> arena -> report card (RUN/"
+                       "report.html). Picks up where it stopped when run again.\n\n"
+                       + CONFIG_HELP,
                        formatter_class=fmt)
     add_config_args(s)
     s.set_defaults(func=cmd_speedrun)
@@ -567,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", metavar="RUN", help="a run directory, e.g. runs/cpu-tiny")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("arena", help="rate models from arena battles (Elo, Bradley-Terry)",
+    s = sub.add_parser("arena", help="arena battles: rate, run with a judge, export votes",
                        description="Ratings from pairwise votes in FastChat's clean-battle "
                        "format (docs/arena.md).")
     verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
