@@ -269,6 +269,13 @@ def recover(ckpt_dir: Path) -> None:
         os.replace(olds[-1], ckpt_dir)
 
 
+def write_json(path: Path, obj) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
 def read_info(ckpt_dir: str | Path) -> dict:
     p = Path(ckpt_dir) / "llmos.json"
     return json.loads(p.read_text()) if p.exists() else {}

@@ -43,7 +43,7 @@ from llmos.data.conversations import (
     _read_file,
     parse_all,
     parse_messages,
-    split_bucket,
+    split_specs,
 )
 from llmos.data.sources import SourceError
 
@@ -341,16 +341,5 @@ def split_sources(specs: list[str], val_fraction: float
     """(train, heldout, skip summary). The built-in set keeps builtin:assistant's split; other
     sources are split by a hash of the prompt, so every pair of one prompt lands on one side
     and the split never changes between runs."""
-    train, heldout, skipped = [], [], []
-    for spec in specs:
-        if spec == BUILTIN_SPECS[0]:
-            part, skips = read_comparisons([spec])
-            train += part
-            heldout += read_comparisons([BUILTIN_SPECS[1]])[0]
-        else:
-            part, skips = read_comparisons([spec])
-            for c in part:
-                (heldout if split_bucket(c.prompt) < val_fraction else train).append(c)
-        if skips.total:
-            skipped.append(f"{spec}: {skips.summary()}")
-    return train, heldout, "; ".join(skipped)
+    return split_specs(specs, read_comparisons, BUILTIN_SPECS, lambda c: c.prompt,
+                       val_fraction)

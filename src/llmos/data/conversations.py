@@ -470,6 +470,25 @@ def parse_all(specs: list[str], records, parse, noun: str, error: type[Exception
     return out, skips
 
 
+def split_specs(specs: list[str], read, builtin: tuple[str, str], key, val_fraction: float
+                ) -> tuple[list, list, str]:
+    """(train, heldout, skip summary) of the records `read([spec])` gives. The built-in set
+    (builtin[0]) keeps its own held-out part (builtin[1]); other sources are split by a hash of
+    key(record), so records sharing a key land on one side and the split never changes."""
+    train, heldout, skipped = [], [], []
+    for spec in specs:
+        part, skips = read([spec])
+        if spec == builtin[0]:
+            train += part
+            heldout += read([builtin[1]])[0]
+        else:
+            for r in part:
+                (heldout if split_bucket(key(r)) < val_fraction else train).append(r)
+        if skips.total:
+            skipped.append(f"{spec}: {skips.summary()}")
+    return train, heldout, "; ".join(skipped)
+
+
 def split_bucket(obj) -> float:
     """A number in [0, 1) fixed by the object's content (its sorted JSON): comparing it with a
     held-out fraction splits records the same way on every run and machine."""

@@ -108,15 +108,15 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
     summary = _summary(pairs, mine["summary"], theirs["summary"])
     _print(summary)
     if write:
-        _write(child / "compare_parent.json", {"summary": summary, "pairs": pairs,
+        checkpoint.write_json(child / "compare_parent.json", {"summary": summary, "pairs": pairs,
                                                "child": str(child), "parent": str(parent),
                                                "judge": str(judge) if judge else None})
-        _write(child / "eval_assistant.json", mine)
+        checkpoint.write_json(child / "eval_assistant.json", mine)
         info = checkpoint.read_info(child)
         info.setdefault("metrics", {}).update(
             {f"heldout_{k}": v for k, v in mine["summary"].items()}
             | {"win_rate_vs_parent": summary["win_rate"], "decided_vs_parent": summary["decided"]})
-        _write(child / "llmos.json", info)
+        checkpoint.write_json(child / "llmos.json", info)
     return summary
 
 
@@ -146,7 +146,3 @@ def _print(s: dict) -> None:
               f"{parent:.3f})" if isinstance(parent, float) else f"  {k:<26} {v['child']}")
 
 
-def _write(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)

@@ -40,8 +40,7 @@ from llmos.data.comparisons import Comparison, split_sources
 from llmos.runtime import autocast_dtype, setup, teardown
 from llmos.train.loop import Stage, train
 from llmos.train.reward import PairOrder
-from llmos.train.sft import _check_out as check_out
-from llmos.train.sft import parent_identity
+from llmos.train.sft import check_out, parent_identity
 
 LOSSES = ("sigmoid", "robust", "ipo", "hinge")
 

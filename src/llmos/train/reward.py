@@ -32,8 +32,7 @@ from llmos.data.comparisons import Comparison, split_sources
 from llmos.model import Transformer
 from llmos.runtime import setup, teardown
 from llmos.train.loop import Stage, train
-from llmos.train.sft import _check_out as check_out
-from llmos.train.sft import _write_json, parent_identity
+from llmos.train.sft import check_out, parent_identity
 
 # ---- the model ---------------------------------------------------------------------------------
 
@@ -377,7 +376,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             info = checkpoint.read_info(out)
             info.setdefault("metrics", {}).update(
                 heldout_accuracy=rep["accuracy"], heldout_margin_quantiles=q)
-            _write_json(out / "llmos.json", info)
+            checkpoint.write_json(out / "llmos.json", info)
             print(f"reward: -> {out} (margins histogram: {out / 'margins.png'})")
         return out
     finally:

@@ -401,12 +401,12 @@ def heldout_accuracy(model, tok, prompts: list[Prompt], max_new_tokens: int,
 
 def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False) -> Path:
-    from llmos.train.sft import _check_out, _write_json, parent_identity
+    from llmos.train.sft import check_out, parent_identity
 
     rl, t = cfg.rl, cfg.rl.train
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "rl"
-    _check_out(out, resume, overwrite)
+    check_out(out, resume, overwrite)
     rt = setup()
     if rt.distributed:
         teardown()
@@ -466,7 +466,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                 summary = no_tool_eval(model.eval(), tok, rl.eval_items)
                 info = checkpoint.read_info(out)
                 info.setdefault("metrics", {}).update(summary)
-                _write_json(out / "llmos.json", info)
+                checkpoint.write_json(out / "llmos.json", info)
         return out
     finally:
         teardown()

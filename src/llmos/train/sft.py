@@ -10,7 +10,6 @@ block-diagonal and rotary positions restart at each conversation.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from llmos import chat, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.conversations import Conversation, read_conversations, split_bucket
+from llmos.data.conversations import Conversation, read_conversations, split_specs
 from llmos.runtime import setup, teardown
 from llmos.train import lora
 from llmos.train.loop import Stage, train
@@ -35,20 +34,8 @@ def split_sources(specs: list[str], val_fraction: float
                   ) -> tuple[list[Conversation], list[Conversation], str]:
     """(train, heldout, skip summary). The built-in set has its own split (by subject); other
     sources are split by a hash of each conversation, so the split never changes between runs."""
-    train, heldout, skipped = [], [], []
-    for spec in specs:
-        if spec == BUILTIN:
-            part, skips = read_conversations([BUILTIN])
-            held, _ = read_conversations([BUILTIN + ":heldout"])
-            train += part
-            heldout += held
-        else:
-            part, skips = read_conversations([spec])
-            for c in part:
-                (heldout if split_bucket(c.messages) < val_fraction else train).append(c)
-        if skips.total:
-            skipped.append(f"{spec}: {skips.summary()}")
-    return train, heldout, "; ".join(skipped)
+    return split_specs(specs, read_conversations, (BUILTIN, BUILTIN + ":heldout"),
+                       lambda c: c.messages, val_fraction)
 
 
 @dataclass
@@ -179,7 +166,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
     s, t = cfg.sft, cfg.sft.train
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / ("sft-lora" if s.lora_rank else "sft")
-    _check_out(out, resume, overwrite)
+    check_out(out, resume, overwrite)
     rt = setup()
     try:
         tok = tokenizers_.load(parent)
@@ -271,20 +258,14 @@ def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Pat
     summary = result["summary"]
     print("sft: held-out " + ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
-    _write_json(out / "eval_assistant.json", result)
+    checkpoint.write_json(out / "eval_assistant.json", result)
     info = checkpoint.read_info(out)
     info.setdefault("metrics", {}).update({f"heldout_{k}": v for k, v in summary.items()})
-    _write_json(out / "llmos.json", info)
+    checkpoint.write_json(out / "llmos.json", info)
     return summary
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not (out / "trainer_state").exists():
             raise FileNotFoundError(f"--resume: {out} has no resumable checkpoint")
