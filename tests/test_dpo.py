@@ -113,6 +113,8 @@ def test_versus_decides_by_verifier_then_reward():
     assert versus.decide(wrong, other) == ("tie", "undecided")
     assert versus.decide(wrong, other, (1.0, 2.0)) == ("loss", "reward")
     assert versus.decide(wrong, dict(wrong)) == ("tie", "same")
+    # rewards that differ only by the float rounding of batched scoring do not decide
+    assert versus.decide(wrong, other, (3.4745349, 3.4745352)) == ("tie", "undecided")
 
 
 def test_cli_dpo_end_to_end(base, tmp_path, capsys):

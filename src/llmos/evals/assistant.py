@@ -2,7 +2,8 @@
 loop), and score the final answer against the gold one.
 
     task        correct when the final answer ...
-    arithmetic  contains the exact result as a number (with the calculator; and again without it)
+    arithmetic  contains the exact result as a number (with the calculator)
+    mental      as arithmetic, asked without tools (the question rules the calculator out)
     python      contains the program's exact output
     signature   contains the signature
     docstring   overlaps the docstring's first sentence with word F1 >= 0.5 (mean F1 reported)
@@ -15,6 +16,7 @@ malformed tool call) and of valid tool calls (parsed, a known tool, accepted arg
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -58,7 +60,7 @@ def contains_number(text: str, number: str) -> bool:
 def score(task: str, expected: str, answer: str) -> float:
     """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
     expected = expected.strip()
-    if task == "arithmetic" or (task == "python" and NUMBER.fullmatch(expected)):
+    if task in ("arithmetic", "mental") or (task == "python" and NUMBER.fullmatch(expected)):
         return float(contains_number(answer, expected))
     if task in ("python", "signature"):
         return float(expected in answer)
@@ -94,17 +96,33 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
     return records
 
 
-def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
-    """Task accuracy on up to `limit` held-out items (spread evenly over tasks), plus arithmetic
-    without the calculator. Returns {"summary": {...}, "items": [...]}."""
-    t0 = time.perf_counter()
+NO_TOOL_TASKS = ("mental",)  # asked with no tools offered: the question rules the calculator out
+
+
+def plan(heldout: list[Conversation], limit: int) -> list[Conversation]:
+    """The items `evaluate` asks, in its order: up to `limit` spread evenly over the tasks
+    (at least one of each), the tool tasks first, then those asked without tools. A question
+    is asked once: the held-out identity items are a few questions each answered several ways,
+    and counting one question many times would let it outweigh the rest."""
     by_task: dict[str, list[Conversation]] = defaultdict(list)
+    asked = set()
     for c in heldout:
-        if c.answer:
+        question = json.dumps(prompt_of(c), sort_keys=True)
+        if c.answer and question not in asked:
+            asked.add(question)
             by_task[c.task].append(c)
-    per_task = max(1, limit // max(1, len(by_task)))  # at least one item of each task
-    chosen = [c for task in sorted(by_task) for c in by_task[task][:per_task]]
-    items = run_items(model, tok, chosen, tools=BUILTIN_TOOLS)
+    per_task = max(1, limit // max(1, len(by_task)))
+    order = sorted(by_task, key=lambda task: (task in NO_TOOL_TASKS, task))
+    return [c for task in order for c in by_task[task][:per_task]]
+
+
+def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
+    """Task accuracy on up to `limit` held-out items (spread evenly over tasks), arithmetic
+    without the calculator included. Returns {"summary": {...}, "items": [...]}."""
+    t0 = time.perf_counter()
+    chosen = plan(heldout, limit)
+    items = run_items(model, tok, [c for c in chosen if c.task not in NO_TOOL_TASKS],
+                      tools=BUILTIN_TOOLS)
     # Format and tool-call quality are measured where the tools exist (without them, every
     # calculator call is "unknown tool" by design).
     turns = sum(r["turns"] for r in items)
@@ -115,10 +133,7 @@ def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
                              if calls else float("nan")),
         "tool_calls": calls,
     }
-    no_tool = run_items(model, tok, by_task.get("arithmetic", [])[:per_task], tools={})
-    for r in no_tool:
-        r["task"] = "arithmetic_no_tool"
-    items += no_tool
+    items += run_items(model, tok, [c for c in chosen if c.task in NO_TOOL_TASKS], tools={})
 
     for task in sorted({r["task"] for r in items}):
         rs = [r for r in items if r["task"] == task]

@@ -64,13 +64,14 @@ class VerifierJudge:
 class RewardJudge:
     """The answer the reward model scores higher wins; scores within `tie_margin` tie."""
 
-    def __init__(self, path: str, tie_margin: float = 1e-4):
+    def __init__(self, path: str, tie_margin: float | None = None):
         try:
             from llmos.train import reward
         except ImportError as e:
             raise ValueError(f"judge reward:{path}: reward models are not available in this "
                              f"llmos (llmos.train.reward: {e})") from e
-        self.name, self.tie_margin, self.reward = f"reward:{path}", tie_margin, reward
+        self.name, self.reward = f"reward:{path}", reward
+        self.tie_margin = reward.TIE_MARGIN if tie_margin is None else tie_margin
         self.model, self.tok = reward.load_reward_model(path)
 
     def __call__(self, item: Item, answer_a: str, answer_b: str) -> Verdict:

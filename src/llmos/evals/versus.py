@@ -6,7 +6,8 @@ the loop; `llmos.evals.assistant`). Each question is one pair, decided by
 1. the verifier: one answer is correct and the other is not (exact result, program output,
    signature, identity; word F1 >= 0.5 against the gold answer for free text);
 2. otherwise, when a reward model is given and the answers differ, the higher reward;
-3. otherwise a tie (the same answer, or both right or both wrong with no reward model).
+3. otherwise a tie (the same answer, rewards within `reward.TIE_MARGIN` of each other, or both
+   right or both wrong with no reward model).
 
 The win rate is wins / (wins + losses): ties are left out ("decided pairs").
 
@@ -23,6 +24,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.conversations import Conversation, read_conversations
 from llmos.evals import assistant
+from llmos.train.reward import TIE_MARGIN
 
 HELDOUT = "builtin:assistant:heldout"
 
@@ -37,22 +39,10 @@ def _evaluate(model, tok, heldout: list[Conversation], limit: int, saved: Path |
     """The assistant evaluation, or the one saved in `saved` when it asked the same questions."""
     if saved is not None and saved.exists():
         result = json.loads(saved.read_text())
-        planned = _planned(heldout, limit)
-        asked = [(r["task"], r["subject"]) for r in result.get("items", [])
-                 if r["task"] != "arithmetic_no_tool"]
-        if asked == planned:
+        asked = [(r["task"], r["subject"]) for r in result.get("items", [])]
+        if asked == [(c.task, c.subject) for c in assistant.plan(heldout, limit)]:
             return result
     return assistant.evaluate(model, tok, heldout, limit)
-
-
-def _planned(heldout: list[Conversation], limit: int) -> list[tuple[str, str]]:
-    """The (task, subject) items `assistant.evaluate` asks, in its order."""
-    by_task: dict[str, list[Conversation]] = {}
-    for c in heldout:
-        if c.answer:
-            by_task.setdefault(c.task, []).append(c)
-    per_task = max(1, limit // max(1, len(by_task)))
-    return [(c.task, c.subject) for task in sorted(by_task) for c in by_task[task][:per_task]]
 
 
 def decide(child: dict, parent: dict, rewards: tuple[float, float] | None = None
@@ -63,7 +53,7 @@ def decide(child: dict, parent: dict, rewards: tuple[float, float] | None = None
     c, p = correct(child), correct(parent)
     if c != p:
         return ("win" if c else "loss"), "verifier"
-    if rewards is not None and rewards[0] != rewards[1]:
+    if rewards is not None and abs(rewards[0] - rewards[1]) > TIE_MARGIN:
         return ("win" if rewards[0] > rewards[1] else "loss"), "reward"
     return "tie", "undecided"
 
@@ -93,8 +83,7 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
         rm, rtok = load_reward_model(judge)
 
         def conversations(items):
-            return [assistant.prompt_of(by_subject[(r["task"].replace("_no_tool", ""),
-                                                    r["subject"])]) + r["transcript"]
+            return [assistant.prompt_of(by_subject[(r["task"], r["subject"])]) + r["transcript"]
                     for r in items]
 
         rewards = list(zip(score(rm, rtok, conversations(mine["items"])),

@@ -102,6 +102,11 @@ def collate(rows: list[list[int]], pad: int, device: str = "cpu"
     return x.to(device), last.to(device)
 
 
+# Two rewards closer than this are a tie: the same answer scored in batches of different
+# padding differs by ~1e-6 of float rounding, which must not decide a comparison.
+TIE_MARGIN = 1e-4
+
+
 @torch.no_grad()
 def score(model: RewardModel, tok, conversations: list[list[dict]],
           batch_size: int = 16) -> list[float]:
