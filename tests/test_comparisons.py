@@ -137,10 +137,12 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
         Conversation([user("What does `json.dumps` do?"), bot("`json.dumps` serializes obj.")],
                      "t", "docstring", "json.dumps", "Serialize obj."),
         Conversation([user("Who are you?"), bot("I'm llmos.")], "t", "identity", "Who", "llmos"),
+        Conversation([user("In your head: 12 + 7 = ?"), bot("12 + 7 = 19.")], "t", "mental",
+                     "12 + 7", "19"),
     ]
     pairs = cmp._pairs(convs * 20, "builtin:comparisons", cmp._Wrong())
     kinds = {p.kind for p in pairs}
-    assert {"wrong_sum", "skipped_tool", "wrong_docstring", "wrong_identity",
+    assert {"wrong_sum", "skipped_tool", "wrong_docstring", "wrong_identity", "used_tool",
             "evasive"} <= kinds
     for p in pairs:
         assert p.chosen != p.rejected and p.rejected[-1]["role"] == "assistant"
@@ -148,6 +150,10 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
             assert p.rejected[1]["content"] == "408" and "408" not in p.rejected[-1]["content"]
         if p.kind == "skipped_tool":
             assert len(p.rejected) == 1 and "408" not in p.rejected[0]["content"]
+        if p.kind == "used_tool":  # right, but with the calculator the user ruled out
+            call = p.rejected[0]["tool_calls"][0]["function"]
+            assert call == {"name": "calculator", "arguments": {"expression": "12 + 7"}}
+            assert p.rejected[1]["content"] == "19" and p.rejected[-1] == p.chosen[0]
         if p.kind == "wrong_docstring":  # about json.dumps, but another function's summary
             text = p.rejected[0]["content"]
             assert text.startswith("`json.dumps`") and text != p.chosen[0]["content"]

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import types
@@ -300,7 +301,7 @@ def test_hf_records_are_read_like_lines(monkeypatch):
 
 # --- the built-in set ----------------------------------------------------------------------------
 
-TASKS = {"docstring", "signature", "followup", "identity", "arithmetic", "python"}
+TASKS = {"docstring", "signature", "followup", "identity", "arithmetic", "python", "mental"}
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +340,7 @@ def test_builtin_split_by_subject_with_every_task_in_both(builtin):
         assert set(counts) == TASKS
         share = {t: n / len(split) for t, n in counts.items()}
         assert 0.15 < share["arithmetic"] < 0.25 and 0.06 < share["python"] < 0.14
+        assert 0.05 < share["mental"] < 0.12
         assert share["docstring"] + share["signature"] + share["followup"] > 0.6
     assert {c.source for c in train} == {"builtin:assistant"}
     assert {c.source for c in heldout} == {"builtin:assistant:heldout"}
@@ -384,6 +386,20 @@ def test_builtin_arithmetic_is_right(builtin):
         assert c.messages[-1]["content"].startswith(f"{expr} = {want}.")
         n += 1
     assert n > 1000
+
+
+def test_builtin_mental_arithmetic_is_right_and_rules_the_tool_out(builtin):
+    items = [c for c in builtin[0] + builtin[1] if c.task == "mental"]
+    assert len(items) > 1000 and len({c.subject for c in items}) == len(items)
+    for c in items:
+        question, answer = c.messages[-2]["content"], c.messages[-1]["content"]
+        a, op, b = c.subject.split()
+        a, b = int(a), int(b)
+        assert 1 <= b <= 99 and 1 <= a <= 99 and op in "+-" and (op == "+" or a >= b)
+        want = a + b if op == "+" else a - b
+        assert c.answer == str(want) and answer == f"{c.subject} = {want}."
+        assert len(c.messages) in (2, 3)  # no tool call: the user ruled the calculator out
+        assert re.search(r"without|in your head|no tools|mentally|don't use", question.lower())
 
 
 def test_builtin_python_answers_are_the_real_output(builtin):

@@ -114,7 +114,7 @@ def summary(cfg, base, assistant, tuned, samples, chats, card, page, timer) -> N
 HELDOUT_FIGURES = [
     ("well_formed_turns", "well-formed turns"), ("valid_tool_calls", "valid tool calls"),
     ("arithmetic_acc", "arithmetic (calculator)"),
-    ("arithmetic_no_tool_acc", "arithmetic (no tool)"),
+    ("mental_acc", "arithmetic (no calculator)"),
     ("python_acc", "python questions"), ("signature_acc", "signatures"),
     ("docstring_acc", "docstring questions"), ("identity_acc", "identity"),
 ]

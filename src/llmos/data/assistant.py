@@ -13,6 +13,9 @@ Tasks (``Conversation.task``):
 - ``identity`` - who the assistant is: llmos, a small model trained from scratch on the standard
   library, with a calculator and a Python tool.
 - ``arithmetic`` - 2-3 digit + - * / problems answered through the ``calculator`` tool.
+- ``mental`` - a 2-digit number plus or minus a 1-digit one, where the question says to do it
+  without the calculator, answered directly ("What is 48 + 7? Answer without the calculator."
+  -> "48 + 7 = 55.").
 - ``python`` - small questions answered by running a snippet with the ``python`` tool; the tool
   output is what the snippet really prints (it is run here, in-process: it is our own code).
 
@@ -47,6 +50,7 @@ SYSTEM_FRACTION = 0.30  # share of conversations that start with a system prompt
 FOLLOWUP_FRACTION = 0.45  # share of functions, classes and methods that also get a follow-up
 # Shares of the whole set; the stdlib questions are as many as the stdlib gives, these follow.
 TOOL_SHARES = {"arithmetic": 0.20, "python": 0.10, "identity": 0.02}
+MENTAL_SHARE = 0.10  # added on top of the shares above, so the other tasks keep their items
 MAX_SUMMARY_CHARS = 200
 MAX_SIGNATURE_CHARS = 200
 
@@ -481,6 +485,37 @@ def _arithmetic_items(n: int) -> list[Conversation]:
     return out
 
 
+# --- arithmetic without the calculator ----------------------------------------------------------
+# Every calculator answer copies the tool's reply, so a model finetuned on those alone never
+# learns to compute and never samples a right answer without the tool: online RL then has no
+# signal (docs/rl.md). These small problems rule the tool out in the question and are answered
+# directly; `llmos rl` (builtin:arithmetic) trains and evaluates on them.
+
+MENTAL_QUESTIONS = ("What is {a} {op} {b}? Answer without the calculator.",
+                    "Without a calculator, what is {a} {op} {b}?",
+                    "In your head: {a} {op} {b} = ?", "No tools, please: what's {a} {w} {b}?",
+                    "Work out {a} {op} {b} mentally.", "Don't use the calculator: {a} {op} {b}")
+
+
+def _mental_items(n: int) -> list[Conversation]:
+    rng = random.Random(f"{SEED}:mental")
+    out, seen = [], set()
+    while len(out) < n:
+        op = rng.choice("+-")
+        a, b = rng.randint(10, 99), rng.randint(1, 9)  # sized so a 2.6M model gets some right
+        if rng.random() < 0.5 and op == "+":
+            a, b = b, a
+        expr = f"{a} {op} {b}"
+        if expr in seen:
+            continue
+        seen.add(expr)
+        r = a + b if op == "+" else a - b
+        question = rng.choice(MENTAL_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
+        out.append(_conversation(rng, "mental", expr, str(r),
+                                 [_user(question), _assistant(f"{expr} = {r}.")]))
+    return out
+
+
 # --- questions answered by running Python ---------------------------------------------------------
 
 WORDS = ("banana", "python", "mississippi", "library", "keyboard", "elephant", "notebook",
@@ -657,7 +692,8 @@ def assistant_dataset(max_items: int | None = None
     total = len(stdlib) / (1 - sum(TOOL_SHARES.values()))
     items = (stdlib + _arithmetic_items(round(total * TOOL_SHARES["arithmetic"]))
              + _python_items(round(total * TOOL_SHARES["python"]))
-             + _identity_items(round(total * TOOL_SHARES["identity"])))
+             + _identity_items(round(total * TOOL_SHARES["identity"]))
+             + _mental_items(round(total * MENTAL_SHARE)))
     random.Random(f"{SEED}:order").shuffle(items)
     if max_items is not None:
         items = items[:max(0, max_items)]

@@ -287,6 +287,15 @@ class _Wrong:
         last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
         return [*c.messages[last_user + 1:-1], *_assistant(text)]
 
+    @staticmethod
+    def calculator(c: Conversation) -> list[dict]:
+        """A problem the user said to do without the calculator, done with it anyway."""
+        from llmos.data.assistant import _tool_call
+
+        return [_tool_call("calculator", {"expression": c.subject}),
+                {"role": "tool", "name": "calculator", "content": c.answer},
+                *_assistant(c.messages[-1]["content"])]
+
     def rejected(self, rng, c: Conversation) -> tuple[str, list[dict] | None]:
         final = c.messages[-1]["content"]
         if c.task == "docstring":
@@ -301,6 +310,8 @@ class _Wrong:
             return ("skipped_tool" if skip else "wrong_sum"), self.result(rng, c, skip)
         if c.task == "python":
             return "skipped_tool", self.result(rng, c, True)
+        if c.task == "mental":
+            return "used_tool", self.calculator(c)
         if c.task == "identity":
             return "wrong_identity", _assistant(rng.choice(WRONG_IDENTITY))
         return "", None
@@ -327,8 +338,9 @@ def builtin_comparisons() -> tuple[list[Comparison], list[Comparison]]:
     """(train, heldout) pairs from `builtin:assistant`'s (train, heldout) conversations: the
     gold answer against a plausible wrong one (another function's docstring or signature, the
     wrong module, a wrong sum after the calculator, a guess that skipped the tool it needed,
-    a wrong identity) and, for a quarter of the prompts (and those with no such wrong answer),
-    an evasive non-answer. Deterministic for a given Python."""
+    the calculator used where the user ruled it out, a wrong identity) and, for a quarter of
+    the prompts (and those with no such wrong answer), an evasive non-answer. Deterministic for
+    a given Python."""
     from llmos.data.assistant import assistant_dataset
 
     train, heldout = assistant_dataset()

@@ -23,10 +23,11 @@ checkpoints and resume are the one training loop's (train/loop.py). A group whos
 score the same has no signal (every advantage is 0); `mixed_groups` in the log counts the rest.
 
 Prompt sources (rl.prompts):
-- ``builtin:arithmetic`` - the arithmetic questions of ``builtin:assistant`` (training split to
-  train, held-out split to evaluate), answered *without* the calculator: a call to a tool earns
-  nothing. Scored by exact arithmetic: the answer must contain the result, and every number it
-  writes that is not in the question must be the result (so listing guesses earns nothing).
+- ``builtin:arithmetic`` - the ``mental`` questions of ``builtin:assistant``, 1-2 digit sums
+  and differences to do without the calculator (training split to train, held-out split to
+  evaluate): a call to a tool earns nothing. Scored by exact arithmetic: the answer must
+  contain the result, and every number it writes that is not in the question must be the
+  result (so listing guesses earns nothing).
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
@@ -70,16 +71,17 @@ class Prompt:
     task: str = "arithmetic"  # arithmetic | text | python | reward
 
 
-BUILTIN_TASKS = {"builtin:arithmetic": "arithmetic", "builtin:signature": "text",
-                 "builtin:identity": "text"}
+# spec -> (the builtin:assistant task asked, how answers are scored)
+BUILTIN_TASKS = {"builtin:arithmetic": ("mental", "arithmetic"),
+                 "builtin:signature": ("signature", "text"),
+                 "builtin:identity": ("identity", "text")}
 
 
 def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
-    """(train, held-out) questions of one builtin:assistant task, as the model is asked them
-    (for arithmetic, the calculator call and its answer dropped)."""
+    """(train, held-out) questions of one builtin:assistant task, as the model is asked them."""
     from llmos.data.assistant import assistant_dataset
 
-    task, kind = spec.split(":", 1)[1], BUILTIN_TASKS[spec]
+    task, kind = BUILTIN_TASKS[spec]
     train, heldout = assistant_dataset()
     pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task == task]  # noqa: E731
     return pick(train), pick(heldout)
@@ -474,17 +476,17 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 
 def no_tool_eval(model, tok, limit: int) -> dict:
     """The assistant eval's arithmetic-without-the-calculator number (its items, its tool loop
-    with no tools, its scoring), comparable with the SFT model's heldout_arithmetic_no_tool_acc."""
+    with no tools, its scoring), comparable with the SFT model's heldout_mental_acc."""
     from llmos.data.conversations import read_conversations
     from llmos.evals.assistant import run_items
 
     held, _ = read_conversations(["builtin:assistant:heldout"])
-    items = [c for c in held if c.task == "arithmetic" and c.answer][:30]
-    records = run_items(model, tok, items[:limit], tools={})
+    items = [c for c in held if c.task == "mental" and c.answer][:limit]
+    records = run_items(model, tok, items, tools={})
     acc = sum(r["score"] for r in records) / max(len(records), 1)
-    print(f"rl: held-out arithmetic without the calculator (the assistant eval's {len(records)} "
-          f"items): {acc:.3f}")
-    return {"heldout_arithmetic_no_tool_acc": acc, "heldout_arithmetic_no_tool_n": len(records)}
+    print(f"rl: held-out arithmetic without the calculator (the assistant eval's tool loop, "
+          f"{len(records)} items): {acc:.3f}")
+    return {"heldout_mental_acc": acc, "heldout_mental_n": len(records)}
 
 
 def _drop_stage(path: Path, stage: str) -> None:
