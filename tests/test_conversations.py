@@ -397,7 +397,9 @@ def test_builtin_mental_arithmetic_is_right_and_rules_the_tool_out(builtin):
         a, b = int(a), int(b)
         assert 1 <= b <= 99 and 1 <= a <= 99 and op in "+-" and (op == "+" or a >= b)
         want = a + b if op == "+" else a - b
-        assert c.answer == str(want) and answer == f"{c.subject} = {want}."
+        assert c.answer == str(want) and answer.endswith(f", so {c.subject} = {want}.")
+        for x, o, y, z in re.findall(r"(\d+) ([-+]) (\d+) = (\d+)", answer):  # every step holds
+            assert int(z) == (int(x) + int(y) if o == "+" else int(x) - int(y))
         assert len(c.messages) in (2, 3)  # no tool call: the user ruled the calculator out
         assert re.search(r"without|in your head|no tools|mentally|don't use", question.lower())
 

@@ -80,6 +80,11 @@ def test_the_verifier_wants_the_result_and_no_other_new_number():
     assert rl.exact_number("366", q, "416 - 50 = 367.") == 0.0
     assert rl.exact_number("366", q, "366 or 367") == 0.0  # listing guesses earns nothing
     assert rl.exact_number("366", q, "It is 1,366.") == 0.0
+    # working shown digit by digit counts when every step holds
+    q = "What is 48 + 7? Answer without the calculator."
+    assert rl.exact_number("55", q, "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 1.0
+    assert rl.exact_number("55", q, "8 + 7 = 14, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 0.0
+    assert rl.exact_number("55", q, "8 + 7 = 15, so 48 + 7 = 55 or 56.") == 0.0
     p = rl.Prompt([{"role": "user", "content": "Write f(x) returning 2x."}],
                   tests="assert f(2) == 4", task="python")
     assert rl.verify(p, "```python\ndef f(x):\n    return 2 * x\n```") == 1.0

@@ -14,8 +14,8 @@ Tasks (``Conversation.task``):
   library, with a calculator and a Python tool.
 - ``arithmetic`` - 2-3 digit + - * / problems answered through the ``calculator`` tool.
 - ``mental`` - a 2-digit number plus or minus a 1-digit one, where the question says to do it
-  without the calculator, answered directly ("What is 48 + 7? Answer without the calculator."
-  -> "48 + 7 = 55.").
+  without the calculator, worked digit by digit ("What is 48 + 7? Answer without the
+  calculator." -> "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55.").
 - ``python`` - small questions answered by running a snippet with the ``python`` tool; the tool
   output is what the snippet really prints (it is run here, in-process: it is our own code).
 
@@ -497,6 +497,24 @@ MENTAL_QUESTIONS = ("What is {a} {op} {b}? Answer without the calculator.",
                     "Work out {a} {op} {b} mentally.", "Don't use the calculator: {a} {op} {b}")
 
 
+def mental_working(a: int, op: str, b: int) -> str:
+    """The answer to `a op b` (a 2-digit and a 1-digit number, either order for +) worked digit
+    by digit, as on paper: the units first, then the carry or borrow, then the result. Each step
+    is a one-digit fact the model can learn; the whole sum as one fact it mostly cannot."""
+    big, small = (a, b) if a >= 10 else (b, a)
+    tens, units = divmod(big, 10)
+    r = a + b if op == "+" else a - b
+    if op == "+":
+        first = f"{units} + {small}" if big == a else f"{small} + {units}"
+        step, carry = units + small, units + small >= 10
+        work = f"{first} = {step}" + (f", carry 1: {tens} + 1 = {tens + 1}" if carry else "")
+    elif units >= b:
+        work = f"{units} - {b} = {units - b}"
+    else:
+        work = f"{units + 10} - {b} = {units + 10 - b}, borrow 1: {tens} - 1 = {tens - 1}"
+    return f"{work}, so {a} {op} {b} = {r}."
+
+
 def _mental_items(n: int) -> list[Conversation]:
     rng = random.Random(f"{SEED}:mental")
     out, seen = [], set()
@@ -512,7 +530,7 @@ def _mental_items(n: int) -> list[Conversation]:
         r = a + b if op == "+" else a - b
         question = rng.choice(MENTAL_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
         out.append(_conversation(rng, "mental", expr, str(r),
-                                 [_user(question), _assistant(f"{expr} = {r}.")]))
+                                 [_user(question), _assistant(mental_working(a, op, b))]))
     return out
 
 

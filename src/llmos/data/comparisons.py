@@ -294,7 +294,7 @@ class _Wrong:
 
         return [_tool_call("calculator", {"expression": c.subject}),
                 {"role": "tool", "name": "calculator", "content": c.answer},
-                *_assistant(c.messages[-1]["content"])]
+                *_assistant(f"{c.subject} = {c.answer}.")]
 
     def rejected(self, rng, c: Conversation) -> tuple[str, list[dict] | None]:
         final = c.messages[-1]["content"]

@@ -131,14 +131,35 @@ def load_prompts(specs: list[str], val_fraction: float) -> tuple[list[Prompt], l
 # ---- verifiers ----------------------------------------------------------------------------------
 
 
+EQUATION = re.compile(r"(-?\d+(?:\.\d+)?) ?([-+*/]) ?(-?\d+(?:\.\d+)?) ?= ?(-?\d+(?:\.\d+)?)")
+
+
+def true_equation_numbers(text: str) -> set[float]:
+    """The numbers of the equations a text writes that hold ("8 + 7 = 15" gives 8, 7 and 15;
+    "8 + 7 = 14" gives nothing)."""
+    out = set()
+    for m in EQUATION.finditer(text):
+        x, op, y, z = float(m[1]), m[2], float(m[3]), float(m[4])
+        if op == "/" and y == 0:
+            continue
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[op]
+        if math.isclose(value, z, rel_tol=1e-9, abs_tol=1e-9):
+            out |= {x, y, z}
+    return out
+
+
 def exact_number(expected: str, question: str, answer: str) -> float:
     """1.0 when the answer states the result and every other number it writes is from the
-    question ("416 - 50 = 366." is right; "366 or 367" and "416 - 50 = 367." are not)."""
+    question or from a true equation of its working ("416 - 50 = 366." and "8 + 7 = 15, carry
+    1: 4 + 1 = 5, so 48 + 7 = 55." are right; "366 or 367", "416 - 50 = 367." and "8 + 7 =
+    14, so 48 + 7 = 55." are not: guesses and wrong working earn nothing)."""
+    answer = answer.replace(",", "")
     if not contains_number(answer, expected):
         return 0.0
-    given = {float(m.group()) for m in NUMBER.finditer(question.replace(",", ""))}
-    for m in NUMBER.finditer(answer.replace(",", "")):
-        if float(m.group()) not in given and float(m.group()) != float(expected):
+    allowed = {float(m.group()) for m in NUMBER.finditer(question.replace(",", ""))}
+    allowed |= true_equation_numbers(answer) | {float(expected)}
+    for m in NUMBER.finditer(answer):
+        if float(m.group()) not in allowed:
             return 0.0
     return 1.0
 
