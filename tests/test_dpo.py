@@ -136,3 +136,35 @@ def test_rpo_term_is_the_chosen_answers_mean_token_nll():
     y[0, :2] = 1  # 2 answer tokens
     y[1, :3] = 1  # 3 answer tokens
     assert float(dpo.chosen_nll(logps, y)) == pytest.approx((4 / 2 + 6 / 3) / 2)
+
+
+def test_versus_judges_each_answer_after_its_own_prompt(base, tmp_path):
+    """compare_to_parent with a reward model as judge: every answer is scored after the prompt
+    it answered, also where two held-out items share a subject (one identity question asked
+    with and without a system prompt)."""
+    from llmos.data.conversations import Conversation
+    from llmos.train import reward
+
+    _, ckpt = base
+    torch.manual_seed(0)
+    rm = reward.RewardModel(checkpoint.load_model(ckpt))
+    torch.nn.init.normal_(rm.score.weight, std=0.5)
+    reward.save_reward_model(tmp_path / "rm", rm.eval(), ckpt, {})
+    child = checkpoint.load_model(ckpt)
+    with torch.no_grad():
+        child.lm_head.weight.mul_(1.5)  # answers differ from the parent's, so the judge is asked
+    checkpoint.save(tmp_path / "child", child, ckpt, {"stage": "dpo"})
+    user = {"role": "user", "content": "Who are you?"}
+    gold = {"role": "assistant", "content": "I'm llmos."}
+    heldout = [Conversation([user, gold], "t", "identity", "Who are you?", "llmos"),
+               Conversation([{"role": "system", "content": "Answer in one word."}, user, gold],
+                            "t", "identity", "Who are you?", "llmos")]
+    versus.compare_to_parent(tmp_path / "child", ckpt, limit=10, judge=tmp_path / "rm",
+                             heldout=heldout)
+    pairs = json.loads((tmp_path / "child" / "compare_parent.json").read_text())["pairs"]
+    items = json.loads((tmp_path / "child" / "eval_assistant.json").read_text())["items"]
+    assert len(pairs) == len(items) == 2
+    model, tok = reward.load_reward_model(tmp_path / "rm")
+    for conv, item, pair in zip(heldout, items, pairs):
+        expected = reward.score(model, tok, [conv.messages[:-1] + item["transcript"]])[0]
+        assert pair["rewards"][0] == pytest.approx(expected, abs=1e-5)

@@ -79,12 +79,13 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
     if judge is not None:
         from llmos.train.reward import load_reward_model, score
 
-        by_subject = {(c.task, c.subject): c for c in heldout}
+        # Both evaluations asked the plan's questions in its order; a subject alone does not
+        # name the prompt (one identity question is asked with and without a system prompt).
+        prompts = [assistant.prompt_of(c) for c in assistant.plan(heldout, limit)]
         rm, rtok = load_reward_model(judge)
 
         def conversations(items):
-            return [assistant.prompt_of(by_subject[(r["task"], r["subject"])]) + r["transcript"]
-                    for r in items]
+            return [prompt + r["transcript"] for prompt, r in zip(prompts, items, strict=True)]
 
         rewards = list(zip(score(rm, rtok, conversations(mine["items"])),
                            score(rm, rtok, conversations(theirs["items"]))))
