@@ -23,11 +23,11 @@ checkpoints and resume are the one training loop's (train/loop.py). A group whos
 score the same has no signal (every advantage is 0); `mixed_groups` in the log counts the rest.
 
 Prompt sources (rl.prompts):
-- ``builtin:arithmetic`` - the ``mental`` questions of ``builtin:assistant``, 1-2 digit sums
-  and differences to do without the calculator (training split to train, held-out split to
-  evaluate): a call to a tool earns nothing. Scored by exact arithmetic: the answer must
-  contain the result, and every number it writes that is not in the question must be the
-  result (so listing guesses earns nothing).
+- ``builtin:arithmetic`` - the ``mental`` questions of ``builtin:assistant``, a 2-digit number
+  plus or minus a 1-digit one, to do without the calculator (training split to train, held-out
+  split to evaluate): a call to a tool earns nothing. Scored by exact arithmetic: the answer must
+  contain the result, and every other number it writes must be from the question or from a
+  true equation of its working (so listing guesses, or a wrong step, earns nothing).
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
