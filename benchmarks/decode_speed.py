@@ -14,7 +14,9 @@ threads (--threads, default every core). Runners whose package is missing are sk
     python benchmarks/decode_speed.py --shapes small --repeats 2
 
 One JSON line per (shape, runner), then one summary line per shape with the ratios the targets
-are about (docs/export.md, "Decode speed"). Progress goes to stderr. Run it on an idle machine.
+are about (docs/export.md, "Decode speed") and the fp32 roofline: the machine's memory read
+bandwidth (a sum over 1 GiB, measured first) over the bytes one fp32 step must read, the most
+tokens/s any fp32 decoder can reach here. Progress goes to stderr. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -77,6 +79,26 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second this machine reads from memory: the best of `repeats` sums of a fp32
+    array far larger than any cache (the weights a decode step reads are too)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(int(gib * 2**30) // 4)
+    seconds = best_time(lambda: float(x.sum()), repeats)
+    return x.numel() * 4 / seconds
+
+
+def fp32_bytes_per_token(shape: str, n: int) -> int:
+    """What one fp32 decode step must read at least: every weight matrix once (4 attention
+    projections and 3 SwiGLU ones per layer, the vocabulary-sized output head) plus the KV
+    cache at the mean position of `n` steps. Norms and the one embedding row are negligible."""
+    s = SHAPES[shape]
+    d, f, L = s["dim"], s["ffn_dim"], s["n_layers"]
+    weights = L * (4 * d * d + 3 * d * f) + VOCAB * d
+    kv = 2 * L * d * (n / 2)
+    return int(4 * (weights + kv))
 
 
 def engine_runner(ckpt: Path, n: int, dtype: torch.dtype):
@@ -173,6 +195,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per runner (best kept)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runner")
     args = ap.parse_args()
+    bandwidth = read_bandwidth(args.threads)
+    log(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)")
     torch.set_num_threads(args.threads)
     wanted = args.runners.split(",")
     for shape in args.shapes.split(","):
@@ -194,12 +218,23 @@ def main() -> None:
                     del go  # free the model before loading the next
                 log(f"{shape:>6} {name:<18} {row.get('tok_s', row.get('skipped'))}")
                 print(json.dumps(row), flush=True)
-        summary = {"bench": "decode_speed_summary", "shape": shape, "targets": []}
+        # The roofline: no fp32 decoder can beat reading its weights at the machine's bandwidth.
+        # A target asking a fp32 runner for more tokens/s than that cannot be met on this machine.
+        n = min(NEW_TOKENS, SHAPES[shape]["max_seq_len"] - 1)
+        per_token = fp32_bytes_per_token(shape, n)
+        roofline = bandwidth / per_token
+        summary = {"bench": "decode_speed_summary", "shape": shape,
+                   "read_gb_s": round(bandwidth / 1e9, 2),
+                   "fp32_mb_per_token": round(per_token / 1e6, 1),
+                   "fp32_roofline_tok_s": round(roofline, 1), "targets": []}
         for runner, base, need, shapes in TARGETS:
             if shape in shapes and runner in speeds and base in speeds:
                 ratio = speeds[runner] / speeds[base]
-                summary["targets"].append({"runner": runner, "vs": base, "ratio": round(ratio, 3),
-                                           "need": need, "met": ratio >= need})
+                wanted_tok_s = need * speeds[base]
+                summary["targets"].append({
+                    "runner": runner, "vs": base, "ratio": round(ratio, 3), "need": need,
+                    "met": ratio >= need, "needs_tok_s": round(wanted_tok_s, 1),
+                    "within_fp32_roofline": runner.endswith("int8") or wanted_tok_s <= roofline})
         print(json.dumps(summary), flush=True)
 
 
