@@ -488,8 +488,8 @@ def _arithmetic_items(n: int) -> list[Conversation]:
 # --- arithmetic without the calculator ----------------------------------------------------------
 # Every calculator answer copies the tool's reply, so a model finetuned on those alone never
 # learns to compute and never samples a right answer without the tool: online RL then has no
-# signal (docs/rl.md). These small problems rule the tool out in the question and are answered
-# directly; `llmos rl` (builtin:arithmetic) trains and evaluates on them.
+# signal (docs/rl.md). These small problems rule the tool out in the question and are worked
+# digit by digit (`mental_working`); `llmos rl` (builtin:arithmetic) trains and evaluates on them.
 
 MENTAL_QUESTIONS = ("What is {a} {op} {b}? Answer without the calculator.",
                     "Without a calculator, what is {a} {op} {b}?",

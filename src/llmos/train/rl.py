@@ -140,10 +140,8 @@ def true_equation_numbers(text: str) -> set[float]:
     out = set()
     for m in EQUATION.finditer(text):
         x, op, y, z = float(m[1]), m[2], float(m[3]), float(m[4])
-        if op == "/" and y == 0:
-            continue
-        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else 0.0}[op]
-        if math.isclose(value, z, rel_tol=1e-9, abs_tol=1e-9):
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op]
+        if math.isclose(value, z, rel_tol=1e-9, abs_tol=1e-9):  # never for a division by 0
             out |= {x, y, z}
     return out
 
