@@ -81,10 +81,9 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second this machine reads from memory: the best of `repeats` sums of a fp32
-    array far larger than any cache (the weights a decode step reads are too)."""
-    torch.set_num_threads(threads)
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second this machine reads from memory with torch's threads: the best of
+    `repeats` sums of a fp32 array far larger than any cache (as a decode step's weights are)."""
     x = torch.ones(int(gib * 2**30) // 4)
     seconds = best_time(lambda: float(x.sum()), repeats)
     return x.numel() * 4 / seconds
@@ -195,9 +194,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per runner (best kept)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runner")
     args = ap.parse_args()
-    bandwidth = read_bandwidth(args.threads)
-    log(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)")
     torch.set_num_threads(args.threads)
+    bandwidth = read_bandwidth()
+    log(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)")
     wanted = args.runners.split(",")
     for shape in args.shapes.split(","):
         if shape not in SHAPES:

@@ -289,7 +289,8 @@ def describe(entry: ApiEntry) -> str:
 # --- building conversations -----------------------------------------------------------------------
 
 
-def _tool_call(name: str, arguments: dict) -> dict:
+def tool_call(name: str, arguments: dict) -> dict:
+    """An assistant message that calls one tool (the shape builtin:assistant writes)."""
     call = {"type": "function", "function": {"name": name, "arguments": arguments}}
     return {"role": "assistant", "content": "", "tool_calls": [call]}
 
@@ -479,7 +480,7 @@ def _arithmetic_items(n: int) -> list[Conversation]:
         else:
             question = rng.choice(ARITHMETIC_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
             final = f"{expr} = {r}."
-        turns = [_user(question), _tool_call("calculator", {"expression": expr}),
+        turns = [_user(question), tool_call("calculator", {"expression": expr}),
                  {"role": "tool", "name": "calculator", "content": str(r)}, _assistant(final)]
         out.append(_conversation(rng, "arithmetic", expr, str(r), turns))
     return out
@@ -687,7 +688,7 @@ def _python_items(n: int) -> list[Conversation]:
         seen.add(question)
         output = run_snippet(code)
         answer = final(output) if callable(final) else final.replace("{out}", output)
-        turns = [_user(question), _tool_call("python", {"code": code}),
+        turns = [_user(question), tool_call("python", {"code": code}),
                  {"role": "tool", "name": "python", "content": output}, _assistant(answer)]
         out.append(_conversation(rng, "python", code, output, turns))
     return out

@@ -290,9 +290,9 @@ class _Wrong:
     @staticmethod
     def calculator(c: Conversation) -> list[dict]:
         """A problem the user said to do without the calculator, done with it anyway."""
-        from llmos.data.assistant import _tool_call
+        from llmos.data.assistant import tool_call
 
-        return [_tool_call("calculator", {"expression": c.subject}),
+        return [tool_call("calculator", {"expression": c.subject}),
                 {"role": "tool", "name": "calculator", "content": c.answer},
                 *_assistant(f"{c.subject} = {c.answer}.")]
 
