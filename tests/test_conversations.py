@@ -15,7 +15,13 @@ import types
 
 import pytest
 
-from llmos.data.assistant import assistant_dataset, is_heldout
+from llmos.data.assistant import (
+    MENTAL2_ITEMS,
+    MENTAL_REPEATS,
+    arithmetic_practice,
+    assistant_dataset,
+    is_heldout,
+)
 from llmos.data.conversations import (
     BadConversation,
     Conversation,
@@ -301,7 +307,8 @@ def test_hf_records_are_read_like_lines(monkeypatch):
 
 # --- the built-in set ----------------------------------------------------------------------------
 
-TASKS = {"docstring", "signature", "followup", "identity", "arithmetic", "python", "mental"}
+TASKS = {"docstring", "signature", "followup", "identity", "arithmetic", "python", "mental",
+         "mental2"}
 
 
 @pytest.fixture(scope="module")
@@ -334,14 +341,15 @@ def test_builtin_split_by_subject_with_every_task_in_both(builtin):
     assert all(not is_heldout(s) for s in train_subjects)
     assert all(is_heldout(s) for s in heldout_subjects)
     assert 0.05 < len(heldout) / (len(train) + len(heldout)) < 0.15
-    assert 8000 <= len(train) <= 20000
+    assert 8000 <= len(train) <= 25000
     for split in (train, heldout):
         counts = collections.Counter(c.task for c in split)
         assert set(counts) == TASKS
-        share = {t: n / len(split) for t, n in counts.items()}
+        rest = len(split) - counts["mental"] - counts["mental2"]  # the mental ones come on top
+        share = {t: n / rest for t, n in counts.items()}
         assert 0.15 < share["arithmetic"] < 0.25 and 0.06 < share["python"] < 0.14
-        assert 0.05 < share["mental"] < 0.12
         assert share["docstring"] + share["signature"] + share["followup"] > 0.6
+    assert collections.Counter(c.task for c in train + heldout)["mental2"] == MENTAL2_ITEMS
     assert {c.source for c in train} == {"builtin:assistant"}
     assert {c.source for c in heldout} == {"builtin:assistant:heldout"}
 
@@ -388,20 +396,50 @@ def test_builtin_arithmetic_is_right(builtin):
     assert n > 1000
 
 
+def _holds(equation: str) -> bool:
+    left, right = equation.split(" = ")
+    terms = left.split()
+    value = int(terms[0])
+    for op, x in zip(terms[1::2], terms[2::2]):
+        value = value + int(x) if op == "+" else value - int(x)
+    return value == int(right)
+
+
 def test_builtin_mental_arithmetic_is_right_and_rules_the_tool_out(builtin):
-    items = [c for c in builtin[0] + builtin[1] if c.task == "mental"]
-    assert len(items) > 1000 and len({c.subject for c in items}) == len(items)
-    for c in items:
-        question, answer = c.messages[-2]["content"], c.messages[-1]["content"]
-        a, op, b = c.subject.split()
-        a, b = int(a), int(b)
-        assert 1 <= b <= 99 and 1 <= a <= 99 and op in "+-" and (op == "+" or a >= b)
-        want = a + b if op == "+" else a - b
-        assert c.answer == str(want) and answer.endswith(f", so {c.subject} = {want}.")
-        for x, o, y, z in re.findall(r"(\d+) ([-+]) (\d+) = (\d+)", answer):  # every step holds
-            assert int(z) == (int(x) + int(y) if o == "+" else int(x) - int(y))
-        assert len(c.messages) in (2, 3)  # no tool call: the user ruled the calculator out
-        assert re.search(r"without|in your head|no tools|mentally|don't use", question.lower())
+    train, heldout = builtin
+    for task, low in (("mental", 1), ("mental2", 10)):
+        items = [c for c in train + heldout if c.task == task]
+        subjects = collections.Counter(c.subject for c in items)
+        assert len(subjects) == (2430 if task == "mental" else MENTAL2_ITEMS)
+        for c in items:
+            question, answer = c.messages[-2]["content"], c.messages[-1]["content"]
+            a, op, b = c.subject.split()
+            a, b = int(a), int(b)
+            assert low <= b <= 99 and low <= a <= 99 and op in "+-" and (op == "+" or a >= b)
+            want = a + b if op == "+" else a - b
+            assert c.answer == str(want) and answer.endswith(f", so {c.subject} = {want}.")
+            steps = re.findall(r"\d+(?: [-+] \d+)+ = \d+", answer)
+            assert len(steps) >= 2 and all(_holds(s) for s in steps)  # every step holds
+            assert len(c.messages) in (2, 3)  # no tool call: the user ruled the calculator out
+            assert re.search(r"without|in your head|no tools|mentally|don't use", question.lower())
+        # A training problem is asked several times in different words, a held-out one once.
+        held = {c.subject for c in heldout if c.task == task}
+        assert held and all(subjects[s] == 1 for s in held)
+        repeats = MENTAL_REPEATS if task == "mental" else 1
+        assert all(subjects[s] == repeats for s in subjects if s not in held)
+
+
+def test_arithmetic_practice_is_every_two_digit_problem_split_like_the_set(builtin):
+    train, heldout = arithmetic_practice()
+    assert len(train) + len(heldout) == 90 * 90 + 90 * 91 // 2  # a + b, and a - b with a >= b
+    assert {c.task for c in train + heldout} == {"mental2"}
+    assert all(not is_heldout(c.subject) for c in train) and all(is_heldout(c.subject)
+                                                                for c in heldout)
+    # the finetuning set's problems are among them, on the same side of the split
+    sft_heldout = {c.subject for c in builtin[1]}
+    practice = {c.subject: False for c in train} | {c.subject: True for c in heldout}
+    sft = {c.subject for c in builtin[0] + builtin[1] if c.task == "mental2"}
+    assert sft and all(practice[s] == (s in sft_heldout) for s in sft)
 
 
 def test_builtin_python_answers_are_the_real_output(builtin):

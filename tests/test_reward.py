@@ -110,6 +110,24 @@ def test_a_language_model_is_not_a_reward_model(base):
         reward.load_reward_model(ckpt)
 
 
+def test_pair_order_buckets_by_length_and_resumes_exactly():
+    lengths = [(i * 37) % 200 + 5 for i in range(1000)]
+    plain, bucketed = reward.PairOrder(1000, 16, 3), reward.PairOrder(1000, 16, 3, lengths=lengths)
+
+    def padded(order, steps=120):  # row slots a batch pads to, over about two epochs
+        return sum(16 * max(lengths[i] for i in order.next()) for _ in range(steps))
+
+    assert padded(bucketed) < 0.8 * padded(plain)
+    again = reward.PairOrder(1000, 16, 3, lengths=lengths)
+    epoch = [i for _ in range(63) for i in again.next()]  # 63 batches: an epoch of 1000 and 8
+    assert sorted(epoch[:1000]) == list(range(1000))  # every pair once an epoch
+    resumed = reward.PairOrder(1000, 16, 3, lengths=lengths)
+    resumed.load_state_dict(again.state_dict())
+    assert [resumed.next() for _ in range(5)] == [again.next() for _ in range(5)]
+    with pytest.raises(ValueError, match="lengths"):
+        reward.PairOrder(10, 4, 0, lengths=[1, 2])
+
+
 def test_long_conversations_keep_their_end(base):
     _, ckpt = base
     tok = tokenizers_.load(ckpt)

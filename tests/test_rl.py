@@ -85,6 +85,14 @@ def test_the_verifier_wants_the_result_and_no_other_new_number():
     assert rl.exact_number("55", q, "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 1.0
     assert rl.exact_number("55", q, "8 + 7 = 14, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 0.0
     assert rl.exact_number("55", q, "8 + 7 = 15, so 48 + 7 = 55 or 56.") == 0.0
+    # a step of three numbers (the tens with the carry or borrow) holds or not as a whole
+    q = "What is 48 + 37? Answer without the calculator."
+    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so 48 + 37 = 85.") == 1.0
+    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 + 1 = 9, so 48 + 37 = 85.") == 0.0
+    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 = 8, so 48 + 37 = 85.") == 0.0
+    q = "What is 48 - 29? Answer without the calculator."
+    assert rl.exact_number("19", q, "18 - 9 = 9, borrow 1: 4 - 1 - 2 = 1, so 48 - 29 = 19.") == 1.0
+    assert rl.true_equation_numbers("-3 + 5 = 2, 10 - 2 * 3 = 4, 6 / 0 = 1") == {-3, 5, 2, 10, 3, 4}
     p = rl.Prompt([{"role": "user", "content": "Write f(x) returning 2x."}],
                   tests="assert f(2) == 4", task="python")
     assert rl.verify(p, "```python\ndef f(x):\n    return 2 * x\n```") == 1.0

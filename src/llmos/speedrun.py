@@ -114,7 +114,8 @@ def summary(cfg, base, assistant, tuned, samples, chats, card, page, timer) -> N
 HELDOUT_FIGURES = [
     ("well_formed_turns", "well-formed turns"), ("valid_tool_calls", "valid tool calls"),
     ("arithmetic_acc", "arithmetic (calculator)"),
-    ("mental_acc", "arithmetic (no calculator)"),
+    ("mental_acc", "mental arithmetic, 48 + 7"),
+    ("mental2_acc", "mental arithmetic, 48 + 37"),
     ("python_acc", "python questions"), ("signature_acc", "signatures"),
     ("docstring_acc", "docstring questions"), ("identity_acc", "identity"),
 ]

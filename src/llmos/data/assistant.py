@@ -50,7 +50,10 @@ SYSTEM_FRACTION = 0.30  # share of conversations that start with a system prompt
 FOLLOWUP_FRACTION = 0.45  # share of functions, classes and methods that also get a follow-up
 # Shares of the whole set; the stdlib questions are as many as the stdlib gives, these follow.
 TOOL_SHARES = {"arithmetic": 0.20, "python": 0.10, "identity": 0.02}
-MENTAL_SHARE = 0.10  # added on top of the shares above, so the other tasks keep their items
+# Every mental problem there is (2,430), added on top of the shares above; each training problem
+# is asked this many times in different words, so each one-digit fact is seen often enough to learn.
+MENTAL_REPEATS = 3
+MENTAL2_ITEMS = 1200  # problems of two 2-digit numbers, each asked once
 MAX_SUMMARY_CHARS = 200
 MAX_SIGNATURE_CHARS = 200
 
@@ -499,40 +502,84 @@ MENTAL_QUESTIONS = ("What is {a} {op} {b}? Answer without the calculator.",
 
 
 def mental_working(a: int, op: str, b: int) -> str:
-    """The answer to `a op b` (a 2-digit and a 1-digit number, either order for +) worked digit
-    by digit, as on paper: the units first, then the carry or borrow, then the result. Each step
-    is a one-digit fact the model can learn; the whole sum as one fact it mostly cannot."""
-    big, small = (a, b) if a >= 10 else (b, a)
-    tens, units = divmod(big, 10)
+    """The answer to `a op b` (2-digit numbers, or one of them 1-digit; a >= b for -) worked
+    digit by digit, as on paper: the units first, then the tens with the carry or borrow, then
+    the result. Each step is a fact of one-digit numbers the model can learn; the whole sum as
+    one fact it mostly cannot."""
+    (ta, ua), (tb, ub) = divmod(a, 10), divmod(b, 10)
     r = a + b if op == "+" else a - b
     if op == "+":
-        first = f"{units} + {small}" if big == a else f"{small} + {units}"
-        step, carry = units + small, units + small >= 10
-        work = f"{first} = {step}" + (f", carry 1: {tens} + 1 = {tens + 1}" if carry else "")
-    elif units >= b:
-        work = f"{units} - {b} = {units - b}"
+        carry = ua + ub >= 10
+        work = f"{ua} + {ub} = {ua + ub}"
+        tens = [t for t in (ta, tb) if t] + ([1] if carry else [])
+        if len(tens) > 1:  # 48 + 1 has no tens step: the 4 comes down as it is
+            work += (", carry 1: " if carry else ", then ") + (
+                " + ".join(map(str, tens)) + f" = {sum(tens)}")
     else:
-        work = f"{units + 10} - {b} = {units + 10 - b}, borrow 1: {tens} - 1 = {tens - 1}"
+        borrow = ua < ub
+        work = f"{ua + 10 * borrow} - {ub} = {ua + 10 * borrow - ub}"
+        tens = [ta] + ([1] if borrow else []) + ([tb] if tb else [])
+        if len(tens) > 1:
+            work += (", borrow 1: " if borrow else ", then ") + (
+                " - ".join(map(str, tens)) + f" = {ta - borrow - tb}")
     return f"{work}, so {a} {op} {b} = {r}."
 
 
-def _mental_items(n: int) -> list[Conversation]:
-    rng = random.Random(f"{SEED}:mental")
-    out, seen = [], set()
-    while len(out) < n:
-        op = rng.choice("+-")
-        a, b = rng.randint(10, 99), rng.randint(1, 9)  # sized so a 2.6M model gets some right
-        if rng.random() < 0.5 and op == "+":
-            a, b = b, a
-        expr = f"{a} {op} {b}"
-        if expr in seen:
-            continue
-        seen.add(expr)
-        r = a + b if op == "+" else a - b
-        question = rng.choice(MENTAL_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
-        out.append(_conversation(rng, "mental", expr, str(r),
-                                 [_user(question), _assistant(mental_working(a, op, b))]))
+def _mental_problems() -> list[tuple[int, str, int]]:
+    """Every (a, op, b): a 2-digit number plus or minus a 1-digit one, the sums in either order."""
+    out = []
+    for big in range(10, 100):
+        for small in range(1, 10):
+            out += [(big, "+", small), (small, "+", big), (big, "-", small)]
     return out
+
+
+def _mental_items() -> list[Conversation]:
+    rng = random.Random(f"{SEED}:mental")
+    out = []
+    for a, op, b in _mental_problems():
+        expr, r = f"{a} {op} {b}", (a + b if op == "+" else a - b)
+        # Held-out problems are asked once: the eval asks each distinct question once anyway.
+        phrasings = rng.sample(MENTAL_QUESTIONS, 1 if is_heldout(expr) else MENTAL_REPEATS)
+        for q in phrasings:
+            question = q.format(a=a, b=b, op=op, w=OP_WORDS[op])
+            out.append(_conversation(rng, "mental", expr, str(r),
+                                     [_user(question), _assistant(mental_working(a, op, b))]))
+    return out
+
+
+def two_digit_problems() -> list[tuple[int, str, int]]:
+    """Every (a, op, b) of two 2-digit numbers, a >= b for - (12,195), in a fixed shuffled order."""
+    out = [(a, op, b) for a in range(10, 100) for b in range(10, 100) for op in "+-"
+           if op == "+" or a >= b]
+    random.Random(f"{SEED}:mental2").shuffle(out)
+    return out
+
+
+def _mental_conversation(rng: random.Random, task: str, a: int, op: str, b: int) -> Conversation:
+    question = rng.choice(MENTAL_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
+    return _conversation(rng, task, f"{a} {op} {b}", str(a + b if op == "+" else a - b),
+                         [_user(question), _assistant(mental_working(a, op, b))])
+
+
+def _mental2_items(n: int) -> list[Conversation]:
+    """The first `n` two-digit problems, each asked once: a few, so that the finetuned model
+    knows the working but not every fact, and online RL has something to practise
+    (`arithmetic_practice`)."""
+    rng = random.Random(f"{SEED}:mental2")
+    return [_mental_conversation(rng, "mental2", *p) for p in two_digit_problems()[:n]]
+
+
+def arithmetic_practice() -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held-out) `mental2` questions over every two-digit problem, split as
+    `assistant_dataset` splits them: online RL practises on thousands of problems whose working
+    the finetuning set never showed, and is scored on held-out ones no stage trained on."""
+    rng = random.Random(f"{SEED}:practice")
+    train, heldout = [], []
+    for p in two_digit_problems():
+        c = _mental_conversation(rng, "mental2", *p)
+        (heldout if is_heldout(c.subject) else train).append(c)
+    return train, heldout
 
 
 # --- questions answered by running Python ---------------------------------------------------------
@@ -712,7 +759,7 @@ def assistant_dataset(max_items: int | None = None
     items = (stdlib + _arithmetic_items(round(total * TOOL_SHARES["arithmetic"]))
              + _python_items(round(total * TOOL_SHARES["python"]))
              + _identity_items(round(total * TOOL_SHARES["identity"]))
-             + _mental_items(round(total * MENTAL_SHARE)))
+             + _mental_items() + _mental2_items(MENTAL2_ITEMS))
     random.Random(f"{SEED}:order").shuffle(items)
     if max_items is not None:
         items = items[:max(0, max_items)]

@@ -310,7 +310,7 @@ class _Wrong:
             return ("skipped_tool" if skip else "wrong_sum"), self.result(rng, c, skip)
         if c.task == "python":
             return "skipped_tool", self.result(rng, c, True)
-        if c.task == "mental":
+        if c.task in ("mental", "mental2"):
             return "used_tool", self.calculator(c)
         if c.task == "identity":
             return "wrong_identity", _assistant(rng.choice(WRONG_IDENTITY))
@@ -319,8 +319,14 @@ class _Wrong:
 
 def _pairs(conversations: list[Conversation], source: str, wrong: _Wrong) -> list[Comparison]:
     rng = random.Random(f"{SEED}:{source}")
-    out = []
+    out, mental = [], set()
     for c in conversations:
+        if c.task == "mental":
+            # Asked several times in different words to teach one-digit facts; one comparison
+            # a problem is enough, and more would crowd out the kinds that are hard to judge.
+            if c.subject in mental:
+                continue
+            mental.add(c.subject)
         last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
         prompt, chosen = c.messages[:last_user + 1], c.messages[last_user + 1:]
         kind, rejected = wrong.rejected(rng, c)

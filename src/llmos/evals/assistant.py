@@ -4,6 +4,7 @@ loop), and score the final answer against the gold one.
     task        correct when the final answer ...
     arithmetic  contains the exact result as a number (with the calculator)
     mental      as arithmetic, asked without tools (the question rules the calculator out)
+    mental2     as mental, for two 2-digit numbers
     python      contains the program's exact output
     signature   contains the signature
     docstring   overlaps the docstring's first sentence with word F1 >= 0.5 (mean F1 reported)
@@ -60,7 +61,7 @@ def contains_number(text: str, number: str) -> bool:
 def score(task: str, expected: str, answer: str) -> float:
     """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
     expected = expected.strip()
-    if task in ("arithmetic", "mental") or (task == "python" and NUMBER.fullmatch(expected)):
+    if task in ("arithmetic", "mental", "mental2") or (task == "python" and NUMBER.fullmatch(expected)):
         return float(contains_number(answer, expected))
     if task in ("python", "signature"):
         return float(expected in answer)
@@ -96,7 +97,7 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
     return records
 
 
-NO_TOOL_TASKS = ("mental",)  # asked with no tools offered: the question rules the calculator out
+NO_TOOL_TASKS = ("mental", "mental2")  # asked with no tools offered: the question rules the calculator out
 
 
 def plan(heldout: list[Conversation], limit: int) -> list[Conversation]:

@@ -189,20 +189,41 @@ def load_reward_model(path: str | Path, device: str = "cpu") -> tuple[RewardMode
 # ---- data: comparisons -> batches ---------------------------------------------------------------
 
 
+# Pairs of similar length are batched together (within windows of this many batches), so a
+# batch pads less: uniformly drawn batches of the built-in set are 55% padding.
+BUCKET_BATCHES = 8
+
+
 class PairOrder:
     """Indices of training pairs in a fresh shuffled order each epoch; its position is saved
-    for exact resume. With several processes each global batch is cut into one slice per rank."""
+    for exact resume. With several processes each global batch is cut into one slice per rank.
+    Given each pair's length, every window of `BUCKET_BATCHES` batches is sorted by length
+    before it is cut into batches, and the batches are shuffled: the same pairs, less padding."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 lengths: list[int] | None = None):
         if n == 0:
             raise ValueError("no training pairs")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} pairs")
         self.n, self.B, self.seed, self.rank, self.world = n, batch_size, seed, rank, world_size
+        self.lengths = lengths
         self.epoch, self.index = 0, 0
         self._order = self._shuffle()
 
     def _shuffle(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is None:
+            return order
+        span = self.B * self.world
+        out = []
+        for s in range(0, self.n, span * BUCKET_BATCHES):
+            window = sorted(order[s:s + span * BUCKET_BATCHES], key=self.lengths.__getitem__)
+            batches = [window[j:j + span] for j in range(0, len(window), span)]
+            out += [i for b in torch.randperm(len(batches), generator=g).tolist()
+                    for i in batches[b]]
+        return out
 
     def next(self) -> list[int]:
         out = []
@@ -328,7 +349,10 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
               f"({len(held_eval):,} scored); {t.max_steps} steps of {t.batch_size} pairs")
         model = model.to(rt.device).train()
         cfg.run_dir.mkdir(parents=True, exist_ok=True)  # metrics.jsonl goes there
-        order = PairOrder(len(train_pairs), t.batch_size, t.seed, rt.rank, rt.world_size)
+        lengths = [max(len(encode(tok, p.prompt + p.chosen, max_len)),
+                       len(encode(tok, p.prompt + p.rejected, max_len))) for p in train_pairs]
+        order = PairOrder(len(train_pairs), t.batch_size, t.seed, rt.rank, rt.world_size,
+                          lengths)
         seen = {"acc": 0.0, "margin": 0.0, "n": 0}
         last_eval: dict = {}  # the final evaluation's margins, reused by the report
 

@@ -72,17 +72,17 @@ class Prompt:
 
 
 # spec -> (the builtin:assistant task asked, how answers are scored)
-BUILTIN_TASKS = {"builtin:arithmetic": ("mental", "arithmetic"),
+BUILTIN_TASKS = {"builtin:arithmetic": ("mental2", "arithmetic"),
                  "builtin:signature": ("signature", "text"),
                  "builtin:identity": ("identity", "text")}
 
 
 def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
     """(train, held-out) questions of one builtin:assistant task, as the model is asked them."""
-    from llmos.data.assistant import assistant_dataset
+    from llmos.data.assistant import arithmetic_practice, assistant_dataset
 
     task, kind = BUILTIN_TASKS[spec]
-    train, heldout = assistant_dataset()
+    train, heldout = arithmetic_practice() if spec == BUILTIN_ARITHMETIC else assistant_dataset()
     pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task == task]  # noqa: E731
     return pick(train), pick(heldout)
 
@@ -131,18 +131,34 @@ def load_prompts(specs: list[str], val_fraction: float) -> tuple[list[Prompt], l
 # ---- verifiers ----------------------------------------------------------------------------------
 
 
-EQUATION = re.compile(r"(-?\d+(?:\.\d+)?) ?([-+*/]) ?(-?\d+(?:\.\d+)?) ?= ?(-?\d+(?:\.\d+)?)")
+NUM = r"-?\d+(?:\.\d+)?"
+EQUATION = re.compile(rf"({NUM}(?: ?[-+*/] ?{NUM})+) ?= ?({NUM})")
+TERM = re.compile(rf" ?([-+*/])? ?({NUM})")
+
+
+def _evaluate(terms: list[tuple[str, float]]) -> float:
+    """The value of x op y op z ... with * and / before + and - (division by 0 gives nan)."""
+    total, product = 0.0, None
+    for op, y in terms:
+        if op in ("*", "/"):
+            product = product * y if op == "*" else (product / y if y else math.nan)
+        else:
+            total += product if product is not None else 0.0
+            product = -y if op == "-" else y
+    return total + product
 
 
 def true_equation_numbers(text: str) -> set[float]:
-    """The numbers of the equations a text writes that hold ("8 + 7 = 15" gives 8, 7 and 15;
-    "8 + 7 = 14" gives nothing)."""
+    """The numbers of the equations a text writes that hold ("8 + 7 = 15" gives 8, 7 and 15,
+    "4 + 3 + 1 = 8" gives 4, 3, 1 and 8; "8 + 7 = 14" gives nothing)."""
     out = set()
     for m in EQUATION.finditer(text):
-        x, op, y, z = float(m[1]), m[2], float(m[3]), float(m[4])
-        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else math.nan}[op]
-        if math.isclose(value, z, rel_tol=1e-9, abs_tol=1e-9):  # never for a division by 0
-            out |= {x, y, z}
+        terms = [(op or "+", float(x)) for op, x in TERM.findall(m[1])]
+        if terms[0][0] == "-":  # a leading minus is the first number's sign
+            terms[0] = ("+", -terms[0][1])
+        z = float(m[2])
+        if math.isclose(_evaluate(terms), z, rel_tol=1e-9, abs_tol=1e-9):  # never for nan
+            out |= {x for _, x in terms} | {z}
     return out
 
 
@@ -484,7 +500,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                   f"accuracy {result.metrics.get('heldout_acc', float('nan')):.3f} -> {out} "
                   f"(curve: {cfg.run_dir / 'rl.png'})")
             if rl.eval_items and BUILTIN_ARITHMETIC in rl.prompts:
-                summary = no_tool_eval(model.eval(), tok, rl.eval_items)
+                summary = no_tool_eval(model.eval(), tok, BUILTIN_TASKS[BUILTIN_ARITHMETIC][0],
+                                       rl.eval_items)
                 info = checkpoint.read_info(out)
                 info.setdefault("metrics", {}).update(summary)
                 checkpoint.write_json(out / "llmos.json", info)
@@ -493,19 +510,19 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         teardown()
 
 
-def no_tool_eval(model, tok, limit: int) -> dict:
-    """The assistant eval's arithmetic-without-the-calculator number (its items, its tool loop
-    with no tools, its scoring), comparable with the SFT model's heldout_mental_acc."""
+def no_tool_eval(model, tok, task: str, limit: int) -> dict:
+    """The assistant eval's number for a no-calculator arithmetic task (its items, its tool loop
+    with no tools, its scoring), comparable with the SFT model's `{task}_acc`."""
     from llmos.data.conversations import read_conversations
     from llmos.evals.assistant import run_items
 
     held, _ = read_conversations(["builtin:assistant:heldout"])
-    items = [c for c in held if c.task == "mental" and c.answer][:limit]
+    items = [c for c in held if c.task == task and c.answer][:limit]
     records = run_items(model, tok, items, tools={})
     acc = sum(r["score"] for r in records) / max(len(records), 1)
     print(f"rl: held-out arithmetic without the calculator (the assistant eval's tool loop, "
           f"{len(records)} items): {acc:.3f}")
-    return {"heldout_mental_acc": acc, "heldout_mental_n": len(records)}
+    return {f"heldout_{task}_acc": acc, f"heldout_{task}_n": len(records)}
 
 
 def _drop_stage(path: Path, stage: str) -> None:
