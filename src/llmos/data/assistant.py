@@ -15,7 +15,11 @@ Tasks (``Conversation.task``):
 - ``arithmetic`` - 2-3 digit + - * / problems answered through the ``calculator`` tool.
 - ``mental`` - a 2-digit number plus or minus a 1-digit one, where the question says to do it
   without the calculator, worked digit by digit ("What is 48 + 7? Answer without the
-  calculator." -> "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55.").
+  calculator." -> "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55."); every such problem,
+  each training one asked three times.
+- ``mental2`` - the same for two 2-digit numbers ("8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so
+  48 + 37 = 85."), 1,200 of the 12,195 problems; ``arithmetic_practice`` has all of them, for
+  online RL.
 - ``python`` - small questions answered by running a snippet with the ``python`` tool; the tool
   output is what the snippet really prints (it is run here, in-process: it is our own code).
 
@@ -493,7 +497,7 @@ def _arithmetic_items(n: int) -> list[Conversation]:
 # Every calculator answer copies the tool's reply, so a model finetuned on those alone never
 # learns to compute and never samples a right answer without the tool: online RL then has no
 # signal (docs/rl.md). These small problems rule the tool out in the question and are worked
-# digit by digit (`mental_working`); `llmos rl` (builtin:arithmetic) trains and evaluates on them.
+# digit by digit (`mental_working`). `llmos rl` (builtin:arithmetic) practises the two-digit ones.
 
 MENTAL_QUESTIONS = ("What is {a} {op} {b}? Answer without the calculator.",
                     "Without a calculator, what is {a} {op} {b}?",

@@ -61,7 +61,8 @@ def contains_number(text: str, number: str) -> bool:
 def score(task: str, expected: str, answer: str) -> float:
     """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
     expected = expected.strip()
-    if task in ("arithmetic", "mental", "mental2") or (task == "python" and NUMBER.fullmatch(expected)):
+    numeric = task in ("arithmetic", "mental", "mental2")
+    if numeric or (task == "python" and NUMBER.fullmatch(expected)):
         return float(contains_number(answer, expected))
     if task in ("python", "signature"):
         return float(expected in answer)
@@ -97,7 +98,8 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
     return records
 
 
-NO_TOOL_TASKS = ("mental", "mental2")  # asked with no tools offered: the question rules the calculator out
+# Asked with no tools offered: the question rules the calculator out.
+NO_TOOL_TASKS = ("mental", "mental2")
 
 
 def plan(heldout: list[Conversation], limit: int) -> list[Conversation]:

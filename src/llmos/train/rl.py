@@ -23,11 +23,12 @@ checkpoints and resume are the one training loop's (train/loop.py). A group whos
 score the same has no signal (every advantage is 0); `mixed_groups` in the log counts the rest.
 
 Prompt sources (rl.prompts):
-- ``builtin:arithmetic`` - the ``mental`` questions of ``builtin:assistant``, a 2-digit number
-  plus or minus a 1-digit one, to do without the calculator (training split to train, held-out
-  split to evaluate): a call to a tool earns nothing. Scored by exact arithmetic: the answer must
-  contain the result, and every other number it writes must be from the question or from a
-  true equation of its working (so listing guesses, or a wrong step, earns nothing).
+- ``builtin:arithmetic`` - two 2-digit numbers added or subtracted without the calculator, every
+  such problem (``arithmetic_practice``: the training split to practise on, of which SFT showed
+  the working of about a tenth, the held-out split to evaluate): a call to a tool earns
+  nothing. Scored by exact arithmetic: the answer must contain the result, and every other
+  number it writes must be from the question or from a true equation of its working (so
+  listing guesses, or a wrong step, earns nothing).
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
