@@ -429,17 +429,21 @@ def test_builtin_mental_arithmetic_is_right_and_rules_the_tool_out(builtin):
         assert all(subjects[s] == repeats for s in subjects if s not in held)
 
 
-def test_arithmetic_practice_is_every_two_digit_problem_split_like_the_set(builtin):
+def test_arithmetic_practice_is_every_mental_problem_split_like_the_set(builtin):
     train, heldout = arithmetic_practice()
-    assert len(train) + len(heldout) == 90 * 90 + 90 * 91 // 2  # a + b, and a - b with a >= b
-    assert {c.task for c in train + heldout} == {"mental2"}
+    tasks = collections.Counter(c.task for c in train)
+    two_digit = 90 * 90 + 90 * 91 // 2  # a + b, and a - b with a >= b
+    assert tasks["mental2"] + len(heldout) == two_digit
+    assert tasks["mental"] == 2430 - sum(is_heldout(c.subject) for c in builtin[1]
+                                         if c.task == "mental")
+    assert {c.task for c in heldout} == {"mental2"}  # scored on the two-digit problems
     assert all(not is_heldout(c.subject) for c in train) and all(is_heldout(c.subject)
                                                                 for c in heldout)
-    # the finetuning set's problems are among them, on the same side of the split
-    sft_heldout = {c.subject for c in builtin[1]}
-    practice = {c.subject: False for c in train} | {c.subject: True for c in heldout}
-    sft = {c.subject for c in builtin[0] + builtin[1] if c.task == "mental2"}
-    assert sft and all(practice[s] == (s in sft_heldout) for s in sft)
+    # the finetuning set's training problems are practised; none of its held-out ones is
+    practised = {c.subject for c in train}
+    for c in builtin[0] + builtin[1]:
+        if c.task in ("mental", "mental2"):
+            assert (c.subject in practised) == (c.source == "builtin:assistant")
 
 
 def test_builtin_python_answers_are_the_real_output(builtin):

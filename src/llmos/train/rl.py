@@ -25,10 +25,11 @@ score the same has no signal (every advantage is 0); `mixed_groups` in the log c
 Prompt sources (rl.prompts):
 - ``builtin:arithmetic`` - two 2-digit numbers added or subtracted without the calculator, every
   such problem (``arithmetic_practice``: the training split to practise on, of which SFT showed
-  the working of about a tenth, the held-out split to evaluate): a call to a tool earns
-  nothing. Scored by exact arithmetic: the answer must contain the result, and every other
-  number it writes must be from the question or from a true equation of its working (so
-  listing guesses, or a wrong step, earns nothing).
+  the working of about a tenth, with the 2-digit +- 1-digit problems so that their working is
+  practised too; the held-out two-digit ones to evaluate): a call to a tool earns nothing.
+  Scored by exact arithmetic: the answer must contain the result, and every other number it
+  writes must be from the question or from a true equation of its working (so listing
+  guesses, or a wrong step, earns nothing).
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
@@ -72,19 +73,19 @@ class Prompt:
     task: str = "arithmetic"  # arithmetic | text | python | reward
 
 
-# spec -> (the builtin:assistant task asked, how answers are scored)
-BUILTIN_TASKS = {"builtin:arithmetic": ("mental2", "arithmetic"),
-                 "builtin:signature": ("signature", "text"),
-                 "builtin:identity": ("identity", "text")}
+# spec -> (the builtin:assistant tasks asked, how answers are scored)
+BUILTIN_TASKS = {"builtin:arithmetic": (("mental2", "mental"), "arithmetic"),
+                 "builtin:signature": (("signature",), "text"),
+                 "builtin:identity": (("identity",), "text")}
 
 
 def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
     """(train, held-out) questions of one builtin:assistant task, as the model is asked them."""
     from llmos.data.assistant import arithmetic_practice, assistant_dataset
 
-    task, kind = BUILTIN_TASKS[spec]
+    tasks, kind = BUILTIN_TASKS[spec]
     train, heldout = arithmetic_practice() if spec == BUILTIN_ARITHMETIC else assistant_dataset()
-    pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task == task]  # noqa: E731
+    pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task in tasks]  # noqa: E731
     return pick(train), pick(heldout)
 
 
@@ -501,8 +502,9 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                   f"accuracy {result.metrics.get('heldout_acc', float('nan')):.3f} -> {out} "
                   f"(curve: {cfg.run_dir / 'rl.png'})")
             if rl.eval_items and BUILTIN_ARITHMETIC in rl.prompts:
-                summary = no_tool_eval(model.eval(), tok, BUILTIN_TASKS[BUILTIN_ARITHMETIC][0],
-                                       rl.eval_items)
+                summary = {}
+                for task in ("mental2", "mental"):  # the practised task, and the one it must keep
+                    summary |= no_tool_eval(model.eval(), tok, task, rl.eval_items)
                 info = checkpoint.read_info(out)
                 info.setdefault("metrics", {}).update(summary)
                 checkpoint.write_json(out / "llmos.json", info)
@@ -521,8 +523,8 @@ def no_tool_eval(model, tok, task: str, limit: int) -> dict:
     items = [c for c in held if c.task == task and c.answer][:limit]
     records = run_items(model, tok, items, tools={})
     acc = sum(r["score"] for r in records) / max(len(records), 1)
-    print(f"rl: held-out arithmetic without the calculator (the assistant eval's tool loop, "
-          f"{len(records)} items): {acc:.3f}")
+    print(f"rl: held-out {task} questions without the calculator (the assistant eval's tool "
+          f"loop, {len(records)} items): {acc:.3f}")
     return {f"heldout_{task}_acc": acc, f"heldout_{task}_n": len(records)}
 
 
