@@ -542,13 +542,10 @@ def _mental_items() -> list[Conversation]:
     rng = random.Random(f"{SEED}:mental")
     out = []
     for a, op, b in _mental_problems():
-        expr, r = f"{a} {op} {b}", (a + b if op == "+" else a - b)
         # Held-out problems are asked once: the eval asks each distinct question once anyway.
-        phrasings = rng.sample(MENTAL_QUESTIONS, 1 if is_heldout(expr) else MENTAL_REPEATS)
-        for q in phrasings:
-            question = q.format(a=a, b=b, op=op, w=OP_WORDS[op])
-            out.append(_conversation(rng, "mental", expr, str(r),
-                                     [_user(question), _assistant(mental_working(a, op, b))]))
+        times = 1 if is_heldout(f"{a} {op} {b}") else MENTAL_REPEATS
+        phrasings = rng.sample(MENTAL_QUESTIONS, times)
+        out += [_mental_conversation(rng, "mental", a, op, b, q) for q in phrasings]
     return out
 
 
@@ -560,8 +557,10 @@ def two_digit_problems() -> list[tuple[int, str, int]]:
     return out
 
 
-def _mental_conversation(rng: random.Random, task: str, a: int, op: str, b: int) -> Conversation:
-    question = rng.choice(MENTAL_QUESTIONS).format(a=a, b=b, op=op, w=OP_WORDS[op])
+def _mental_conversation(rng: random.Random, task: str, a: int, op: str, b: int,
+                         template: str | None = None) -> Conversation:
+    """`a op b` asked in `template`'s words (a random one of MENTAL_QUESTIONS if None)."""
+    question = (template or rng.choice(MENTAL_QUESTIONS)).format(a=a, b=b, op=op, w=OP_WORDS[op])
     return _conversation(rng, task, f"{a} {op} {b}", str(a + b if op == "+" else a - b),
                          [_user(question), _assistant(mental_working(a, op, b))])
 
