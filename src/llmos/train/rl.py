@@ -502,9 +502,9 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                   f"accuracy {result.metrics.get('heldout_acc', float('nan')):.3f} -> {out} "
                   f"(curve: {cfg.run_dir / 'rl.png'})")
             if rl.eval_items and BUILTIN_ARITHMETIC in rl.prompts:
-                summary = {}
-                for task in ("mental2", "mental"):  # the practised task, and the one it must keep
-                    summary |= no_tool_eval(model.eval(), tok, task, rl.eval_items)
+                # the practised task, and the one it must keep
+                summary = no_tool_eval(model.eval(), tok, BUILTIN_TASKS[BUILTIN_ARITHMETIC][0],
+                                       rl.eval_items)
                 info = checkpoint.read_info(out)
                 info.setdefault("metrics", {}).update(summary)
                 checkpoint.write_json(out / "llmos.json", info)
@@ -513,19 +513,22 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         teardown()
 
 
-def no_tool_eval(model, tok, task: str, limit: int) -> dict:
-    """The assistant eval's number for a no-calculator arithmetic task (its items, its tool loop
-    with no tools, its scoring), comparable with the SFT model's `{task}_acc`."""
+def no_tool_eval(model, tok, tasks: tuple[str, ...], limit: int) -> dict:
+    """The assistant eval's number for each no-calculator arithmetic task (its items, its tool
+    loop with no tools, its scoring), comparable with the SFT model's `{task}_acc`."""
     from llmos.data.conversations import read_conversations
     from llmos.evals.assistant import run_items
 
-    held, _ = read_conversations(["builtin:assistant:heldout"])
-    items = [c for c in held if c.task == task and c.answer][:limit]
-    records = run_items(model, tok, items, tools={})
-    acc = sum(r["score"] for r in records) / max(len(records), 1)
-    print(f"rl: held-out {task} questions without the calculator (the assistant eval's tool "
-          f"loop, {len(records)} items): {acc:.3f}")
-    return {f"heldout_{task}_acc": acc, f"heldout_{task}_n": len(records)}
+    held, _ = read_conversations(["builtin:assistant:heldout"])  # built once for every task
+    out = {}
+    for task in tasks:
+        items = [c for c in held if c.task == task and c.answer][:limit]
+        records = run_items(model, tok, items, tools={})
+        acc = sum(r["score"] for r in records) / max(len(records), 1)
+        print(f"rl: held-out {task} questions without the calculator (the assistant eval's "
+              f"tool loop, {len(records)} items): {acc:.3f}")
+        out |= {f"heldout_{task}_acc": acc, f"heldout_{task}_n": len(records)}
+    return out
 
 
 def _drop_stage(path: Path, stage: str) -> None:
