@@ -59,6 +59,25 @@ def test_bt_loss_falls_and_heldout_accuracy_rises(base, tmp_path):
     assert info["metrics"]["heldout_accuracy"] == 1.0
 
 
+def test_training_on_the_worst_ranked_pairs(base, tmp_path, capsys):
+    cfg, ckpt = base
+    data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(60))
+    small_reward_config(cfg, data, max_steps=20, eval_every=0)
+    cfg.name, cfg.reward.select_from, cfg.reward.lm_coef = "select", 3, 0.5
+    out = reward.run(cfg, ckpt, tmp_path / "reward")
+    assert "the worst ranked of 24" in capsys.readouterr().out
+    assert json.loads((out / "reward_eval.json").read_text())["accuracy"] == 1.0
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lm = [r["lm_loss"] for r in records if "lm_loss" in r]
+    assert len(lm) == 20 and all(0 < v < 20 for v in lm)
+    cfg.reward.select_from = 0
+    with pytest.raises(ValueError, match="select_from"):
+        reward.run(cfg, ckpt, tmp_path / "reward2")
+    cfg.reward.select_from, cfg.reward.lm_coef = 1, -1.0
+    with pytest.raises(ValueError, match="lm_coef"):
+        reward.run(cfg, ckpt, tmp_path / "reward3")
+
+
 def random_reward_model(ckpt, seed=0):
     torch.manual_seed(seed)
     model = reward.RewardModel(checkpoint.load_model(ckpt))
@@ -102,6 +121,56 @@ def test_transformers_sequence_classification_gives_the_same_scores(base, tmp_pa
     with torch.no_grad():
         theirs = hf(input_ids=x).logits[:, 0].tolist()
     assert theirs == pytest.approx(reward.score(model, tok, CONVERSATIONS), abs=1e-4)
+
+
+def test_rewards_are_fp32_under_bf16_autocast(base):
+    _, ckpt = base
+    model = random_reward_model(ckpt, seed=2)
+    torch.nn.init.normal_(model.score.weight, std=20.0)  # rewards far from 0, as trained ones
+    tok = tokenizers_.load(ckpt)
+    x, last = reward.collate([reward.encode(tok, c, 64) for c in CONVERSATIONS],
+                             reward.pad_id(tok))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        r = model(x, last)
+        h = reward.hidden_states(model.body, x)[torch.arange(3), last]
+    assert r.dtype == torch.float32
+    assert torch.equal(r, h.float() @ model.score.weight[0])  # the head itself not rounded
+    assert (r.to(torch.bfloat16).float() != r).any()  # what a bf16 head would have lost
+
+
+def test_keep_worst_ranked_keeps_the_pairs_with_the_lowest_margins(base):
+    _, ckpt = base
+    model = random_reward_model(ckpt, seed=3)
+    tok = tokenizers_.load(ckpt)
+    pairs = [reward.Comparison(prompt=c[:-1], chosen=[c[-1]], rejected=[d[-1]], source="t")
+             for c in CONVERSATIONS for d in CONVERSATIONS if c is not d]
+    m = reward.margins(model, tok, pairs)
+    worst = sorted(sorted(range(len(pairs)), key=m.__getitem__)[:2])
+    x, last = reward.keep_worst_ranked(model, reward.pair_batch(tok, pairs, 64, "cpu"), 2)
+    assert torch.equal(x, reward.pair_batch(tok, [pairs[i] for i in worst], 64, "cpu")[0])
+    assert model(x, last).tolist() == pytest.approx(
+        reward.score(model, tok, [pairs[i].prompt + pairs[i].chosen for i in worst]
+                     + [pairs[i].prompt + pairs[i].rejected for i in worst]), abs=1e-5)
+
+
+def test_the_language_model_loss_is_the_parents_on_the_chosen_answers(base):
+    _, ckpt = base
+    lm = checkpoint.load_model(ckpt).eval()
+    model = random_reward_model(ckpt)
+    tok = tokenizers_.load(ckpt)
+    pairs = [reward.Comparison(prompt=c[:-1], chosen=[c[-1]], rejected=[{"role": "assistant",
+                               "content": "no"}], source="t") for c in CONVERSATIONS]
+    x, last, mask = reward.pair_batch(tok, pairs, 64, "cpu", masks=True)
+    assert mask.shape == (3, x.shape[1]) and mask.sum() > 0
+    with torch.no_grad():
+        rewards, nll = model(x, last, mask)
+        logits = lm(x[:3])[:, :-1]
+    expect = torch.nn.functional.cross_entropy(logits[mask[:, 1:].bool()], x[:3, 1:][
+        mask[:, 1:].bool()])
+    assert float(nll) == pytest.approx(float(expect), rel=1e-5)
+    assert rewards.tolist() == pytest.approx(model(x, last).tolist())
+    kept = reward.keep_worst_ranked(model, (x, last, mask), 2)
+    assert len(kept) == 3 and kept[2].shape == (2, kept[0].shape[1])
 
 
 def test_a_language_model_is_not_a_reward_model(base):

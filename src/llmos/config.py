@@ -119,6 +119,12 @@ class RewardConfig:
     sources: list[str] = field(default_factory=lambda: ["builtin:comparisons"])
     val_fraction: float = 0.05  # held-out share of pairs from files (builtin: by subject)
     eval_pairs: int = 1000  # held-out pairs scored for accuracy and margins (0 = all)
+    # Online batch selection: draw this many times batch_size pairs, train on the batch_size the
+    # model ranks worst (1 = off). Easy pairs are learned in a few steps and then only dilute
+    # the hard ones (docs/comparisons.md).
+    select_from: int = 1
+    # Weight of a language-model loss on the chosen answers, added to Bradley-Terry (0 = off).
+    lm_coef: float = 0.0
     train: TrainConfig = field(default_factory=lambda: _pairs_train(200, 1e-4))
 
 
