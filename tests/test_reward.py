@@ -31,6 +31,7 @@ def small_reward_config(cfg, data, **train):
     cfg.reward.sources = [str(data)]
     cfg.reward.val_fraction = 0.25
     cfg.reward.eval_pairs = 0
+    cfg.reward.select_from, cfg.reward.lm_coef = 1, 0.0  # plain Bradley-Terry unless a test asks
     settings = dict(max_steps=30, batch_size=8, seq_len=64, warmup_steps=2, lr=3e-3,
                     log_every=1, dtype="fp32", eval_every=10) | train
     for k, v in settings.items():
