@@ -103,11 +103,6 @@ def encode(tok, messages: list[dict], max_len: int) -> list[int]:
     return ids[-max_len:]
 
 
-def answer_mask(tok, messages: list[dict], max_len: int) -> list[int]:
-    """1 at the tokens of `encode` that the assistant wrote (chat.render's loss mask)."""
-    return chat.render(tok, messages).mask[-max_len:]
-
-
 def collate(rows: list[list[int]], pad: int, device: str = "cpu"
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest row -> (ids [B, T], index of each row's last token [B])."""
@@ -264,14 +259,15 @@ def pair_batch(tok, pairs: list[Comparison], max_len: int, device: str, masks: b
     """B pairs -> (ids [2B, T], last [2B]): the B chosen conversations, then the B rejected.
     With `masks`, also [B, T]: 1 at the chosen answers' assistant tokens, for the
     language-model loss."""
-    rows = [encode(tok, p.prompt + p.chosen, max_len) for p in pairs]
+    chosen = [chat.render(tok, p.prompt + p.chosen) for p in pairs]  # ids and loss mask
+    rows = [c.ids[-max_len:] for c in chosen]  # as `encode` cuts them
     rows += [encode(tok, p.prompt + p.rejected, max_len) for p in pairs]
     x, last = collate(rows, pad_id(tok), device)
     if not masks:
         return x, last
     mask = torch.zeros_like(x[:len(pairs)])
-    for i, p in enumerate(pairs):
-        m = answer_mask(tok, p.prompt + p.chosen, max_len)
+    for i, c in enumerate(chosen):
+        m = c.mask[-max_len:]
         mask[i, :len(m)] = torch.tensor(m)
     return x, last, mask
 
