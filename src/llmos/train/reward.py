@@ -409,7 +409,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 
         def loss(m, batch):
             if r.select_from > 1:
-                batch = keep_worst_ranked(m, batch, len(batch[1]) // 2 // r.select_from)
+                batch = keep_worst_ranked(m, batch, t.batch_size)
             trained["tokens"] = int((batch[1] + 1).sum())
             rewards, lm = m(*batch) if r.lm_coef > 0 else (m(*batch), None)
             c, rj = rewards.detach().chunk(2)
