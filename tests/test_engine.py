@@ -107,3 +107,48 @@ def test_decode_layout_keeps_the_numbers_and_the_saved_checkpoint(tmp_path):
         path = tmp_path / f"tied{tied}.safetensors"  # what checkpoint.save writes
         save_file(checkpoint.to_hf_state_dict(model), str(path))
         assert load_file(str(path)).keys() == checkpoint.to_hf_state_dict(model).keys()
+
+
+def test_split_matvec_equals_linear_and_falls_back_where_it_must():
+    """Few-row products after use_decode_layout run as one batched product over column blocks
+    (one per thread); the numbers are F.linear's, and anything that is not a plain fp32 [in,
+    out] weight, or is under autograd, takes F.linear itself."""
+    from torch.nn import functional as F
+
+    from llmos.model import MATVEC_ROWS, Linear, split_matvec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        lin = Linear(96, 300, bias=True)
+        lin.weight.data = lin.weight.data.t().contiguous().t()  # the decode layout
+        lin.split_matvec = True
+        with torch.no_grad():
+            for shape in [(1, 96), (3, 1, 96), (MATVEC_ROWS, 96), (MATVEC_ROWS + 1, 96)]:
+                x = torch.randn(shape)
+                torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
+            x = torch.randn(2, 96)
+            calls = []
+            real_bmm = torch.bmm
+            torch.bmm = lambda *a: calls.append(1) or real_bmm(*a)  # count the split path
+            try:
+                lin(x)
+                assert calls, "a 2-row product under no_grad should take the split path"
+                calls.clear()
+                split_matvec(x, lin.weight.detach()[:299])  # 299 columns do not split in 2
+                split_matvec(x, lin.weight.detach().contiguous())  # [out, in] layout
+                split_matvec(x.bfloat16(), lin.weight.detach().bfloat16())
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    split_matvec(x, lin.weight.detach())
+                torch.set_num_threads(1)
+                split_matvec(x, lin.weight.detach())
+                assert not calls
+            finally:
+                torch.bmm = real_bmm
+                torch.set_num_threads(2)
+        x = torch.randn(2, 96, requires_grad=True)
+        lin(x).sum().backward()  # with grad: plain F.linear, gradients as usual
+        torch.testing.assert_close(x.grad, lin.weight.sum(0).expand(2, 96))
+    finally:
+        torch.set_num_threads(threads)

@@ -17,6 +17,47 @@ import torch.nn.functional as F
 
 from llmos.config import ModelConfig
 
+# Products of at most this many rows (decoding steps, short prompts) are split over the threads:
+# 1.3-1.7x faster than F.linear from 1 to 128 rows on 2 threads, 0.9x at 256 (docs/LOG.md).
+MATVEC_ROWS = 64
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose few-row products at inference on CPU are split over the threads.
+
+    A decoding step multiplies one row per sequence by every weight matrix, and MKL runs such a
+    product on one thread: one step's products at the 110M benchmark shape read 17-19 GB/s on 1
+    thread or 2. Cut into one block of output columns per thread (strided views of the same
+    memory, no copy) and run as one batched product, each block gets a thread: 24-26 GB/s on 2
+    (benchmarks/matvec_kernels.py). `use_decode_layout` turns this on; training takes the
+    plain path."""
+
+    split_matvec = False  # set per module by use_decode_layout
+
+    def forward(self, x):
+        if (self.split_matvec and not torch.is_grad_enabled()
+                and x.shape[:-1].numel() <= MATVEC_ROWS):
+            return split_matvec(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def split_matvec(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None):
+    """F.linear(x, w, bias) for a weight laid out [in, out] (`use_decode_layout`), as
+    one batched product over column blocks, one per thread. Falls back to F.linear where the
+    blocks would not be views (another layout or dtype, columns not divisible) and under
+    autocast."""
+    k = torch.get_num_threads()
+    n_out, n_in = w.shape
+    if (k < 2 or n_out % k or w.stride() != (1, n_out) or w.dtype != torch.float32
+            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+        return F.linear(x, w, bias)
+    wt = w.t()  # [in, out], contiguous
+    blocks = wt.as_strided((k, n_in, n_out // k), (n_out // k, n_out, 1))
+    rows = x.reshape(-1, n_in)
+    y = torch.bmm(rows.expand(k, *rows.shape), blocks)  # [k, rows, out / k]
+    y = y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
+    return y if bias is None else y + bias
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -64,8 +105,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, qkv_out, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, qkv_out, bias=False)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x, cos, sin, cache=None, layer: int = 0, mask=None):
         B, T, _ = x.shape
@@ -89,8 +130,8 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ffn_dim = cfg.ffn_hidden
-        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_hidden, bias=False)  # gate and up, fused
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.w13 = Linear(cfg.dim, 2 * cfg.ffn_hidden, bias=False)  # gate and up, fused
+        self.w2 = Linear(cfg.ffn_hidden, cfg.dim, bias=False)
 
     def forward(self, x):
         gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
@@ -118,7 +159,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_tables(cfg, cfg.max_seq_len)
@@ -194,16 +235,18 @@ def use_decode_layout(model: nn.Module) -> nn.Module:
     vocab 32000 x dim 288: 1.5 ms vs 3.6-4.8 ms, one thread; docs/LOG.md 2026-11-27). A
     256-row prefill was no slower; training still works on such weights (RL samples with the
     engine, then updates the same model), and checkpoints are saved contiguous either way.
-    Weights under a parametrization (LoRA) are left as they are. Returns the model."""
+    Weights under a parametrization (LoRA) are left as they are. Products of a few rows are
+    then split over the threads (`Linear`). Returns the model."""
     done = set()
     for module in model.modules():
         if not isinstance(module, nn.Linear) or "weight" not in module._parameters:
             continue  # a parametrized (LoRA) weight lives elsewhere
         w = module.weight
-        if id(w) in done or w.dim() != 2 or w.device.type != "cpu" or w.stride(0) == 1:
-            continue
-        w.data = w.data.t().contiguous().t()
-        done.add(id(w))
+        if id(w) not in done and w.dim() == 2 and w.device.type == "cpu" and w.stride(0) != 1:
+            w.data = w.data.t().contiguous().t()
+            done.add(id(w))
+        if isinstance(module, Linear):
+            module.split_matvec = w.stride(0) == 1  # few-row products over the threads
     return model
 
 
