@@ -39,7 +39,7 @@ def tiny_config(runs_dir, corpus, name="t", **train):
         "model.max_seq_len=64", "data.vocab_size=320", "data.val_fraction=0.1",
         "train.batch_size=4", "train.seq_len=32", "train.max_steps=6", "train.warmup_steps=2",
         "train.eval_every=3", "train.eval_tokens=256", "train.log_every=1", "train.dtype=fp32",
-        "train.compile=false",
+        "train.compile=false", "sft.train.compile=false",
     ])
     for k, v in train.items():
         setattr(cfg.train, k, v)

@@ -18,7 +18,7 @@ TINY = ["--set", "model.dim=32", "--set", "model.n_layers=2", "--set", "model.n_
 TINY_SFT = ["--set", "sft.train.max_steps=3", "--set", "sft.train.batch_size=2",
             "--set", "sft.train.seq_len=64", "--set", "sft.train.eval_every=0",
             "--set", "sft.train.warmup_steps=1", "--set", "sft.eval_items=4",
-            "--set", "sft.val_fraction=0.3"]
+            "--set", "sft.val_fraction=0.3", "--set", "sft.train.compile=false"]
 TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", f"{stage}.train.max_steps=2", "--set", f"{stage}.train.batch_size=2",
     "--set", f"{stage}.train.seq_len=64", "--set", f"{stage}.eval_pairs=8")] + [

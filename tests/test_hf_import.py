@@ -274,7 +274,8 @@ def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):
           "--set", "sft.train.seq_len=64", "--set", "sft.train.eval_every=0",
           "--set", "sft.train.warmup_steps=1", "--set", "sft.train.lr=1e-2",
           "--set", "sft.train.log_every=1", "--set", "sft.eval_items=0",
-          "--set", "sft.val_fraction=0", "--set", "sft.train.dtype=fp32"])
+          "--set", "sft.val_fraction=0", "--set", "sft.train.dtype=fp32",
+          "--set", "sft.train.compile=false"])
     metrics = [json.loads(line) for line in
                (tmp_path / "runs" / "cpu-tiny" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
