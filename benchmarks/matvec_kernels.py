@@ -12,7 +12,7 @@ head) at the two shapes of `decode_speed.py`, for each kernel:
     numpy           numpy.matmul with W laid out [in, out] (OpenBLAS, all its threads)
     onednn          a Linear converted with torch.utils.mkldnn (oneDNN inner product)
     inductor-cpp    torch.compile, max-autotune with inductor's C++ GEMM template and frozen
-                    weights (only with --compile: compiling takes 15-60 s)
+                    weights (only with --compile: compiling takes 5-20 s)
 
     python benchmarks/matvec_kernels.py                   # both shapes, every kernel but inductor
     python benchmarks/matvec_kernels.py --shapes medium --compile
@@ -112,7 +112,7 @@ def main() -> None:
         nbytes = sum(w.numel() * 4 for w in weights)
         base = None
         for name in names:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: inductor's frozen weights need it
                 run = kernel(name, weights, args.threads)
                 t0 = time.perf_counter()
                 run()  # warm-up (and compilation)

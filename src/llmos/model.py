@@ -28,7 +28,7 @@ class Linear(nn.Linear):
     A decoding step multiplies one row per sequence by every weight matrix, and MKL runs such a
     product on one thread: one step's products at the 110M benchmark shape read 17-19 GB/s on 1
     thread or 2. Cut into one block of output columns per thread (strided views of the same
-    memory, no copy) and run as one batched product, each block gets a thread: 24-26 GB/s on 2
+    memory, no copy) and run as one batched product, each block gets a thread: 24-27 GB/s on 2
     (benchmarks/matvec_kernels.py). `use_decode_layout` turns this on; training takes the
     plain path."""
 
