@@ -30,13 +30,14 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from decode_speed import SHAPES, VOCAB  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_speed import SHAPES, VOCAB  # noqa: E402  (the same shapes as the decode benchmark)
 
 KERNELS = ("torch-mm", "torch-linear", "torch-bmm", "numpy", "onednn", "inductor-cpp")
 
