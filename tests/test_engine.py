@@ -113,6 +113,8 @@ def test_split_matvec_equals_linear_and_falls_back_where_it_must():
     """Few-row products after use_decode_layout run as one batched product over column blocks
     (one per thread); the numbers are F.linear's, and anything that is not a plain fp32 [in,
     out] weight, or is under autograd, takes F.linear itself."""
+    from unittest import mock
+
     from torch.nn import functional as F
 
     from llmos.model import MATVEC_ROWS, Linear, split_matvec
@@ -129,24 +131,19 @@ def test_split_matvec_equals_linear_and_falls_back_where_it_must():
                 x = torch.randn(shape)
                 torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
             x = torch.randn(2, 96)
-            calls = []
-            real_bmm = torch.bmm
-            torch.bmm = lambda *a: calls.append(1) or real_bmm(*a)  # count the split path
-            try:
+            with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:  # the split path
                 lin(x)
-                assert calls, "a 2-row product under no_grad should take the split path"
-                calls.clear()
-                split_matvec(x, lin.weight.detach()[:299])  # 299 columns do not split in 2
-                split_matvec(x, lin.weight.detach().contiguous())  # [out, in] layout
-                split_matvec(x.bfloat16(), lin.weight.detach().bfloat16())
+                assert bmm.call_count == 1, "a 2-row product under no_grad should be split"
+                w = lin.weight.detach()
+                split_matvec(x, w[:299])  # 299 outputs do not split in 2
+                split_matvec(x, w.contiguous())  # [out, in] layout
+                split_matvec(x.bfloat16(), w.bfloat16())
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    split_matvec(x, lin.weight.detach())
+                    split_matvec(x, w)
                 torch.set_num_threads(1)
-                split_matvec(x, lin.weight.detach())
-                assert not calls
-            finally:
-                torch.bmm = real_bmm
+                split_matvec(x, w)
                 torch.set_num_threads(2)
+                assert bmm.call_count == 1
         x = torch.randn(2, 96, requires_grad=True)
         lin(x).sum().backward()  # with grad: plain F.linear, gradients as usual
         torch.testing.assert_close(x.grad, lin.weight.sum(0).expand(2, 96))
