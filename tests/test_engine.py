@@ -117,7 +117,7 @@ def test_split_matvec_equals_linear_and_falls_back_where_it_must():
 
     from torch.nn import functional as F
 
-    from llmos.model import MATVEC_ROWS, Linear, split_matvec
+    from llmos.model import MATVEC_MAX_THREADS, MATVEC_ROWS, Linear, split_matvec
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -140,8 +140,9 @@ def test_split_matvec_equals_linear_and_falls_back_where_it_must():
                 split_matvec(x.bfloat16(), w.bfloat16())
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     split_matvec(x, w)
-                torch.set_num_threads(1)
-                split_matvec(x, w)
+                for n in (1, MATVEC_MAX_THREADS + 1):  # 300 columns split in 1 and 5
+                    torch.set_num_threads(n)
+                    split_matvec(x, w)
                 torch.set_num_threads(2)
                 assert bmm.call_count == 1
         x = torch.randn(2, 96, requires_grad=True)

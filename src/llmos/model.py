@@ -20,17 +20,21 @@ from llmos.config import ModelConfig
 # Products of at most this many rows (decoding steps, short prompts) are split over the threads:
 # 1.3-1.7x faster than F.linear from 1 to 128 rows on 2 threads, 0.9x at 256 (docs/LOG.md).
 MATVEC_ROWS = 64
+# ... and only on this many threads or fewer: on a 16-core host, where MKL's product already
+# uses the threads it is given, the split was 0.97x F.linear on 4 threads, 0.94x on 8, 0.89x
+# on 16 (docs/LOG.md, 2026-11-27 sixth session).
+MATVEC_MAX_THREADS = 4
 
 
 class Linear(nn.Linear):
     """nn.Linear whose few-row products at inference on CPU are split over the threads.
 
     A decoding step multiplies one row per sequence by every weight matrix, and MKL runs such a
-    product on one thread: one step's products at the 110M benchmark shape read 17-19 GB/s on 1
-    thread or 2. Cut into one block of output columns per thread (strided views of the same
-    memory, no copy) and run as one batched product, each block gets a thread: 24-27 GB/s on 2
-    (benchmarks/matvec_kernels.py). `use_decode_layout` turns this on; training takes the
-    plain path."""
+    product on one thread here (a 2-core EPYC): one step's products at the 110M benchmark shape
+    read 17-19 GB/s on 1 thread or 2. Cut into one block of output columns per thread (strided
+    views of the same memory, no copy) and run as one batched product, each block gets a
+    thread: 24-27 GB/s on 2 (benchmarks/matvec_kernels.py). `use_decode_layout` turns this
+    on; training takes the plain path."""
 
     split_matvec = False  # set per module by use_decode_layout
 
@@ -43,13 +47,14 @@ class Linear(nn.Linear):
 
 def split_matvec(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None):
     """F.linear(x, w, bias) for a weight laid out [in, out] (`use_decode_layout`), as
-    one batched product over column blocks, one per thread. Falls back to F.linear where the
-    blocks would not be views (another layout or dtype, columns not divisible) and under
-    autocast."""
+    one batched product over column blocks, one per thread. Falls back to F.linear on one
+    thread or more than MATVEC_MAX_THREADS, where the blocks would not be views (another layout
+    or dtype, columns not divisible) and under autocast."""
     k = torch.get_num_threads()
     n_out, n_in = w.shape
-    if (k < 2 or n_out % k or w.stride() != (1, n_out) or w.dtype != torch.float32
-            or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+    if (not 2 <= k <= MATVEC_MAX_THREADS or n_out % k or w.stride() != (1, n_out)
+            or w.dtype != torch.float32 or x.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")):
         return F.linear(x, w, bias)
     wt = w.t()  # [in, out], contiguous
     blocks = wt.as_strided((k, n_in, n_out // k), (n_out // k, n_out, 1))
