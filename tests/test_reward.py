@@ -31,7 +31,8 @@ def small_reward_config(cfg, data, **train):
     cfg.reward.sources = [str(data)]
     cfg.reward.val_fraction = 0.25
     cfg.reward.eval_pairs = 0
-    cfg.reward.select_from, cfg.reward.lm_coef = 1, 0.0  # plain Bradley-Terry unless a test asks
+    # plain Bradley-Terry unless a test asks
+    cfg.reward.select_from, cfg.reward.lm_coef, cfg.reward.prefix_coef = 1, 0.0, 0.0
     settings = dict(max_steps=30, batch_size=8, seq_len=64, warmup_steps=2, lr=3e-3,
                     log_every=1, dtype="fp32", eval_every=10) | train
     for k, v in settings.items():
@@ -65,18 +66,24 @@ def test_training_on_the_worst_ranked_pairs(base, tmp_path, capsys):
     data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(60))
     small_reward_config(cfg, data, max_steps=20, eval_every=0)
     cfg.name, cfg.reward.select_from, cfg.reward.lm_coef = "select", 3, 0.5
+    cfg.reward.prefix_coef = 1.0
     out = reward.run(cfg, ckpt, tmp_path / "reward")
     assert "the worst ranked of 24" in capsys.readouterr().out
     assert json.loads((out / "reward_eval.json").read_text())["accuracy"] == 1.0
     records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     lm = [r["lm_loss"] for r in records if "lm_loss" in r]
     assert len(lm) == 20 and all(0 < v < 20 for v in lm)
+    prefix = [r["prefix_loss"] for r in records if "prefix_loss" in r]
+    assert len(prefix) == 20 and prefix[-1] < prefix[0]
     cfg.reward.select_from = 0
     with pytest.raises(ValueError, match="select_from"):
         reward.run(cfg, ckpt, tmp_path / "reward2")
     cfg.reward.select_from, cfg.reward.lm_coef = 1, -1.0
     with pytest.raises(ValueError, match="lm_coef"):
         reward.run(cfg, ckpt, tmp_path / "reward3")
+    cfg.reward.lm_coef, cfg.reward.prefix_coef = 0.0, -1.0
+    with pytest.raises(ValueError, match="prefix_coef"):
+        reward.run(cfg, ckpt, tmp_path / "reward4")
 
 
 def random_reward_model(ckpt, seed=0):
@@ -164,14 +171,50 @@ def test_the_language_model_loss_is_the_parents_on_the_chosen_answers(base):
     x, last, mask = reward.pair_batch(tok, pairs, 64, "cpu", masks=True)
     assert mask.shape == (3, x.shape[1]) and mask.sum() > 0
     with torch.no_grad():
-        rewards, nll = model(x, last, mask)
+        rewards, nll, every = model.training_outputs(x, last, mask)
         logits = lm(x[:3])[:, :-1]
     expect = torch.nn.functional.cross_entropy(logits[mask[:, 1:].bool()], x[:3, 1:][
         mask[:, 1:].bool()])
     assert float(nll) == pytest.approx(float(expect), rel=1e-5)
-    assert rewards.tolist() == pytest.approx(model(x, last).tolist())
+    assert rewards.tolist() == pytest.approx(model(x, last).tolist()) and every is None
     kept = reward.keep_worst_ranked(model, (x, last, mask), 2)
     assert len(kept) == 3 and kept[2].shape == (2, kept[0].shape[1])
+
+
+def test_the_prefix_loss_compares_the_answers_from_where_they_differ():
+    pad = 0
+    x = torch.tensor([[5, 6, 7, 8, 9, pad],      # chosen: differs from position 2 on
+                      [5, 6, 7, 1, 1, 1],        # chosen, cut to max_len 6: left out
+                      [5, 6, 3, 4, pad, pad],    # rejected, a shorter answer
+                      [5, 6, 7, 2, 2, 2]])
+    last = torch.tensor([4, 5, 3, 5])
+    every = torch.randn(4, 6)
+    expect = -torch.nn.functional.logsigmoid(every[0, 2:4] - every[2, 2:4]).mean()
+    got = reward.prefix_bt_loss(every, x, last, max_len=6)
+    assert float(got) == pytest.approx(float(expect))
+    every.requires_grad_(True)
+    reward.prefix_bt_loss(every, x, last, max_len=6).backward()
+    touched = every.grad != 0
+    assert touched[0].tolist() == [False, False, True, True, False, False]
+    assert not touched[1].any() and not touched[3].any()  # the cut pair adds nothing
+    assert float(reward.prefix_bt_loss(every.detach(), x, last, max_len=7)) > 0  # uncut, it does
+
+
+def test_training_outputs_read_the_head_at_every_position(base):
+    _, ckpt = base
+    model = random_reward_model(ckpt)
+    tok = tokenizers_.load(ckpt)
+    pairs = [reward.Comparison(prompt=c[:-1], chosen=[c[-1]], rejected=[{"role": "assistant",
+                               "content": "no"}], source="t") for c in CONVERSATIONS]
+    x, last = reward.pair_batch(tok, pairs, 64, "cpu")
+    with torch.no_grad():
+        out = model.training_outputs(x, last, positions=True)
+        for i in range(len(x)):  # a causal body: position t's reward is that of the prefix
+            t = int(last[i]) - 1
+            alone = model(x[i:i + 1, :t + 1], torch.tensor([t]))
+            assert float(out.every[i, t]) == pytest.approx(float(alone), abs=1e-5)
+    assert out.rewards.tolist() == pytest.approx(model(x, last).tolist(), abs=1e-6)
+    assert out.lm is None and out.every.shape == x.shape
 
 
 def test_a_language_model_is_not_a_reward_model(base):

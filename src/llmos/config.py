@@ -125,6 +125,9 @@ class RewardConfig:
     select_from: int = 1
     # Weight of a language-model loss on the chosen answers, added to Bradley-Terry (0 = off).
     lm_coef: float = 0.0
+    # Weight of Bradley-Terry on the rewards read along both answers after the first token where
+    # they differ, added to the last-token loss (0 = off; `prefix_bt_loss`).
+    prefix_coef: float = 0.0
     train: TrainConfig = field(default_factory=lambda: _pairs_train(200, 1e-4))
 
 

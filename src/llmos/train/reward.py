@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -58,24 +59,44 @@ class RewardModel(nn.Module):
                      if p.dim() == 2 and not n.startswith("body.embed"))
         return 6 * matmul + 12 * self.cfg.n_layers * self.cfg.dim * seq_len
 
-    def forward(self, idx: torch.Tensor, last: torch.Tensor, lm_mask: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """idx: [B, T] right-padded ids; last: [B] index of each row's last real token.
-        Returns the rewards, [B], in fp32. Given lm_mask [R, T] for the first R rows (1 at the
-        tokens to predict), returns (rewards, the mean next-token loss there), the
-        language-model head being the tied input embedding the body was finetuned with."""
-        h_all = hidden_states(self.body, idx)
-        h = h_all[torch.arange(idx.shape[0], device=idx.device), last]
+        Returns the rewards, [B], in fp32."""
+        h = hidden_states(self.body, idx)[torch.arange(idx.shape[0], device=idx.device), last]
         # The head runs in fp32 even under autocast: rewards reach +-8, where bf16's step is
         # 0.03-0.06, so bf16 rewards made near pairs exact ties (45 of 2,207 held out).
         with torch.autocast(idx.device.type, enabled=False):
-            rewards = self.score(h.float()).squeeze(-1)
-        if lm_mask is None:
-            return rewards
-        R = lm_mask.shape[0]  # only these rows pay for the vocabulary-sized product
-        logits = F.linear(h_all[:R, :-1], self.body.embed.weight).float()
-        nll = F.cross_entropy(logits.transpose(1, 2), idx[:R, 1:], reduction="none")
-        mask = lm_mask[:, 1:].float()
-        return rewards, (nll * mask).sum() / mask.sum().clamp(min=1)
+            return self.score(h.float()).squeeze(-1)
+
+    def training_outputs(self, idx: torch.Tensor, last: torch.Tensor,
+                         lm_mask: torch.Tensor | None = None, positions: bool = False
+                         ) -> TrainingOutputs:
+        """One body pass for the training losses: the rewards as `forward` gives them; given
+        lm_mask [R, T] for the first R rows (1 at the tokens to predict), the mean next-token
+        loss there, the language-model head being the tied input embedding the body was
+        finetuned with; with `positions`, the head read at every position, [B, T]."""
+        h_all = hidden_states(self.body, idx)
+        rows = torch.arange(idx.shape[0], device=idx.device)
+        with torch.autocast(idx.device.type, enabled=False):
+            if positions:
+                every = self.score(h_all.float()).squeeze(-1)
+                rewards = every[rows, last]
+            else:
+                every, rewards = None, self.score(h_all[rows, last].float()).squeeze(-1)
+        lm = None
+        if lm_mask is not None:
+            R = lm_mask.shape[0]  # only these rows pay for the vocabulary-sized product
+            logits = F.linear(h_all[:R, :-1], self.body.embed.weight).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), idx[:R, 1:], reduction="none")
+            mask = lm_mask[:, 1:].float()
+            lm = (nll * mask).sum() / mask.sum().clamp(min=1)
+        return TrainingOutputs(rewards, lm, every)
+
+
+class TrainingOutputs(NamedTuple):
+    rewards: torch.Tensor  # [B], at each row's last token
+    lm: torch.Tensor | None  # mean next-token loss on the masked tokens
+    every: torch.Tensor | None  # [B, T], the head at every position
 
 
 def hidden_states(body: Transformer, idx: torch.Tensor) -> torch.Tensor:
@@ -293,6 +314,27 @@ def bt_loss(rewards: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(chosen - rejected).mean()
 
 
+def prefix_bt_loss(every: torch.Tensor, x: torch.Tensor, last: torch.Tensor,
+                   max_len: int) -> torch.Tensor:
+    """Bradley-Terry on the rewards read along the two answers of each pair, from the first
+    token where they differ to the end of the shorter: every [2B, T] (chosen rows first), x
+    the ids, last each row's last index. Each position compares two prefixes that differ only
+    from that first token on, so the head learns to flag a wrong token where it appears (a
+    misread sum, another function's name) rather than only at the last token, which reads the
+    flag from there. A pair with a row cut to max_len (their positions no longer line up)
+    adds nothing. The mean over pairs of each pair's mean over positions."""
+    B, T = x.shape[0] // 2, x.shape[1]
+    lc, lr = last[:B], last[B:]
+    split = (x[:B] != x[B:]).int().argmax(1)  # first differing position (pads differ too)
+    n = (torch.minimum(lc, lr) - split + 1) * ((lc < max_len - 1) & (lr < max_len - 1))
+    k = torch.arange(max(int(n.max()), 1), device=x.device)
+    valid = (k[None] < n[:, None]).float()
+    pos = (split[:, None] + k[None]).clamp(max=T - 1)
+    chosen, rejected = every.chunk(2)
+    loss = -F.logsigmoid(chosen.gather(1, pos) - rejected.gather(1, pos)) * valid
+    return (loss.sum(1) / valid.sum(1).clamp(min=1)).sum() / (n > 0).sum().clamp(min=1)
+
+
 # ---- evaluation --------------------------------------------------------------------------------
 
 
@@ -371,6 +413,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         raise ValueError(f"reward.select_from must be 1 or more, not {r.select_from}")
     if r.lm_coef < 0:
         raise ValueError(f"reward.lm_coef must be 0 or more, not {r.lm_coef}")
+    if r.prefix_coef < 0:
+        raise ValueError(f"reward.prefix_coef must be 0 or more, not {r.prefix_coef}")
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "reward"
     check_out(out, resume, overwrite)
@@ -399,7 +443,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                        len(encode(tok, p.prompt + p.rejected, max_len))) for p in train_pairs]
         order = PairOrder(len(train_pairs), t.batch_size, t.seed, rt.rank, rt.world_size,
                           lengths)
-        seen = {"acc": 0.0, "margin": 0.0, "n": 0, "lm": 0.0, "lm_n": 0}
+        seen = {"acc": 0.0, "margin": 0.0, "n": 0, "lm": 0.0, "lm_n": 0, "prefix": 0.0,
+                "prefix_n": 0}
         last_eval: dict = {}  # the final evaluation's margins, reused by the report
         trained = {"tokens": 0}  # of the last batch, after selection
 
@@ -411,25 +456,34 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             if r.select_from > 1:
                 batch = keep_worst_ranked(m, batch, t.batch_size)
             trained["tokens"] = int((batch[1] + 1).sum())
-            rewards, lm = m(*batch) if r.lm_coef > 0 else (m(*batch), None)
+            outputs = m.training_outputs(*batch, positions=r.prefix_coef > 0)
+            rewards, lm = outputs.rewards, outputs.lm
             c, rj = rewards.detach().chunk(2)
             seen["acc"] += float((c > rj).float().sum())
             seen["margin"] += float((c - rj).sum())
             seen["n"] += len(c)
-            if lm is None:
-                return bt_loss(rewards)
-            # Keeping the body a language model of the chosen answers keeps what it knew
-            # readable by the head (Yang et al. 2024, "generalizable reward models").
-            seen["lm"] += float(lm.detach())
-            seen["lm_n"] += 1
-            return bt_loss(rewards) + r.lm_coef * lm
+            total = bt_loss(rewards)
+            if lm is not None:
+                # Keeping the body a language model of the chosen answers keeps what it knew
+                # readable by the head (Yang et al. 2024, "generalizable reward models").
+                seen["lm"] += float(lm.detach())
+                seen["lm_n"] += 1
+                total = total + r.lm_coef * lm
+            if outputs.every is not None:
+                prefix = prefix_bt_loss(outputs.every, batch[0], batch[1], max_len)
+                seen["prefix"] += float(prefix.detach())
+                seen["prefix_n"] += 1
+                total = total + r.prefix_coef * prefix
+            return total
 
         def train_metrics() -> dict:
             n = max(seen["n"], 1)
             out_ = {"accuracy": seen["acc"] / n, "margin": seen["margin"] / n}
             if seen["lm_n"]:
                 out_["lm_loss"] = seen["lm"] / seen["lm_n"]
-            seen.update(acc=0.0, margin=0.0, n=0, lm=0.0, lm_n=0)
+            if seen["prefix_n"]:
+                out_["prefix_loss"] = seen["prefix"] / seen["prefix_n"]
+            seen.update(acc=0.0, margin=0.0, n=0, lm=0.0, lm_n=0, prefix=0.0, prefix_n=0)
             return out_
 
         stage = Stage(
