@@ -197,7 +197,9 @@ def test_the_prefix_loss_compares_the_answers_from_where_they_differ():
     touched = every.grad != 0
     assert touched[0].tolist() == [False, False, True, True, False, False]
     assert not touched[1].any() and not touched[3].any()  # the cut pair adds nothing
-    assert float(reward.prefix_bt_loss(every.detach(), x, last, max_len=7)) > 0  # uncut, it does
+    every.grad = None
+    reward.prefix_bt_loss(every, x, last, max_len=7).backward()  # uncut, it counts
+    assert (every.grad[1] != 0).tolist() == [False, False, False, True, True, True]
 
 
 def test_training_outputs_read_the_head_at_every_position(base):
