@@ -171,7 +171,7 @@ def test_the_language_model_loss_is_the_parents_on_the_chosen_answers(base):
     x, last, mask = reward.pair_batch(tok, pairs, 64, "cpu", masks=True)
     assert mask.shape == (3, x.shape[1]) and mask.sum() > 0
     with torch.no_grad():
-        rewards, nll, every = model.training_outputs(x, last, mask)
+        rewards, nll, every = model.outputs(x, last, mask)
         logits = lm(x[:3])[:, :-1]
     expect = torch.nn.functional.cross_entropy(logits[mask[:, 1:].bool()], x[:3, 1:][
         mask[:, 1:].bool()])
@@ -202,7 +202,7 @@ def test_the_prefix_loss_compares_the_answers_from_where_they_differ():
     assert (every.grad[1] != 0).tolist() == [False, False, False, True, True, True]
 
 
-def test_training_outputs_read_the_head_at_every_position(base):
+def test_outputs_read_the_head_at_every_position(base):
     _, ckpt = base
     model = random_reward_model(ckpt)
     tok = tokenizers_.load(ckpt)
@@ -210,7 +210,7 @@ def test_training_outputs_read_the_head_at_every_position(base):
                                "content": "no"}], source="t") for c in CONVERSATIONS]
     x, last = reward.pair_batch(tok, pairs, 64, "cpu")
     with torch.no_grad():
-        out = model.training_outputs(x, last, positions=True)
+        out = model.outputs(x, last, positions=True)
         for i in range(len(x)):  # a causal body: position t's reward is that of the prefix
             t = int(last[i]) - 1
             alone = model(x[i:i + 1, :t + 1], torch.tensor([t]))

@@ -62,21 +62,18 @@ class RewardModel(nn.Module):
     def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """idx: [B, T] right-padded ids; last: [B] index of each row's last real token.
         Returns the rewards, [B], in fp32."""
-        h = hidden_states(self.body, idx)[torch.arange(idx.shape[0], device=idx.device), last]
-        # The head runs in fp32 even under autocast: rewards reach +-8, where bf16's step is
-        # 0.03-0.06, so bf16 rewards made near pairs exact ties (45 of 2,207 held out).
-        with torch.autocast(idx.device.type, enabled=False):
-            return self.score(h.float()).squeeze(-1)
+        return self.outputs(idx, last).rewards
 
-    def training_outputs(self, idx: torch.Tensor, last: torch.Tensor,
-                         lm_mask: torch.Tensor | None = None, positions: bool = False
-                         ) -> TrainingOutputs:
-        """One body pass for the training losses: the rewards as `forward` gives them; given
+    def outputs(self, idx: torch.Tensor, last: torch.Tensor, lm_mask: torch.Tensor | None = None,
+                positions: bool = False) -> RewardOutputs:
+        """What training needs, from one body pass: the rewards as `forward` gives them; given
         lm_mask [R, T] for the first R rows (1 at the tokens to predict), the mean next-token
         loss there, the language-model head being the tied input embedding the body was
         finetuned with; with `positions`, the head read at every position, [B, T]."""
         h_all = hidden_states(self.body, idx)
         rows = torch.arange(idx.shape[0], device=idx.device)
+        # The head runs in fp32 even under autocast: rewards reach +-8, where bf16's step is
+        # 0.03-0.06, so bf16 rewards made near pairs exact ties (45 of 2,207 held out).
         with torch.autocast(idx.device.type, enabled=False):
             if positions:
                 every = self.score(h_all.float()).squeeze(-1)
@@ -90,10 +87,10 @@ class RewardModel(nn.Module):
             nll = F.cross_entropy(logits.transpose(1, 2), idx[:R, 1:], reduction="none")
             mask = lm_mask[:, 1:].float()
             lm = (nll * mask).sum() / mask.sum().clamp(min=1)
-        return TrainingOutputs(rewards, lm, every)
+        return RewardOutputs(rewards, lm, every)
 
 
-class TrainingOutputs(NamedTuple):
+class RewardOutputs(NamedTuple):
     rewards: torch.Tensor  # [B], at each row's last token
     lm: torch.Tensor | None  # mean next-token loss on the masked tokens
     every: torch.Tensor | None  # [B, T], the head at every position
@@ -456,7 +453,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             if r.select_from > 1:
                 batch = keep_worst_ranked(m, batch, t.batch_size)
             trained["tokens"] = int((batch[1] + 1).sum())
-            outputs = m.training_outputs(*batch, positions=r.prefix_coef > 0)
+            outputs = m.outputs(*batch, positions=r.prefix_coef > 0)
             rewards, lm = outputs.rewards, outputs.lm
             c, rj = rewards.detach().chunk(2)
             seen["acc"] += float((c > rj).float().sum())
