@@ -8,7 +8,8 @@ head) at the two shapes of `decode_speed.py`, for each kernel:
     torch-mm        torch.mm(x, W) with W laid out [in, out] (MKL; what the engine calls)
     torch-linear    F.linear(x, W) with W laid out [out, in] (MKL; the training layout)
     torch-bmm       W's output columns split into one block per thread, as a strided view
-                    of the same memory, multiplied in one torch.bmm (MKL threads over blocks)
+                    of the same memory, multiplied in one torch.bmm (MKL threads over blocks;
+                    the engine's `split_matvec`, which it uses on 2-4 threads only)
     numpy           numpy.matmul with W laid out [in, out] (OpenBLAS, all its threads)
     onednn          a Linear converted with torch.utils.mkldnn (oneDNN inner product)
     inductor-cpp    torch.compile, max-autotune with inductor's C++ GEMM template and frozen
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from decode_speed import SHAPES, VOCAB  # noqa: E402  (the same shapes as the decode benchmark)
 
+from llmos.model import column_blocks  # noqa: E402
+
 KERNELS = ("torch-mm", "torch-linear", "torch-bmm", "numpy", "onednn", "inductor-cpp")
 
 
@@ -58,13 +61,10 @@ def kernel(name: str, weights: list[torch.Tensor], threads: int):
     if name == "torch-linear":
         return lambda: [F.linear(xs[w.shape[1]], w) for w in weights]
     if name == "torch-bmm":
-        blocks = []
-        for w in weights:
-            wt = w.t().contiguous()  # [in, out]
-            n_in, n_out = wt.shape
-            k = threads if n_out % threads == 0 else 1
-            # Block b is columns [b*n_out/k, (b+1)*n_out/k) of the same storage: no copy.
-            blocks.append(wt.as_strided((k, n_in, n_out // k), (n_out // k, n_out, 1)))
+        # The engine's blocks (`split_matvec`), here on any number of threads: this times the
+        # kernel, including where the engine would not use it (above MATVEC_MAX_THREADS).
+        blocks = [column_blocks(w.t().contiguous(), threads if w.shape[0] % threads == 0 else 1)
+                  for w in weights]
         xb = {i: x.expand(threads, 1, i) for i, x in xs.items()}
         return lambda: [torch.bmm(xb[b.shape[1]][:b.shape[0]], b) for b in blocks]
     if name == "numpy":

@@ -56,12 +56,17 @@ def split_matvec(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = N
             or w.dtype != torch.float32 or x.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):
         return F.linear(x, w, bias)
-    wt = w.t()  # [in, out], contiguous
-    blocks = wt.as_strided((k, n_in, n_out // k), (n_out // k, n_out, 1))
     rows = x.reshape(-1, n_in)
-    y = torch.bmm(rows.expand(k, *rows.shape), blocks)  # [k, rows, out / k]
+    y = torch.bmm(rows.expand(k, *rows.shape), column_blocks(w.t(), k))  # [k, rows, out / k]
     y = y.transpose(0, 1).reshape(*x.shape[:-1], n_out)
     return y if bias is None else y + bias
+
+
+def column_blocks(wt: torch.Tensor, k: int) -> torch.Tensor:
+    """A contiguous [in, out] matrix as k blocks of out / k columns, [k, in, out / k]: block b
+    is columns [b * out / k, (b + 1) * out / k) of the same storage, so nothing is copied."""
+    n_in, n_out = wt.shape
+    return wt.as_strided((k, n_in, n_out // k), (n_out // k, n_out, 1))
 
 
 class RMSNorm(nn.Module):
