@@ -117,6 +117,25 @@ def test_versus_decides_by_verifier_then_reward():
     assert versus.decide(wrong, other, (3.4745349, 3.4745352)) == ("tie", "undecided")
 
 
+def test_versus_summary_splits_reward_calls_by_both_right_or_both_wrong(capsys):
+    def pair(outcome, by, child_correct):
+        return {"outcome": outcome, "by": by, "child_correct": child_correct,
+                "parent_correct": child_correct if by == "reward" else not child_correct}
+
+    pairs = [pair("win", "verifier", True), pair("loss", "verifier", False),
+             pair("win", "reward", False), pair("win", "reward", False),
+             pair("loss", "reward", False), pair("loss", "reward", True),
+             {"outcome": "tie", "by": "same", "child_correct": True, "parent_correct": True}]
+    s = versus._summary(pairs, {}, {})
+    assert (s["wins"], s["losses"], s["ties"], s["decided"]) == (3, 3, 1, 6)
+    assert s["decided_by"]["verifier"] == {"wins": 1, "losses": 1}
+    assert s["decided_by"]["reward"] == {"wins": 2, "losses": 2,
+                                         "both_wrong": {"wins": 2, "losses": 1}}
+    versus._print(s)
+    assert ("verifier 1-1, reward model 2-2, of which 2-1 between two wrong answers"
+            in capsys.readouterr().out)
+
+
 def test_cli_dpo_end_to_end(base, tmp_path, capsys):
     _, ckpt = base
     data = write_jsonl(tmp_path / "prefs.jsonl", toy_pairs(16))

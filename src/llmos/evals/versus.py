@@ -9,7 +9,9 @@ the loop; `llmos.evals.assistant`). Each question is one pair, decided by
 3. otherwise a tie (the same answer, rewards within `reward.TIE_MARGIN` of each other, or both
    right or both wrong with no reward model).
 
-The win rate is wins / (wins + losses): ties are left out ("decided pairs").
+The win rate is wins / (wins + losses): ties are left out ("decided pairs"). The summary splits
+the reward model's calls by whether both answers were right or both wrong: at cpu-tiny most are
+two wrong answers (two made-up docstrings), where its preference says little (docs/comparisons.md).
 
     from llmos.evals.versus import compare_to_parent
     compare_to_parent("runs/cpu-tiny/dpo", "runs/cpu-tiny/sft", judge="runs/cpu-tiny/reward")
@@ -93,6 +95,7 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
     for i, (c, p) in enumerate(zip(mine["items"], theirs["items"])):
         outcome, by = decide(c, p, rewards[i] if rewards else None)
         pairs.append({"task": c["task"], "subject": c["subject"], "outcome": outcome, "by": by,
+                      "child_correct": correct(c), "parent_correct": correct(p),
                       "child": c["answer"], "parent": p["answer"],
                       **({"rewards": rewards[i]} if rewards else {})})
     summary = _summary(pairs, mine["summary"], theirs["summary"])
@@ -113,11 +116,14 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
 def _summary(pairs: list[dict], mine: dict, theirs: dict) -> dict:
     count = {o: sum(p["outcome"] == o for p in pairs) for o in ("win", "loss", "tie")}
     decided = count["win"] + count["loss"]
-    by = {}
-    for how in ("verifier", "reward"):
-        sub = [p for p in pairs if p["by"] == how]
-        by[how] = {"wins": sum(p["outcome"] == "win" for p in sub),
-                   "losses": sum(p["outcome"] == "loss" for p in sub)}
+    def tally(sub: list[dict]) -> dict:
+        return {"wins": sum(p["outcome"] == "win" for p in sub),
+                "losses": sum(p["outcome"] == "loss" for p in sub)}
+
+    by = {how: tally([p for p in pairs if p["by"] == how]) for how in ("verifier", "reward")}
+    # The reward model decides only pairs the verifier calls equal: both right or both wrong.
+    by["reward"]["both_wrong"] = tally([p for p in pairs if p["by"] == "reward"
+                                        and not p["child_correct"]])
     accuracy = {k: {"child": v, "parent": theirs.get(k)} for k, v in mine.items()
                 if k.endswith(("_acc", "_f1")) or k in ("well_formed_turns", "valid_tool_calls")}
     return {"pairs": len(pairs), "wins": count["win"], "losses": count["loss"],
@@ -127,9 +133,12 @@ def _summary(pairs: list[dict], mine: dict, theirs: dict) -> dict:
 
 
 def _print(s: dict) -> None:
+    v, r = s["decided_by"]["verifier"], s["decided_by"]["reward"]
+    w = r["both_wrong"]
     print(f"versus: {s['wins']} wins, {s['losses']} losses, {s['ties']} ties over {s['pairs']} "
           f"held-out questions: win rate {100 * s['win_rate']:.1f}% of {s['decided']} decided "
-          f"(verifier {s['decided_by']['verifier']}, reward model {s['decided_by']['reward']})")
+          f"(verifier {v['wins']}-{v['losses']}, reward model {r['wins']}-{r['losses']}, of "
+          f"which {w['wins']}-{w['losses']} between two wrong answers)")
     for k, v in s["accuracy"].items():
         parent = v["parent"]
         print(f"  {k:<26} {v['child']:.3f}  (parent "
