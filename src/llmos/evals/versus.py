@@ -116,6 +116,7 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
 def _summary(pairs: list[dict], mine: dict, theirs: dict) -> dict:
     count = {o: sum(p["outcome"] == o for p in pairs) for o in ("win", "loss", "tie")}
     decided = count["win"] + count["loss"]
+
     def tally(sub: list[dict]) -> dict:
         return {"wins": sum(p["outcome"] == "win" for p in sub),
                 "losses": sum(p["outcome"] == "loss" for p in sub)}
