@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import sys
 import types
 
@@ -143,7 +145,7 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
     pairs = cmp._pairs(convs * 20, "builtin:comparisons", cmp._Wrong())
     kinds = {p.kind for p in pairs}
     assert {"wrong_sum", "skipped_tool", "wrong_docstring", "wrong_identity", "used_tool",
-            "evasive"} <= kinds
+            "evasive", "looping"} <= kinds
     for p in pairs:
         assert p.chosen != p.rejected and p.rejected[-1]["role"] == "assistant"
         if p.kind == "wrong_sum":  # the calculator was called and answered 408; the text lies
@@ -157,6 +159,22 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
         if p.kind == "wrong_docstring":  # about json.dumps, but another function's summary
             text = p.rejected[0]["content"]
             assert text.startswith("`json.dumps`") and text != p.chosen[0]["content"]
+        if p.kind == "looping":  # the gold answer's tool turns, then its text stuck in a loop
+            assert p.rejected[:-1] == p.chosen[:-1]
+            assert len(p.rejected[-1]["content"]) >= cmp.LOOP_CHARS[0]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_looping_answer_starts_like_the_gold_one_and_repeats_a_span(seed):
+    gold = "`json.dumps` serializes obj to a JSON formatted str."
+    text = cmp._looping(random.Random(seed), gold)
+    low, high = cmp.LOOP_CHARS
+    assert low <= len(text) <= high
+    head = os.path.commonprefix([text, gold])
+    assert head and not gold.startswith(text)  # it leaves the gold answer partway
+    tail = text[len(head.rstrip()):]
+    # what follows the shared start is one short span over and over
+    assert any(tail.strip().startswith((tail.strip()[:n]) * 3) for n in range(1, 40))
 
 
 @pytest.mark.slow

@@ -188,6 +188,12 @@ def read_comparisons(specs: list[str], max_messages: int = 64, max_chars: int = 
 
 SEED = "llmos-comparisons-1"
 EVASIVE_FRACTION = 0.25  # share of prompts that also get an evasive non-answer as rejected
+# Share of prompts that also get the gold answer stuck in a loop as rejected. Small models
+# decoding greedily loop ("the height of the height of ..."); without these pairs a reward
+# model preferred the looping answer in 15 of 25 held-out calls. A tenth teaches it that and
+# leaves the other kinds' accuracy as it was; a quarter cost them about 2 points (docs/LOG.md).
+LOOP_FRACTION = 0.1
+LOOP_CHARS = (160, 400)  # how long a loop runs: about the evaluation's 128 new tokens
 EVASIVE = (
     "I'm not sure. You could look it up in the documentation.",
     "That's a good question! It depends on many factors.",
@@ -216,6 +222,29 @@ def _near(rng: random.Random, value: int) -> int:
         if swapped != abs(value):
             return swapped if value >= 0 else -swapped
     return value + rng.choice((-1, 1)) * rng.choice((1, 2, 10, 11, 100))
+
+
+def _looping(rng: random.Random, text: str) -> str | None:
+    """`text` stuck in a loop partway: a span of one to four words (or, a third of the time, a
+    few characters with no space) repeated until the answer runs out of tokens mid-span."""
+    words = re.findall(r"\S+\s*", text)
+    if len(words) < 2:
+        return None
+    cut = rng.randrange(1, len(words))
+    head = "".join(words[:cut])
+    if rng.random() < 1 / 3:
+        size = min(rng.randint(2, 6), len(head.rstrip()))
+        span = head.rstrip()[-size:]
+        head = head.rstrip()
+    else:
+        n = rng.randint(1, min(4, cut))
+        span = "".join(words[cut - n:cut])
+        span = span if span.endswith(" ") else span + " "
+    if not span.strip():
+        return None
+    length = rng.randint(*LOOP_CHARS)
+    repeats = max(3, (length - len(head)) // len(span) + 1)
+    return (head + span * repeats)[:max(length, len(head) + 3 * len(span))]
 
 
 def _replace_number(text: str, old: str, new: str) -> str:
@@ -288,6 +317,15 @@ class _Wrong:
         return [*c.messages[last_user + 1:-1], *_assistant(text)]
 
     @staticmethod
+    def looping(rng, c: Conversation) -> list[dict] | None:
+        """The gold answer, tool turns and all, with its final text stuck in a loop."""
+        text = _looping(rng, c.messages[-1]["content"])
+        if text is None:
+            return None
+        last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
+        return [*c.messages[last_user + 1:-1], *_assistant(text)]
+
+    @staticmethod
     def calculator(c: Conversation) -> list[dict]:
         """A problem the user said to do without the calculator, done with it anyway."""
         from llmos.data.assistant import tool_call
@@ -319,6 +357,7 @@ class _Wrong:
 
 def _pairs(conversations: list[Conversation], source: str, wrong: _Wrong) -> list[Comparison]:
     rng = random.Random(f"{SEED}:{source}")
+    loop_rng = random.Random(f"{SEED}:loop:{source}")  # its own, so the other pairs stay put
     out, mental = [], set()
     for c in conversations:
         if c.task == "mental":
@@ -333,6 +372,8 @@ def _pairs(conversations: list[Conversation], source: str, wrong: _Wrong) -> lis
         made = [(kind, rejected)] if rejected else []
         if not made or rng.random() < EVASIVE_FRACTION:
             made.append(("evasive", _assistant(rng.choice(EVASIVE))))
+        if loop_rng.random() < LOOP_FRACTION and (looped := wrong.looping(loop_rng, c)):
+            made.append(("looping", looped))
         for kind, rejected in made:
             out.append(Comparison(prompt, chosen, rejected, source, c.task, c.subject,
                                   c.answer, kind))
@@ -344,9 +385,9 @@ def builtin_comparisons() -> tuple[list[Comparison], list[Comparison]]:
     """(train, heldout) pairs from `builtin:assistant`'s (train, heldout) conversations: the
     gold answer against a plausible wrong one (another function's docstring or signature, the
     wrong module, a wrong sum after the calculator, a guess that skipped the tool it needed,
-    the calculator used where the user ruled it out, a wrong identity) and, for a quarter of
-    the prompts (and those with no such wrong answer), an evasive non-answer. Deterministic for
-    a given Python."""
+    the calculator used where the user ruled it out, a wrong identity); for a quarter of
+    the prompts (and those with no such wrong answer), an evasive non-answer; and for a tenth,
+    the gold answer stuck in a loop. Deterministic for a given Python."""
     from llmos.data.assistant import assistant_dataset
 
     train, heldout = assistant_dataset()
