@@ -193,7 +193,9 @@ EVASIVE_FRACTION = 0.25  # share of prompts that also get an evasive non-answer 
 # model preferred the looping answer in 15 of 25 held-out calls. A tenth teaches it that and
 # leaves the other kinds' accuracy as it was; a quarter cost them about 2 points (docs/LOG.md).
 LOOP_FRACTION = 0.1
-LOOP_CHARS = (160, 400)  # how long a loop runs: about the evaluation's 128 new tokens
+# How long a loop runs. The evaluation's loops run to its 128 new tokens, but 160-400 characters
+# (about 140 tokens, against 20 for the other answers) made the reward stage 33% slower.
+LOOP_CHARS = (60, 160)
 EVASIVE = (
     "I'm not sure. You could look it up in the documentation.",
     "That's a good question! It depends on many factors.",
