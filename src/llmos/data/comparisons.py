@@ -249,6 +249,13 @@ def _looping(rng: random.Random, text: str) -> str | None:
     return (head + span * repeats)[:max(length, len(head) + 3 * len(span))]
 
 
+def _final_text_replaced(c: Conversation, text: str) -> list[dict]:
+    """The gold answer's turns after the last user message (tool calls and results kept), its
+    final text replaced by `text`."""
+    last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
+    return [*c.messages[last_user + 1:-1], *_assistant(text)]
+
+
 def _replace_number(text: str, old: str, new: str) -> str:
     return re.sub(rf"(?<![\d.]){re.escape(old)}(?![\d])", new, text)
 
@@ -313,19 +320,13 @@ class _Wrong:
         text = _replace_number(final, c.answer, wrong)
         if text == final:
             return None
-        if skip_tool:
-            return _assistant(text)
-        last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
-        return [*c.messages[last_user + 1:-1], *_assistant(text)]
+        return _assistant(text) if skip_tool else _final_text_replaced(c, text)
 
     @staticmethod
     def looping(rng, c: Conversation) -> list[dict] | None:
         """The gold answer, tool turns and all, with its final text stuck in a loop."""
         text = _looping(rng, c.messages[-1]["content"])
-        if text is None:
-            return None
-        last_user = max(i for i, m in enumerate(c.messages) if m["role"] == "user")
-        return [*c.messages[last_user + 1:-1], *_assistant(text)]
+        return None if text is None else _final_text_replaced(c, text)
 
     @staticmethod
     def calculator(c: Conversation) -> list[dict]:
