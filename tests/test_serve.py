@@ -186,7 +186,9 @@ def test_streaming_assembles_to_the_same_answer(client, sampling):
     assert reasons[-1] == whole.choices[0].finish_reason and reasons[:-1] == [None] * (
         len(reasons) - 1)
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
-    assert len(chunks) > 5  # really streamed, piece by piece
+    # Really streamed: the visible text came in several pieces (a sampled answer may be
+    # mostly hidden tool-call markup, so the number of chunks alone says little).
+    assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 1
 
 
 def test_sse_wire_format(server):
@@ -269,8 +271,14 @@ def test_stop_sequences_seed_and_n(client):
     assert [c.index for c in a.choices] == [0, 1, 2]
     texts = [c.message.content for c in a.choices]
     assert texts == [c.message.content for c in b.choices]  # a seed repeats
-    assert len(set(texts)) > 1  # choice i samples with seed + i
     assert a.usage.completion_tokens >= 3
+    # Choice i samples with seed + i. Checked on plain text: a chat answer sampled this hot may
+    # be all hidden tool-call markup, so its visible texts can be equal ("" three times).
+    kw = dict(model="memo", prompt="The quick brown", temperature=1.5, seed=11, max_tokens=20,
+              n=3)
+    plain = [c.text for c in client.completions.create(**kw).choices]
+    assert plain == [c.text for c in client.completions.create(**kw).choices]
+    assert len(set(plain)) > 1
 
 
 def test_completions_endpoint(client):
