@@ -11,15 +11,15 @@ import torch
 from test_serve import API_KEY, run_server
 
 from llmos import checkpoint
+from llmos.agent.peers import (
+    CheckpointPeer,
+    OpenAIPeer,
+    answer,
+    parse_peer,
+    parse_peers,
+)
 from llmos.config import ModelConfig
 from llmos.evals import autoarena, battles, judges
-from llmos.evals.contestants import (
-    CheckpointContestant,
-    OpenAIContestant,
-    answer,
-    parse_contestant,
-    parse_contestants,
-)
 from llmos.model import Transformer
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
@@ -43,7 +43,8 @@ def random_model(memorised):
 
 @pytest.fixture(scope="module")
 def server(memorised):
-    from llmos.serve.app import create_app, load_models
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
 
     with run_server(create_app(load_models([f"memo={memorised}"], max_batch=4),
                                [API_KEY])) as url:
@@ -54,30 +55,30 @@ def server(memorised):
 
 
 def test_parse_contestant_specs(memorised, tmp_path):
-    c = parse_contestant(str(memorised))
-    assert isinstance(c, CheckpointContestant) and c.name == memorised.name
-    assert parse_contestant(f"mine={memorised}").name == "mine"
-    o = parse_contestant("gpt=openai:https://api.example.com/v1#gpt-4o-mini;key=MY_KEY")
-    assert isinstance(o, OpenAIContestant)
+    c = parse_peer(str(memorised))
+    assert isinstance(c, CheckpointPeer) and c.name == memorised.name
+    assert parse_peer(f"mine={memorised}").name == "mine"
+    o = parse_peer("gpt=openai:https://api.example.com/v1#gpt-4o-mini;key=MY_KEY")
+    assert isinstance(o, OpenAIPeer)
     assert (o.name, o.base_url, o.model, o.key_env) == (
         "gpt", "https://api.example.com/v1", "gpt-4o-mini", "MY_KEY")
-    assert parse_contestant("openai:http://h:1/v1#m").name == "m"
+    assert parse_peer("openai:http://h:1/v1#m").name == "m"
     with pytest.raises(ValueError, match="not a checkpoint folder"):
-        parse_contestant(f"x={tmp_path}")
+        parse_peer(f"x={tmp_path}")
     with pytest.raises(ValueError, match="BASE_URL#MODEL"):
-        parse_contestant("x=openai:http://h:1/v1")
+        parse_peer("x=openai:http://h:1/v1")
     with pytest.raises(ValueError, match="two contestants are named"):
-        parse_contestants([f"a={memorised}", f"a={memorised}"])
+        parse_peers([f"a={memorised}", f"a={memorised}"], noun="contestant")
 
 
 def test_checkpoint_and_endpoint_contestants_give_the_same_answer(memorised, server,
                                                                   monkeypatch):
     hello = [{"role": "user", "content": "Hello!"}]
-    local = parse_contestant(f"memo={memorised}")
+    local = parse_peer(f"memo={memorised}")
     pieces = list(local.stream(hello, max_tokens=64, temperature=0))
     assert "".join(pieces).strip() == HELLO_ANSWER and len(pieces) > 3  # streamed
     monkeypatch.setenv("ARENA_TEST_KEY", API_KEY)
-    remote = parse_contestant(f"remote=openai:{server}/v1#memo;key=ARENA_TEST_KEY")
+    remote = parse_peer(f"remote=openai:{server}/v1#memo;key=ARENA_TEST_KEY")
     pieces = list(remote.stream(hello, max_tokens=64, temperature=0))
     assert "".join(pieces).strip() == HELLO_ANSWER and len(pieces) > 3
     # the built-in calculator runs in the loop for a checkpoint, as in `llmos chat`
@@ -86,7 +87,7 @@ def test_checkpoint_and_endpoint_contestants_give_the_same_answer(memorised, ser
     assert answer(remote, calc, 64) == "347 * 29 = 10063."
     monkeypatch.delenv("ARENA_TEST_KEY")
     with pytest.raises(ValueError, match="ARENA_TEST_KEY"):
-        answer(parse_contestant(f"r=openai:{server}/v1#memo;key=ARENA_TEST_KEY"), hello)
+        answer(parse_peer(f"r=openai:{server}/v1#memo;key=ARENA_TEST_KEY"), hello)
 
 
 # ---- judges --------------------------------------------------------------------------------
@@ -215,6 +216,6 @@ def test_builtin_heldout_prompts_have_reference_answers():
 
 
 def test_battle_needs_two_contestants_and_prompts(memorised, tmp_path):
-    one = parse_contestants([f"memo={memorised}"])
+    one = parse_peers([f"memo={memorised}"])
     with pytest.raises(ValueError, match="two contestants"):
         autoarena.run(one, [judges.Item([])], judges.VerifierJudge(), tmp_path / "b.jsonl")

@@ -14,8 +14,8 @@ import test_serve
 from sqlalchemy import inspect, select
 from test_serve import run_server
 
+from llmos.agent.peers import parse_peer
 from llmos.evals import battles
-from llmos.evals.contestants import parse_contestant
 from llmos.serve import db
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
@@ -27,19 +27,21 @@ HELLO_ANSWER = "Hello! How can I help you today?"
 @pytest.fixture(scope="module")
 def remote(memorised):
     """Another `llmos serve` on loopback: the arena's OpenAI-endpoint contestant."""
-    from llmos.serve.app import create_app, load_models
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
 
     with run_server(create_app(load_models([f"memo={memorised}"], max_batch=4))) as url:
         yield url
 
 
 def arena_app(memorised, database_url, names, extra=(), **settings):
-    from llmos.serve.app import create_app, load_models
+    from llmos.serve.app import create_app
     from llmos.serve.arena import ArenaSettings, mount_arena
+    from llmos.serve.served import load_models
 
     models = load_models([f"{n}={memorised}" for n in names], max_batch=4)
     app = create_app(models)
-    mount_arena(app, database_url, models, [parse_contestant(s) for s in extra],
+    mount_arena(app, database_url, models, [parse_peer(s) for s in extra],
                 settings=ArenaSettings(temperature=0.0, max_tokens=64, **settings))
     return app
 
@@ -108,11 +110,12 @@ def play_round(page, prompt: str, button: str) -> tuple[str, str]:
 
 
 def test_arena_round_trip_in_the_browser(memorised, remote, database_url, page, tmp_path):
-    from llmos.serve.app import create_app, load_models
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
 
     models = load_models([f"alpha={memorised}"], max_batch=4)
     app = create_app(models, database=database_url,  # the hook `llmos serve --db` uses
-                     contestants=[parse_contestant(f"beta=openai:{remote}/v1#memo")])
+                     contestants=[parse_peer(f"beta=openai:{remote}/v1#memo")])
     with run_server(app) as url:
         page.goto(url + "/arena")
         page.wait_for_function("document.getElementById('model-count').textContent"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmos import chat
+from llmos import chat_format
 from llmos import tokenizer as tokenizers_
 
 CALC = {"type": "function", "function": {
@@ -73,20 +73,20 @@ def test_template_and_renderer_give_the_same_tokens(tok, hf_tok, name, with_tool
     tools = [CALC] if with_tools else None
     for prompt_only in (False, True):
         msgs = messages[:-1] if prompt_only else messages
-        ours = chat.render(tok, msgs, tools, add_generation_prompt=prompt_only)
+        ours = chat_format.render(tok, msgs, tools, add_generation_prompt=prompt_only)
         text = hf_tok.apply_chat_template(msgs, tools=tools, tokenize=False,
                                           add_generation_prompt=prompt_only)
         theirs = hf_tok.apply_chat_template(msgs, tools=tools, tokenize=True,
                                             add_generation_prompt=prompt_only)
         if not isinstance(theirs, list):  # newer transformers return a BatchEncoding
             theirs = theirs["input_ids"]
-        assert text == chat.render_text(msgs, tools, prompt_only)[0]
+        assert text == chat_format.render_text(msgs, tools, prompt_only)[0]
         assert ours.ids == list(theirs)
 
 
 def test_loss_mask_covers_exactly_the_assistant_turns(tok):
     messages = CONVERSATIONS["two_calls_with_text"]
-    out = chat.render(tok, messages, [CALC])
+    out = chat_format.render(tok, messages, [CALC])
     trained = tok.decode([i for i, m in zip(out.ids, out.mask) if m], skip_special_tokens=False)
     assert trained == (
         'Let me check.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}'
@@ -102,10 +102,10 @@ def test_loss_mask_covers_exactly_the_assistant_turns(tok):
 
 
 def test_think_block_is_trained_and_parsed_back(tok):
-    out = chat.render(tok, CONVERSATIONS["think"])
+    out = chat_format.render(tok, CONVERSATIONS["think"])
     trained = tok.decode([i for i, m in zip(out.ids, out.mask) if m], skip_special_tokens=False)
     assert trained == "<think>\n7 has no divisors.\n</think>\nYes.<|im_end|>"
-    turn = chat.parse_assistant(trained)
+    turn = chat_format.parse_assistant(trained)
     assert (turn.reasoning, turn.content, turn.tool_calls) == ("7 has no divisors.", "Yes.", [])
 
 
@@ -114,20 +114,20 @@ def test_string_arguments_are_written_as_sent_and_must_be_json_objects():
                  {"role": "assistant", "content": None, "tool_calls": [
                      {"id": "c1", "type": "function",
                       "function": {"name": "calculator", "arguments": '{"expression": "2*3"}'}}]}]
-    text, _ = chat.render_text(as_string)
+    text, _ = chat_format.render_text(as_string)
     assert '{"name": "calculator", "arguments": {"expression": "2*3"}}' in text
     as_string[1]["tool_calls"][0]["function"]["arguments"] = "{not json"
-    with pytest.raises(chat.ChatFormatError, match="not valid JSON"):
-        chat.render_text(as_string)
+    with pytest.raises(chat_format.ChatFormatError, match="not valid JSON"):
+        chat_format.render_text(as_string)
 
 
 def test_unknown_role_is_a_clear_error():
-    with pytest.raises(chat.ChatFormatError, match="unknown role 'robot'"):
-        chat.render_text([{"role": "robot", "content": "beep"}])
+    with pytest.raises(chat_format.ChatFormatError, match="unknown role 'robot'"):
+        chat_format.render_text([{"role": "robot", "content": "beep"}])
 
 
 def test_parse_assistant_reads_tool_calls_and_reports_malformed_ones():
-    turn = chat.parse_assistant(
+    turn = chat_format.parse_assistant(
         'Sure.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+2"}}\n'
         "</tool_call><|im_end|>")
     assert turn.content == "Sure."
@@ -135,7 +135,7 @@ def test_parse_assistant_reads_tool_calls_and_reports_malformed_ones():
         {"name": "calculator", "arguments": {"expression": "1+2"}}]
     assert turn.tool_calls[0]["id"].startswith("call_") and not turn.errors
 
-    bad = chat.parse_assistant('<tool_call>\n{"name": "calculator", "arguments": [1]}\n'
+    bad = chat_format.parse_assistant('<tool_call>\n{"name": "calculator", "arguments": [1]}\n'
                                "</tool_call>\n<tool_call>{oops</tool_call>\n<tool_call>{")
     assert bad.tool_calls == [] and len(bad.errors) == 3
     assert "no closing </tool_call>" in bad.errors[-1]

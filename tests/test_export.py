@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmos import chat, checkpoint, cli
+from llmos import chat_format, checkpoint, cli
 from llmos import tokenizer as tk
 from llmos.config import ModelConfig
 from llmos.export.params import export_run
@@ -303,11 +303,11 @@ def test_chat_prompt_equals_the_chatml_renderer(exported, run_mod):
          {"role": "user", "content": "and 3+3?\n"}],
     ]
     for messages in conversations:
-        want = chat.render(tok, messages, add_generation_prompt=True).ids
+        want = chat_format.render(tok, messages, add_generation_prompt=True).ids
         assert ours.encode(run_mod.render_chat(fmt, messages)) == want
     # The command line answers one turn and stops at the end-of-turn token.
     messages = conversations[0]
-    ids = chat.render(tok, messages, add_generation_prompt=True).ids
+    ids = chat_format.render(tok, messages, add_generation_prompt=True).ids
     stops = [tok.token_to_id("<|im_end|>"), tk.eot_id(tok)]
     want = Engine(checkpoint.load_model(ckpt)).generate(
         [ids], SamplingParams(max_new_tokens=40, temperature=0, stop_tokens=stops))[0]

@@ -12,7 +12,7 @@ import torch
 
 from llmos import checkpoint, cli
 from llmos import tokenizer as tk
-from llmos.chat import CHAT_TEMPLATE
+from llmos.chat_format import CHAT_TEMPLATE
 from llmos.export.gguf import export_gguf, permute, unpermute
 from llmos.infer.engine import Engine, SamplingParams
 

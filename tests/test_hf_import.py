@@ -12,7 +12,7 @@ import pytest
 import torch
 from tokenizers import processors
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import stop_ids
 from llmos.cli import main
@@ -241,23 +241,23 @@ def test_model_template_gives_transformers_tokens_and_assistant_mask(imported):
     assert tok.chat_template is not None and tok.chat_template.source == LLAMA3_TEMPLATE
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(imported))
     for msgs, gen in ((CONVERSATION, False), (CONVERSATION[:-1], True)):
-        ours = chat.render(tok, msgs, add_generation_prompt=gen)
+        ours = chat_format.render(tok, msgs, add_generation_prompt=gen)
         theirs = hf_tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
         if not isinstance(theirs, list):  # newer transformers return a BatchEncoding
             theirs = theirs["input_ids"]
         assert ours.ids == list(theirs)
         assert ours.ids[0] == tok.token_to_id("<|begin_of_text|>")
-    out = chat.render(tok, CONVERSATION)
+    out = chat_format.render(tok, CONVERSATION)
     trained = tok.decode([i for i, m in zip(out.ids, out.mask) if m], skip_special_tokens=False)
     assert trained == "It counts the items.<|eot_id|>It adds them up.<|eot_id|>"
     # llmos's own checkpoints keep the Python ChatML renderer.
-    assert chat.template_for(imported.parent / "src") is None
+    assert chat_format.template_for(imported.parent / "src") is None
 
 
 def test_template_errors_are_chat_format_errors():
-    t = chat.Template(RAISES_TEMPLATE)
-    with pytest.raises(chat.ChatFormatError, match="must start with a user message"):
-        chat.template_text(t, [{"role": "assistant", "content": "hi"}])
+    t = chat_format.Template(RAISES_TEMPLATE)
+    with pytest.raises(chat_format.ChatFormatError, match="must start with a user message"):
+        chat_format.template_text(t, [{"role": "assistant", "content": "hi"}])
 
 
 def test_lora_sft_and_chat_on_an_imported_model(imported, tmp_path, capsys):

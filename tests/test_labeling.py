@@ -137,7 +137,7 @@ def test_accounts_roles_and_malformed_uploads(database_url):
 def test_write_compare_review_agreement_and_exports(database_url, memorised, tmp_path):
     from llmos.data.comparisons import read_comparisons
     from llmos.data.conversations import read_conversations
-    from llmos.serve.app import load_models
+    from llmos.serve.served import load_models
 
     models = load_models([f"memo={memorised}"], max_batch=8)
     prompts = jsonl([{"prompt": "Hello!"},
@@ -345,19 +345,19 @@ def test_cli_label_user_and_export(tmp_path, capsys, monkeypatch):
 def test_a_review_request_is_cut_to_the_models_context(memorised):
     from types import SimpleNamespace
 
-    from llmos import chat
+    from llmos import chat_format
     from llmos import tokenizer as tk
 
     tok = tk.load(memorised)
     label = L.Label(kind="write", content="Hello! How can I help you today?")
     messages = labeling.critique_messages(L.DEFAULT_INSTRUCTIONS,
                                           [{"role": "user", "content": "Hello!"}], label, {})
-    full = len(chat.render(tok, messages, add_generation_prompt=True).ids)
+    full = len(chat_format.render(tok, messages, add_generation_prompt=True).ids)
     roomy = SimpleNamespace(tok=tok, context=full + 64)
     assert labeling.fit_instructions(roomy, messages, 64) == messages
     small = SimpleNamespace(tok=tok, context=full // 2 + 64)
     cut = labeling.fit_instructions(small, messages, 64)
-    assert len(chat.render(tok, cut, add_generation_prompt=True).ids) + 64 <= small.context
+    assert len(chat_format.render(tok, cut, add_generation_prompt=True).ids) + 64 <= small.context
     assert L.DEFAULT_INSTRUCTIONS.startswith(cut[0]["content"]) and cut[1:] == messages[1:]
     assert labeling.fit_instructions(SimpleNamespace(tok=tok, context=40), messages, 64) is None
 

@@ -56,7 +56,7 @@ def test_label_in_the_browser_then_train_on_the_export(browser, database_url, me
                                                        tmp_path):
     from llmos import cli
     from llmos.data.comparisons import read_comparisons
-    from llmos.serve.app import load_models
+    from llmos.serve.served import load_models
 
     models = load_models([f"memo={memorised}"], max_batch=8)
     with label_server(database_url, models) as url:

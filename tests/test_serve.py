@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tk
 from llmos.config import ModelConfig
 from llmos.model import Transformer
@@ -61,14 +61,14 @@ def one_thread():
 def build_memorised_checkpoint(out, steps: int = 120):
     """A 2-layer, dim-64 model trained to recite MEMORISED (about 5 s on one CPU core)."""
     torch.manual_seed(0)
-    texts = [chat.render_text(c, t)[0] for c, t in MEMORISED]
+    texts = [chat_format.render_text(c, t)[0] for c, t in MEMORISED]
     filler = "The quick brown fox jumps over the lazy dog. Hello there, how are you? " * 20
     tok = tk.train_bpe(texts * 20 + [filler], 600)
     tok_dir = out.parent / f"{out.name}-tokenizer"
     tk.save(tok, tok_dir, max_len=2048)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=64, n_layers=2,
                                     n_heads=4, n_kv_heads=2, max_seq_len=2048))
-    rows = [chat.render(tok, c, t) for c, t in MEMORISED]
+    rows = [chat_format.render(tok, c, t) for c, t in MEMORISED]
     T = max(len(r.ids) for r in rows)
     x = torch.tensor([r.ids[:-1] + [0] * (T - len(r.ids)) for r in rows])
     y = torch.tensor([[t if m else -100 for t, m in zip(r.ids[1:], r.mask[1:])]
@@ -115,7 +115,9 @@ def memorised(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(memorised):
-    from llmos.serve.app import Limits, create_app, load_models
+    from llmos.serve.app import create_app
+    from llmos.serve.openai_schema import Limits
+    from llmos.serve.served import load_models
 
     models = load_models([f"memo={memorised}"], max_batch=8)
     app = create_app(models, [API_KEY], Limits(max_messages=32, max_tokens=2048, max_n=4))
@@ -438,7 +440,7 @@ def test_serve_command_explains_its_flags(capsys):
 
 
 def test_model_names():
-    from llmos.serve.app import model_names
+    from llmos.serve.served import model_names
 
     assert list(model_names(["runs/a/sft"])) == ["sft"]
     named = model_names(["runs/a/sft", "runs/b/sft", "runs/a/base"])
@@ -461,9 +463,9 @@ RAW_TURNS = [
 
 @pytest.mark.parametrize("raw", RAW_TURNS)
 def test_streamed_turn_text_adds_up_to_the_parsed_turn(raw):
-    from llmos.serve.app import TurnText
+    from llmos.chat_format import TurnText
 
-    want = chat.parse_assistant(raw)
+    want = chat_format.parse_assistant(raw)
     for size in (1, 2, 3, 7, len(raw)):
         turn, got = TurnText(), {"content": "", "reasoning_content": ""}
         for i in range(0, len(raw), size):
@@ -475,7 +477,7 @@ def test_streamed_turn_text_adds_up_to_the_parsed_turn(raw):
 
 
 def test_stop_text_across_pieces():
-    from llmos.serve.app import StopText
+    from llmos.chat_format import StopText
 
     stop = StopText(["END", "xyz"])
     out = [stop.push(p) for p in ["abc E", "N", "D tail"]]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.conversations import Conversation
 from llmos.model import Transformer
@@ -44,7 +44,7 @@ def test_packed_rows_give_the_losses_of_separate_conversations(base):
         total = float(sft.packed_loss(model, (packed.x, packed.y, packed.pos, packed.seg), "sum"))
         alone = 0.0
         for c in convs:
-            r = chat.render(tok, c.messages)
+            r = chat_format.render(tok, c.messages)
             x = torch.tensor([r.ids[:-1]])
             y = torch.tensor([[t if m else -100 for t, m in zip(r.ids[1:], r.mask[1:])]])
             alone += float(model(x, y, loss_reduction="sum"))
@@ -79,7 +79,7 @@ def test_sft_end_to_end_records_its_parent_and_learns(base, tmp_path):
     losses = [r["loss"] for r in records if r["stage"] == "sft" and "loss" in r]
     assert losses[-1] < 0.5 * losses[0]
     template = json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
-    assert template == chat.CHAT_TEMPLATE
+    assert template == chat_format.CHAT_TEMPLATE
     # The finetuned model answers a training question in the chat format.
     model, tok = checkpoint.load_model(out), tokenizers_.load(out)
     from llmos.agent.loop import engine_stream, final_text, respond

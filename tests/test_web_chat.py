@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 @pytest.fixture(scope="module")
 def web_server(memorised):
-    from llmos.serve.app import create_app, load_models
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
 
     models = load_models([f"memo={memorised}", f"twin={memorised}"], max_batch=8)
     with run_server(create_app(models, [API_KEY])) as url:

@@ -243,12 +243,12 @@ def cmd_arena(args):
 
 
 def cmd_arena_battle(args):
+    from llmos.agent.peers import parse_peers
     from llmos.evals import autoarena, ratings
     from llmos.evals.battles import filter_battles
-    from llmos.evals.contestants import parse_contestants
     from llmos.evals.judges import make_judge
 
-    contestants = parse_contestants(args.contestant, args.device)
+    contestants = parse_peers(args.contestant, args.device, noun="contestant")
     judge = make_judge(args.judge)
     items = autoarena.load_prompts(args.prompts, args.limit)
     pairs = len(contestants) * (len(contestants) - 1) // 2

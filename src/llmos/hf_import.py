@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.model import Transformer
 
@@ -95,7 +95,7 @@ def import_hf(src: str | Path, out: str | Path | None = None, overwrite: bool = 
         model.lm_head.weight = model.embed.weight
     info = {"stage": "import", "source": str(src.resolve()), "source_format": "hf",
             "source_model_type": hf.get("model_type"), "source_dtype": dtype,
-            "chat_template": "model" if chat.read_template(src) else "chatml",
+            "chat_template": "model" if chat_format.read_template(src) else "chatml",
             "model": asdict(cfg), "params": model.num_params()}
     return checkpoint.save(out, model, src, info)
 

@@ -173,8 +173,8 @@ def evaluate_all(cfg: RunConfig, ckpts) -> None:
 def arena(cfg: RunConfig, ckpts) -> None:
     """Automatic battles between the tuned checkpoints on held-out questions with a reference
     answer, judged by the verifier in both orders; RUN/arena/battles.jsonl feeds the report."""
+    from llmos.agent.peers import CheckpointPeer
     from llmos.evals import autoarena
-    from llmos.evals.contestants import CheckpointContestant
     from llmos.evals.judges import VerifierJudge
 
     out = cfg.run_dir / "arena" / "battles.jsonl"
@@ -183,7 +183,7 @@ def arena(cfg: RunConfig, ckpts) -> None:
         print(f"speedrun: {out} is up to date")
         return
     items = [i for i in autoarena.load_prompts("builtin:assistant:heldout") if i.answer]
-    contestants = [CheckpointContestant(c.name, c) for c in ckpts]
+    contestants = [CheckpointPeer(c.name, c) for c in ckpts]
     battles, _ = autoarena.run(contestants, items[:cfg.speedrun.arena_prompts], VerifierJudge(),
                                out, max_tokens=cfg.speedrun.arena_max_tokens)
     print(f"speedrun: {len(battles)} arena battles judged by the verifier -> {out}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llmos import chat
-from llmos.chat import CHAT_TEMPLATE
+from llmos import chat_format
+from llmos.chat_format import CHAT_TEMPLATE
 
 EOT = "<|endoftext|>"
 SPECIAL_TOKENS = [
@@ -59,7 +59,7 @@ def load(path: str | Path) -> Tokenizer:
     """A tokenizer.json. From a model folder it also carries what that folder's config files say:
     `tok.eos_ids` (the end tokens of tokenizer_config.json, generation_config.json and
     config.json, in that order) and `tok.chat_template` (an imported model's own template, or
-    None for llmos's ChatML; see `chat.template_for`)."""
+    None for llmos's ChatML; see `chat_format.template_for`)."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
@@ -67,7 +67,7 @@ def load(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"no tokenizer at {path}")
     tok = Tokenizer.from_file(str(path))
     tok.eos_ids = config_eos_ids(tok, path.parent)
-    tok.chat_template = chat.template_for(path.parent)
+    tok.chat_template = chat_format.template_for(path.parent)
     return tok
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from llmos import chat
+from llmos import chat_format
 from llmos import tokenizer as tokenizers_
 from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
 from llmos.infer.engine import SamplingParams, TextStream
@@ -56,7 +56,7 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
     params = replace(params, stop_tokens=list(params.stop_tokens) + stop_ids(tok))
     finish = "stop"
     for _round in range(max_rounds):
-        prompt = chat.render(tok, history, schemas or None, add_generation_prompt=True).ids
+        prompt = chat_format.render(tok, history, schemas or None, add_generation_prompt=True).ids
         text, stream, used, stopped = "", TextStream(tok), 0, False
         for token in generate(prompt, replace(params, max_new_tokens=budget)):
             if token == STOP:
@@ -68,7 +68,7 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
             if delta:
                 yield Event("text", delta)
         budget -= used
-        turn = chat.parse_assistant(text)
+        turn = chat_format.parse_assistant(text)
         message = turn.message()
         history.append(message)
         yield Event("turn", data=message)

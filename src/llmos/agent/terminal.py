@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
@@ -44,7 +44,7 @@ class Session:
         for event in respond(self.generate, self.tok, self.conversation(), self.params,
                              tools=self.tools):
             if event.kind == "text" and not hiding:
-                before, tag, _ = event.text.partition(chat.TOOL_CALL)
+                before, tag, _ = event.text.partition(chat_format.TOOL_CALL)
                 self.write(before)
                 hiding, printed = bool(tag), printed or bool(before)
             elif event.kind == "turn":

@@ -54,7 +54,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.chat import ChatFormatError, tool_arguments
+from llmos.chat_format import ChatFormatError, tool_arguments
 from llmos.data.sources import (
     SkipReport,
     SourceError,

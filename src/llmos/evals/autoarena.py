@@ -56,7 +56,7 @@ def _plain_prompts(path: Path) -> list[Item] | None:
 def collect_answers(contestants, items: list[Item], max_tokens: int, temperature: float,
                     seed: int | None, log=None) -> dict[str, list[str]]:
     """{contestant name: [answer per item]}; a failed answer is "" and is reported."""
-    from llmos.evals.contestants import answer
+    from llmos.agent.peers import answer
 
     out = {}
     for c in contestants:

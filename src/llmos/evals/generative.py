@@ -64,13 +64,13 @@ def score_answer(task: str, output: str, answers: Sequence[str]) -> tuple[float,
 def chat_prompt(tok, text: str) -> str:
     """The prompt as a user turn in the model's chat format, ending in the assistant's header
     (for assistant checkpoints, which answer a chat turn rather than continue a document)."""
-    from llmos import chat
+    from llmos import chat_format
 
     messages = [{"role": "user", "content": text.strip()}]
     template = getattr(tok, "chat_template", None)
     if template is not None:
-        return chat.template_text(template, messages, None, add_generation_prompt=True)
-    return chat.render_text(messages, None, add_generation_prompt=True)[0]
+        return chat_format.template_text(template, messages, None, add_generation_prompt=True)
+    return chat_format.render_text(messages, None, add_generation_prompt=True)[0]
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

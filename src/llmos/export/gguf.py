@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizer_
-from llmos.export.params import chat_format, rope_frequencies, tokenizer_meta
+from llmos.export.params import role_affixes, rope_frequencies, tokenizer_meta
 
 GGUF_NAME, MODELFILE_NAME = "model.gguf", "Modelfile"
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -199,13 +199,13 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     c = model.cfg
     tensors = llama_cpp_tensors(model)  # raises on rope scaling llama.cpp does not read
 
-    template = chat.template_for(src)
-    jinja = template.source if template is not None else chat.CHAT_TEMPLATE
+    template = chat_format.template_for(src)
+    jinja = template.source if template is not None else chat_format.CHAT_TEMPLATE
     specials = {t["content"] for t in tok["added"]}
     ends = [hf_tok.id_to_token(i) for i in tokenizer_.end_ids(hf_tok)]
     fmt, chat_note = None, None
     try:
-        fmt = chat_format(template, specials, ends)
+        fmt = role_affixes(template, specials, ends)
     except ValueError as e:
         chat_note = f"the chat template has no fixed per-role format ({e})"
     stops = fmt["stop"] if fmt else ends

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizer_
 from llmos.export.run import FORMAT, FORMAT_VERSION
 from llmos.model import llama3_frequencies
@@ -64,8 +64,8 @@ def tokenizer_meta(tok_json: dict) -> dict:
 # ---- chat format ------------------------------------------------------------------------------
 
 
-def chat_format(template: chat.Template | None, special_tokens: set[str],
-                end_tokens: list[str]) -> dict:
+def role_affixes(template: chat_format.Template | None, special_tokens: set[str],
+                 end_tokens: list[str]) -> dict:
     """Per-role (prefix, suffix) strings, the generation prompt and the stop tokens, read off
     renders of the chat template (llmos's ChatML when `template` is None, else the model's own
     Jinja) on sentinel contents. Raises ValueError when the template is not of that shape (the
@@ -73,8 +73,8 @@ def chat_format(template: chat.Template | None, special_tokens: set[str],
     def render(roles, gen=False):
         msgs = [{"role": r, "content": SENTINEL.format(i)} for i, r in enumerate(roles)]
         if template is None:
-            return chat.render_text(msgs, None, gen)[0]
-        return chat.template_text(template, msgs, None, gen)
+            return chat_format.render_text(msgs, None, gen)[0]
+        return chat_format.template_text(template, msgs, None, gen)
 
     def around(text, i):
         before, _, after = text.partition(SENTINEL.format(i))
@@ -161,7 +161,8 @@ def export_run(model_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     tok["eot"] = hf_tok.id_to_token(tokenizer_.eot_id(hf_tok))
     fmt, chat_note = None, None
     try:
-        fmt = chat_format(chat.template_for(src), {t["content"] for t in tok["added"]}, ends)
+        specials = {t["content"] for t in tok["added"]}
+        fmt = role_affixes(chat_format.template_for(src), specials, ends)
     except ValueError as e:  # still exported: run.py's generate mode works without it
         chat_note = str(e)
     model = checkpoint.load_model(src)

@@ -39,8 +39,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Boolean, Float, Integer, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from llmos.agent.peers import Peer, StreamPeer, visible_text
 from llmos.evals import battles as battles_
-from llmos.evals.contestants import Contestant, StreamContestant, visible_text
 from llmos.serve import db
 
 STATIC = Path(__file__).parent / "static"
@@ -87,7 +87,7 @@ class ArenaSettings:
     bootstrap: int = 200  # leaderboard: bootstrap rounds for the intervals
 
 
-def served_contestant(served, tools: dict | None = None) -> StreamContestant:
+def served_contestant(served, tools: dict | None = None) -> StreamPeer:
     """A model of this server as a contestant: its answers join the model's batch."""
 
     def stream(messages, max_tokens, temperature, seed):
@@ -108,7 +108,7 @@ def served_contestant(served, tools: dict | None = None) -> StreamContestant:
         finally:
             cancel.set()
 
-    return StreamContestant(served.name, stream)
+    return StreamPeer(served.name, stream)
 
 
 class BattleRequest(BaseModel):
@@ -159,7 +159,7 @@ def standings(engine, settings: ArenaSettings, rounds: int | None = None) -> dic
             "rows": [ratings.rounded(r) for r in rows]}
 
 
-def arena_router(engine, contestants: dict[str, Contestant],
+def arena_router(engine, contestants: dict[str, Peer],
                  settings: ArenaSettings | None = None) -> APIRouter:
     settings = settings or ArenaSettings()
     router = APIRouter()
@@ -236,7 +236,7 @@ def arena_router(engine, contestants: dict[str, Contestant],
             row.conversation_a = messages + [{"role": "assistant", "content": texts[0].strip()}]
             row.conversation_b = messages + [{"role": "assistant", "content": texts[1].strip()}]
 
-    async def run_battle(battle_id: str, pair: list[Contestant], messages: list[dict]):
+    async def run_battle(battle_id: str, pair: list[Peer], messages: list[dict]):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -338,11 +338,11 @@ def arena_router(engine, contestants: dict[str, Contestant],
     return router
 
 
-def mount_arena(app, database, served: dict, extra: list[Contestant] | None = None,
+def mount_arena(app, database, served: dict, extra: list[Peer] | None = None,
                 tools: dict | None = None, settings: ArenaSettings | None = None) -> None:
     """Add the arena to a `create_app` app: the served models plus `extra` contestants."""
     engine = db.open_database(database) if isinstance(database, (str, Path)) else database
-    contestants: dict[str, Contestant] = {n: served_contestant(m, tools)
+    contestants: dict[str, Peer] = {n: served_contestant(m, tools)
                                           for n, m in served.items()}
     for c in extra or []:
         if c.name in contestants:

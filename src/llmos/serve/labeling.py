@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llmos.serve import accounts, db
 from llmos.serve import labels as L
+from llmos.serve.served import load_models
 
 STATIC = Path(__file__).parent / "static"
 DRAFT = {"temperature": 0.7, "max_tokens": 384}
@@ -102,12 +103,12 @@ def fit_instructions(served, messages: list[dict], room: int) -> list[dict] | No
     """The review request cut to leave `room` tokens for the answer in the model's context:
     the instructions are shortened from the end (their most important rules come first);
     None when even the label alone does not fit."""
-    from llmos import chat
+    from llmos import chat_format
 
     system, rest = messages[0]["content"], messages[1:]
     while True:
         candidate = ([{"role": "system", "content": system}] if system else []) + rest
-        if len(chat.render(served.tok, candidate, add_generation_prompt=True).ids) + room \
+        if len(chat_format.render(served.tok, candidate, add_generation_prompt=True).ids) + room \
                 <= served.context:
             return candidate
         if not system:
@@ -527,8 +528,6 @@ def serve_label(specs: list[str], database: str, host: str = "127.0.0.1", port: 
                 device: str = "auto", max_batch: int = 16) -> None:
     import torch
     import uvicorn
-
-    from llmos.serve.app import load_models
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.comparisons import Comparison, split_sources
@@ -52,8 +52,8 @@ def answer_tokens(tok, prompt: list[dict], answer: list[dict], max_len: int
     """(ids, mask) of prompt + answer: mask 1 on the tokens the answer's assistant turns write
     (the renderer's loss mask, with the prompt's own assistant turns left out). A conversation
     longer than max_len + 1 keeps its end."""
-    full = chat.render(tok, prompt + answer)
-    n_prompt = len(chat.render(tok, prompt).ids)
+    full = chat_format.render(tok, prompt + answer)
+    n_prompt = len(chat_format.render(tok, prompt).ids)
     mask = [m if i >= n_prompt else 0 for i, m in enumerate(full.mask)]
     keep = max_len + 1  # inputs and targets are one token apart
     return full.ids[-keep:], mask[-keep:]

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.comparisons import Comparison, split_sources
@@ -117,7 +117,7 @@ def pad_id(tok) -> int:
 def encode(tok, messages: list[dict], max_len: int) -> list[int]:
     """A conversation's tokens as the reward model reads them; a conversation longer than the
     context keeps its end (the answer being judged), losing the start."""
-    ids = chat.render(tok, messages).ids
+    ids = chat_format.render(tok, messages).ids
     return ids[-max_len:]
 
 
@@ -277,7 +277,7 @@ def pair_batch(tok, pairs: list[Comparison], max_len: int, device: str, masks: b
     """B pairs -> (ids [2B, T], last [2B]): the B chosen conversations, then the B rejected.
     With `masks`, also [B, T]: 1 at the chosen answers' assistant tokens, for the
     language-model loss."""
-    chosen = [chat.render(tok, p.prompt + p.chosen) for p in pairs]  # ids and loss mask
+    chosen = [chat_format.render(tok, p.prompt + p.chosen) for p in pairs]  # ids and loss mask
     rows = [c.ids[-max_len:] for c in chosen]  # as `encode` cuts them
     rows += [encode(tok, p.prompt + p.rejected, max_len) for p in pairs]
     x, last = collate(rows, pad_id(tok), device)

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.evals.assistant import NUMBER, contains_number, prompt_of, score
@@ -328,7 +328,8 @@ class Sampler:
         t0 = time.perf_counter()
         rl, G = self.rl, self.rl.group_size
         prompts = [p for p in self._next_prompts() for _ in range(G)]
-        ids = [chat.render(self.tok, p.messages, add_generation_prompt=True).ids for p in prompts]
+        ids = [chat_format.render(self.tok, p.messages, add_generation_prompt=True).ids
+               for p in prompts]
         params = SamplingParams(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature,
                                 top_k=rl.top_k, stop_tokens=self.stops,
                                 seed=self.seed * 1_000_003 + self.draws)
@@ -338,7 +339,7 @@ class Sampler:
         turns, calls, rows = [], [], []
         for prompt_ids, out in zip(ids, outs):
             stopped = len(out) < rl.max_new_tokens
-            turn = chat.parse_assistant(self.tok.decode(out, skip_special_tokens=False))
+            turn = chat_format.parse_assistant(self.tok.decode(out, skip_special_tokens=False))
             turns.append(turn.message())
             calls.append(bool(turn.tool_calls or turn.errors))
             rows.append((prompt_ids, out + ([self.stops[0]] if stopped else [])))
@@ -421,11 +422,11 @@ def heldout_accuracy(model, tok, prompts: list[Prompt], max_new_tokens: int,
     acc = strict = 0.0
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
-        ids = [chat.render(tok, p.messages, add_generation_prompt=True).ids for p in chunk]
+        ids = [chat_format.render(tok, p.messages, add_generation_prompt=True).ids for p in chunk]
         outs = Engine(model).generate(ids, SamplingParams(max_new_tokens=max_new_tokens,
                                                           temperature=0.0, stop_tokens=stops))
         for p, out in zip(chunk, outs):
-            turn = chat.parse_assistant(tok.decode(out, skip_special_tokens=False))
+            turn = chat_format.parse_assistant(tok.decode(out, skip_special_tokens=False))
             call = bool(turn.tool_calls or turn.errors)
             if p.task in ("arithmetic", "text"):
                 acc += 0.0 if call else score("arithmetic" if p.task == "arithmetic" else "python",

@@ -3,7 +3,7 @@
     llmos sft --model runs/cpu-tiny/base                       full finetuning
     llmos sft --model DIR --set sft.lora_rank=16                LoRA (adapters saved too)
 
-Conversations are rendered in the chat format (`llmos.chat`), packed several to a row, and
+Conversations are rendered in the chat format (`llmos.chat_format`), packed several to a row, and
 trained only on assistant tokens. Packed conversations never see each other: attention is
 block-diagonal and rotary positions restart at each conversation.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llmos import chat, checkpoint
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.conversations import Conversation, read_conversations, split_specs
@@ -62,7 +62,7 @@ def pack(tok, conversations: list[Conversation], seq_len: int, seed: int) -> Pac
     pad = tokenizers_.eot_id(tok) if pad is None else pad
     examples, too_long = [], 0
     for c in conversations:
-        r = chat.render(tok, c.messages)
+        r = chat_format.render(tok, c.messages)
         if len(r.ids) - 1 > seq_len:
             too_long += 1
             continue

@@ -1,8 +1,9 @@
-"""Arena contestants: whoever answers a prompt in a battle, behind one small interface.
+"""A model behind a name: whoever answers a conversation, behind one small interface. The
+arena's contestants, a model the agent asks for help, a red-team target are all peers.
 
-    c = parse_contestant("sft=runs/cpu-tiny/sft")                       # an llmos checkpoint
-    c = parse_contestant("gpt=openai:https://api.openai.com/v1#gpt-4o-mini")  # any OpenAI API
-    for piece in c.stream([{"role": "user", "content": "Hi"}], max_tokens=128, temperature=0):
+    p = parse_peer("sft=runs/cpu-tiny/sft")                            # an llmos checkpoint
+    p = parse_peer("gpt=openai:https://api.openai.com/v1#gpt-4o-mini")  # any OpenAI API
+    for piece in p.stream([{"role": "user", "content": "Hi"}], max_tokens=128, temperature=0):
         print(piece, end="")
 
 A spec is `[NAME=]DIR` for a checkpoint (named after its folder unless NAME is given) or
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos.agent.loop import TokenStream, respond
+from llmos.chat_format import TurnText
 from llmos.infer.engine import SamplingParams
 
 OPENAI_PREFIX = "openai:"
@@ -31,8 +33,6 @@ def visible_text(generate: TokenStream, tok, messages: list[dict], params: Sampl
     """The answer's content as it streams: what `llmos serve` sends as `content` deltas (tool
     markup and think blocks hidden; after a built-in tool's result the answer goes on after a
     blank line)."""
-    from llmos.serve.app import TurnText  # the server's splitter, so both show the same text
-
     turn, said, said_this_turn = TurnText(), False, False
     events = respond(generate, tok, messages, params, tools=tools)
     try:
@@ -57,7 +57,7 @@ def visible_text(generate: TokenStream, tok, messages: list[dict], params: Sampl
 
 
 @dataclass
-class CheckpointContestant:
+class CheckpointPeer:
     """An llmos checkpoint answering with its own engine (one conversation at a time)."""
 
     name: str
@@ -103,7 +103,7 @@ def fit_context(generate: TokenStream, context: int) -> TokenStream:
 
 
 @dataclass
-class OpenAIContestant:
+class OpenAIPeer:
     """A model behind an OpenAI-compatible /v1/chat/completions (streamed)."""
 
     name: str
@@ -120,7 +120,7 @@ class OpenAIContestant:
             env = self.key_env or "OPENAI_API_KEY"
             key = os.environ.get(env)
             if self.key_env and not key:
-                raise ValueError(f"contestant {self.name!r}: the environment variable {env} "
+                raise ValueError(f"model {self.name!r}: the environment variable {env} "
                                  "(its API key) is not set")
             # the client insists on a key; a server without --api-key ignores it
             self._client = OpenAI(base_url=self.base_url, api_key=key or "none",
@@ -143,7 +143,7 @@ class OpenAIContestant:
 
 
 @dataclass
-class StreamContestant:
+class StreamPeer:
     """Any function (messages, max_tokens, temperature, seed) -> text pieces, under a name
     (the server wraps its own batched models this way)."""
 
@@ -155,7 +155,7 @@ class StreamContestant:
         return self.fn(messages, max_tokens, temperature, seed)
 
 
-Contestant = CheckpointContestant | OpenAIContestant | StreamContestant
+Peer = CheckpointPeer | OpenAIPeer | StreamPeer
 
 
 def parse_openai(target: str) -> tuple[str, str, str | None]:
@@ -170,35 +170,36 @@ def parse_openai(target: str) -> tuple[str, str, str | None]:
     return url, model, key or None
 
 
-def parse_contestant(spec: str, device: str = "cpu") -> Contestant:
+def parse_peer(spec: str, device: str = "cpu", noun: str = "model") -> Peer:
     """`[NAME=]DIR` -> a checkpoint; `NAME=openai:URL#MODEL[;key=ENV]` -> an endpoint."""
     name, eq, target = spec.partition("=")
     if not eq or Path(spec).exists() or OPENAI_PREFIX in name:
         name, target = "", spec
     if target.startswith(OPENAI_PREFIX):
         url, model, key_env = parse_openai(target.removeprefix(OPENAI_PREFIX))
-        return OpenAIContestant(name or model, url, model, key_env)
+        return OpenAIPeer(name or model, url, model, key_env)
     path = Path(target)
     if not (path / "config.json").exists():
-        raise ValueError(f"contestant {spec!r}: {path} is not a checkpoint folder (no "
+        raise ValueError(f"{noun} {spec!r}: {path} is not a checkpoint folder (no "
                          "config.json); an endpoint is NAME=openai:URL#MODEL")
-    return CheckpointContestant(name or path.resolve().name, path, device)
+    return CheckpointPeer(name or path.resolve().name, path, device)
 
 
-def parse_contestants(specs: list[str], device: str = "cpu") -> list[Contestant]:
-    out = [parse_contestant(s, device) for s in specs]
+def parse_peers(specs: list[str], device: str = "cpu", noun: str = "model") -> list[Peer]:
+    """Several specs; `noun` names them in errors ("contestant" in the arena)."""
+    out = [parse_peer(s, device, noun) for s in specs]
     names = [c.name for c in out]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ValueError(f"two contestants are named {', '.join(twice)}; name them NAME=SPEC")
+        raise ValueError(f"two {noun}s are named {', '.join(twice)}; name them NAME=SPEC")
     return out
 
 
-def answer(contestant: Contestant, messages: list[dict], max_tokens: int = 256,
+def answer(peer: Peer, messages: list[dict], max_tokens: int = 256,
            temperature: float = 0.0, seed: int | None = None) -> str:
     """The whole answer as one string."""
-    return "".join(contestant.stream(messages, max_tokens, temperature, seed)).strip()
+    return "".join(peer.stream(messages, max_tokens, temperature, seed)).strip()
 
 
-__all__ = ["CheckpointContestant", "Contestant", "OpenAIContestant", "StreamContestant",
-           "answer", "parse_contestant", "parse_contestants", "visible_text"]
+__all__ = ["CheckpointPeer", "Peer", "OpenAIPeer", "StreamPeer",
+           "answer", "parse_peer", "parse_peers", "visible_text"]

@@ -354,3 +354,99 @@ def parse_assistant(text: str) -> AssistantTurn:
             errors.append(f"malformed tool call {raw.strip()[:200]!r}{unclosed}: {e}")
     content_parts.append(rest)
     return AssistantTurn("".join(content_parts).strip(), calls, reasoning, errors)
+
+
+# ---- reading what the model writes as it streams: visible content, stop strings -------------
+
+
+class TurnText:
+    """Raw text of one assistant turn, as it streams -> ("content" | "reasoning_content", text)
+    pieces. Tool call markup is hidden, tags split across pieces are held back, and each field
+    is stripped as `parse_assistant` strips it, so the pieces add up to its result."""
+
+    def __init__(self):
+        self.buf, self.mode = "", "start"  # start | think | content | call
+        self.started = {"content": False, "reasoning_content": False}
+        self.ws = {"content": "", "reasoning_content": ""}
+        self.out: list[tuple[str, str]] = []
+
+    def _emit(self, key: str, text: str) -> None:
+        if not self.started[key]:
+            text = text.lstrip()
+            if not text:
+                return
+            self.started[key] = True
+        body = text.rstrip()
+        if body:
+            self.out.append((key, self.ws[key] + body))
+            self.ws[key] = text[len(body):]
+        else:
+            self.ws[key] += text
+
+    def _until(self, tag: str, key: str | None) -> bool:
+        """Emit buf up to `tag` (True: found, buf is past it); else emit what cannot start it."""
+        i = self.buf.find(tag)
+        if i >= 0:
+            if key:
+                self._emit(key, self.buf[:i])
+            self.buf = self.buf[i + len(tag):]
+            return True
+        keep = next((n for n in range(min(len(tag) - 1, len(self.buf)), 0, -1)
+                     if tag.startswith(self.buf[-n:])), 0)
+        if key:
+            self._emit(key, self.buf[:len(self.buf) - keep])
+        self.buf = self.buf[len(self.buf) - keep:]
+        return False
+
+    def push(self, text: str) -> list[tuple[str, str]]:
+        self.buf += text
+        while True:
+            if self.mode == "start":
+                s = self.buf.lstrip()
+                if not s or (THINK.startswith(s) and s != THINK):
+                    break  # not yet known whether the turn opens with a think block
+                self.mode = "think" if s.startswith(THINK) else "content"
+                self.buf = s[len(THINK):] if self.mode == "think" else s
+            elif self.mode == "think":
+                if not self._until(THINK_END, "reasoning_content"):
+                    break
+                self.mode = "content"
+            elif self.mode == "content":
+                if not self._until(TOOL_CALL, "content"):
+                    break
+                self.mode = "call"
+            else:
+                if not self._until(TOOL_CALL_END, None):
+                    break
+                self.mode = "content"
+        out, self.out = self.out, []
+        return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        if self.mode in ("think", "content") and self.buf:
+            self._emit("reasoning_content" if self.mode == "think" else "content", self.buf)
+        self.buf = ""
+        out, self.out = self.out, []
+        return out
+
+
+class StopText:
+    """Finds stop sequences in streamed text, holding back a tail that may begin one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held = stops, ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        text = self.held + text
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return text[:min(hits)], True
+        keep = max((n for s in self.stops for n in range(min(len(s) - 1, len(text)), 0, -1)
+                    if s.startswith(text[-n:])), default=0)
+        self.held = text[len(text) - keep:]
+        return text[:len(text) - keep], False
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return held
