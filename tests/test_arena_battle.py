@@ -133,22 +133,22 @@ def test_llm_judge_on_a_real_server_counts_unparseable_and_failed_verdicts(serve
 
 
 def test_reward_judge_prefers_the_higher_reward_in_both_orders(memorised, tmp_path):
-    reward = pytest.importorskip("llmos.train.reward")
+    from llmos import reward_model
     from llmos import tokenizer as tk
 
     torch.manual_seed(2)
     vocab = tk.load(memorised).get_vocab_size()
-    rm = reward.RewardModel(Transformer(ModelConfig(vocab_size=vocab, dim=32, n_layers=1,
-                                                    n_heads=4, n_kv_heads=2, max_seq_len=128)))
+    rm = reward_model.RewardModel(Transformer(ModelConfig(
+        vocab_size=vocab, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, max_seq_len=128)))
     torch.nn.init.normal_(rm.score.weight)  # a random but decided preference
-    reward.save_reward_model(tmp_path / "rm", rm, memorised.parent / f"{memorised.name}-tokenizer",
-                             {})
+    reward_model.save_reward_model(tmp_path / "rm", rm,
+                                   memorised.parent / f"{memorised.name}-tokenizer", {})
     judge = judges.make_judge(f"reward:{tmp_path / 'rm'}")
     item = judges.Item([{"role": "user", "content": "Hello!"}])
     x, y = "Hello! How can I help you today?", "The lazy dog."
-    model, tok = reward.load_reward_model(tmp_path / "rm")
-    rx, ry = reward.score(model, tok, [item.messages + [{"role": "assistant", "content": t}]
-                                       for t in (x, y)])
+    model, tok = reward_model.load_reward_model(tmp_path / "rm")
+    rx, ry = reward_model.score(model, tok, [item.messages + [{"role": "assistant", "content": t}]
+                                             for t in (x, y)])
     assert rx != ry
     assert judge(item, x, y).winner == ("model_a" if rx > ry else "model_b")
     assert judge(item, y, x).winner == ("model_b" if rx > ry else "model_a")

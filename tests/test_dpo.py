@@ -48,7 +48,7 @@ def test_only_the_answer_tokens_are_trained(base):
                                   64)
     trained = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
     assert trained.startswith("Then more.") and "Hello" not in trained
-    x, y = dpo.collate([(ids, mask)], dpo.pad_id(tok))
+    x, y = dpo.collate([(ids, mask)], tokenizers_.pad_id(tok))
     assert x.shape == y.shape and int((y != -100).sum()) == sum(mask[1:])
 
 
@@ -78,7 +78,7 @@ def test_loss_is_log_2_when_the_policy_is_the_reference(base):
                         [{"role": "assistant", "content": r["rejected"]}], "t")
              for r in toy_pairs(6)]
     ref = dpo.reference_logps(model, tok, pairs, 64, "cpu", batch_size=4)
-    x, y = dpo.collate(dpo.pair_rows(tok, pairs, 64), dpo.pad_id(tok))  # other batching
+    x, y = dpo.pair_batch(tok, pairs, 64, "cpu")  # other batching
     with torch.no_grad():
         lp = dpo.sequence_logps(model.train(), x, y)
     loss, stats = dpo.dpo_loss(torch.stack(lp.chunk(2), dim=1), ref, 0.1)
@@ -161,14 +161,14 @@ def test_versus_judges_each_answer_after_its_own_prompt(base, tmp_path):
     """compare_to_parent with a reward model as judge: every answer is scored after the prompt
     it answered, also where two held-out items share a subject (one identity question asked
     with and without a system prompt)."""
+    from llmos import reward_model
     from llmos.data.conversations import Conversation
-    from llmos.train import reward
 
     _, ckpt = base
     torch.manual_seed(0)
-    rm = reward.RewardModel(checkpoint.load_model(ckpt))
+    rm = reward_model.RewardModel(checkpoint.load_model(ckpt))
     torch.nn.init.normal_(rm.score.weight, std=0.5)
-    reward.save_reward_model(tmp_path / "rm", rm.eval(), ckpt, {})
+    reward_model.save_reward_model(tmp_path / "rm", rm.eval(), ckpt, {})
     child = checkpoint.load_model(ckpt)
     with torch.no_grad():
         child.lm_head.weight.mul_(1.5)  # answers differ from the parent's, so the judge is asked
@@ -183,7 +183,7 @@ def test_versus_judges_each_answer_after_its_own_prompt(base, tmp_path):
     pairs = json.loads((tmp_path / "child" / "compare_parent.json").read_text())["pairs"]
     items = json.loads((tmp_path / "child" / "eval_assistant.json").read_text())["items"]
     assert len(pairs) == len(items) == 2
-    model, tok = reward.load_reward_model(tmp_path / "rm")
+    model, tok = reward_model.load_reward_model(tmp_path / "rm")
     for conv, item, pair in zip(heldout, items, pairs):
-        expected = reward.score(model, tok, [conv.messages[:-1] + item["transcript"]])[0]
+        expected = reward_model.score(model, tok, [conv.messages[:-1] + item["transcript"]])[0]
         assert pair["rewards"][0] == pytest.approx(expected, abs=1e-5)

@@ -14,7 +14,7 @@ import test_serve
 from test_serve import run_server
 
 from llmos.serve import accounts, labeling
-from llmos.serve import labels as L
+from llmos.serve import label_store as store
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
 PASSWORD = "correct horse"
@@ -69,32 +69,33 @@ def test_cohen_kappa_and_agreement():
     # Two raters, 10 items: agree on 7; A says x 5 times, B 6 times.
     pairs = [("x", "x")] * 4 + [("y", "y")] * 3 + [("x", "y")] + [("y", "x")] * 2
     # p_o = 0.7, p_e = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.2 / 0.5
-    assert L.cohen_kappa(pairs) == pytest.approx(0.4)
-    assert L.cohen_kappa([("x", "x")] * 3) is None  # one category: undefined
-    assert L.cohen_kappa([]) is None
+    assert store.cohen_kappa(pairs) == pytest.approx(0.4)
+    assert store.cohen_kappa([("x", "x")] * 3) is None  # one category: undefined
+    assert store.cohen_kappa([]) is None
     pos = {1: 0, 2: 1, 3: 2}
     labels = [{"item": 1, "user": 1, "ranking": [1, 2, 3], "positions": pos},
               {"item": 1, "user": 2, "ranking": [1, 3, 2], "positions": pos},
               {"item": 2, "user": 1, "ranking": [3], "positions": pos},
               {"item": 2, "user": 2, "ranking": [2], "positions": pos}]
-    got = L.compare_agreement(labels)
+    got = store.compare_agreement(labels)
     assert got["pairs"] == 2 and got["same_best"] == 0.5
     assert got["pair_order_agreement"] == pytest.approx(2 / 3)  # (1,2) (1,3) agree, (2,3) not
 
 
 def test_upload_parsing_names_every_bad_line():
-    good = L.parse_upload(b'{"prompt": "a"}\n\n{"messages": [{"role": "user", "content": "b"},'
+    good = store.parse_upload(b'{"prompt": "a"}\n\n{"messages": [{"role": "user", "content": "b"},'
                           b' {"role": "assistant", "content": "x"}]}\n', "jsonl")
     assert [p for p, _ in good] == [[{"role": "user", "content": "a"}],
                                     [{"role": "user", "content": "b"}]]
-    with pytest.raises(L.UploadError) as e:
-        L.parse_upload(b'{"prompt": "ok"}\n[1]\n{"prompt": ""}\n{"prompt": "x", "answers": ["a"]}'
-                       b'\n{"messages": [{"role": "user", "content": "q"}, {"role": "user"}]}\n'
-                       b'not json\n', "jsonl")
+    with pytest.raises(store.UploadError) as e:
+        store.parse_upload(b'{"prompt": "ok"}\n[1]\n{"prompt": ""}\n'
+                           b'{"prompt": "x", "answers": ["a"]}\n'
+                           b'{"messages": [{"role": "user", "content": "q"}, {"role": "user"}]}\n'
+                           b'not json\n', "jsonl")
     assert [n for n, _ in e.value.problems] == [2, 3, 4, 5, 6]
     assert "line 6: not valid JSON" in str(e.value) and "nothing was imported" in str(e.value)
-    with pytest.raises(L.UploadError, match="line 2: not valid UTF-8"):
-        L.parse_upload(b"fine\n\xff\xfe bad\n", "text")
+    with pytest.raises(store.UploadError, match="line 2: not valid UTF-8"):
+        store.parse_upload(b"fine\n\xff\xfe bad\n", "text")
 
 
 # ---- over HTTP ---------------------------------------------------------------------------------
@@ -321,10 +322,10 @@ def test_cli_label_user_and_export(tmp_path, capsys, monkeypatch):
         "added owner ann", "added labeler bob", "new password for bob"]
     engine = db.open_database(url)
     with db.session(engine) as s:
-        p = L.add_project(s, "demo")
-        L.add_items(s, p, L.parse_upload(b"hello\nhow are you?\n", "text"))
+        p = store.add_project(s, "demo")
+        store.add_items(s, p, store.parse_upload(b"hello\nhow are you?\n", "text"))
         for item_id, text in ((1, "Hi!"), (2, "Well, thanks.")):
-            L.submit(s, s.get(L.Item, item_id), 2, "write", text)
+            store.submit(s, s.get(store.Item, item_id), 2, "write", text)
     engine.dispose()
     out = tmp_path / "out" / "c.jsonl"
     main(["label", "export", "--db", url, "--project", "demo", "--out", str(out)])
@@ -349,8 +350,8 @@ def test_a_review_request_is_cut_to_the_models_context(memorised):
     from llmos import tokenizer as tk
 
     tok = tk.load(memorised)
-    label = L.Label(kind="write", content="Hello! How can I help you today?")
-    messages = labeling.critique_messages(L.DEFAULT_INSTRUCTIONS,
+    label = store.Label(kind="write", content="Hello! How can I help you today?")
+    messages = labeling.critique_messages(store.DEFAULT_INSTRUCTIONS,
                                           [{"role": "user", "content": "Hello!"}], label, {})
     full = len(chat_format.render(tok, messages, add_generation_prompt=True).ids)
     roomy = SimpleNamespace(tok=tok, context=full + 64)
@@ -358,7 +359,7 @@ def test_a_review_request_is_cut_to_the_models_context(memorised):
     small = SimpleNamespace(tok=tok, context=full // 2 + 64)
     cut = labeling.fit_instructions(small, messages, 64)
     assert len(chat_format.render(tok, cut, add_generation_prompt=True).ids) + 64 <= small.context
-    assert L.DEFAULT_INSTRUCTIONS.startswith(cut[0]["content"]) and cut[1:] == messages[1:]
+    assert store.DEFAULT_INSTRUCTIONS.startswith(cut[0]["content"]) and cut[1:] == messages[1:]
     assert labeling.fit_instructions(SimpleNamespace(tok=tok, context=40), messages, 64) is None
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import pretrained_tiny, write_jsonl
 
-from llmos import checkpoint
+from llmos import checkpoint, reward_model
 from llmos import tokenizer as tokenizers_
 from llmos.cli import main
 from llmos.train import reward
@@ -88,7 +88,7 @@ def test_training_on_the_worst_ranked_pairs(base, tmp_path, capsys):
 
 def random_reward_model(ckpt, seed=0):
     torch.manual_seed(seed)
-    model = reward.RewardModel(checkpoint.load_model(ckpt))
+    model = reward_model.RewardModel(checkpoint.load_model(ckpt))
     torch.nn.init.normal_(model.score.weight, std=0.5)
     return model.eval()
 
@@ -105,13 +105,13 @@ def test_scores_do_not_depend_on_batching_and_survive_save_and_load(base, tmp_pa
     _, ckpt = base
     model = random_reward_model(ckpt)
     tok = tokenizers_.load(ckpt)
-    together = reward.score(model, tok, CONVERSATIONS)
-    alone = [reward.score(model, tok, [c])[0] for c in CONVERSATIONS]
+    together = reward_model.score(model, tok, CONVERSATIONS)
+    alone = [reward_model.score(model, tok, [c])[0] for c in CONVERSATIONS]
     assert together == pytest.approx(alone, abs=1e-5)
     assert len(set(together)) == 3
-    reward.save_reward_model(tmp_path / "rm", model, ckpt, {"note": "test"})
-    loaded, tok2 = reward.load_reward_model(tmp_path / "rm")
-    assert reward.score(loaded, tok2, CONVERSATIONS) == pytest.approx(together, abs=1e-6)
+    reward_model.save_reward_model(tmp_path / "rm", model, ckpt, {"note": "test"})
+    loaded, tok2 = reward_model.load_reward_model(tmp_path / "rm")
+    assert reward_model.score(loaded, tok2, CONVERSATIONS) == pytest.approx(together, abs=1e-6)
 
 
 def test_transformers_sequence_classification_gives_the_same_scores(base, tmp_path):
@@ -119,16 +119,16 @@ def test_transformers_sequence_classification_gives_the_same_scores(base, tmp_pa
     _, ckpt = base
     model = random_reward_model(ckpt, seed=1)
     tok = tokenizers_.load(ckpt)
-    reward.save_reward_model(tmp_path / "rm", model, ckpt, {})
+    reward_model.save_reward_model(tmp_path / "rm", model, ckpt, {})
     config = json.loads((tmp_path / "rm" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"]
     assert config["pad_token_id"] == tok.token_to_id("<|pad|>") and config["num_labels"] == 1
     hf = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
-    rows = [reward.encode(tok, c, 64) for c in CONVERSATIONS]
-    x, _ = reward.collate(rows, reward.pad_id(tok))  # right-padded, as score() batches them
+    rows = [reward_model.encode(tok, c, 64) for c in CONVERSATIONS]
+    x, _ = reward_model.collate(rows, tokenizers_.pad_id(tok))  # right-padded, as score() pads
     with torch.no_grad():
         theirs = hf(input_ids=x).logits[:, 0].tolist()
-    assert theirs == pytest.approx(reward.score(model, tok, CONVERSATIONS), abs=1e-4)
+    assert theirs == pytest.approx(reward_model.score(model, tok, CONVERSATIONS), abs=1e-4)
 
 
 def test_rewards_are_fp32_under_bf16_autocast(base):
@@ -136,11 +136,11 @@ def test_rewards_are_fp32_under_bf16_autocast(base):
     model = random_reward_model(ckpt, seed=2)
     torch.nn.init.normal_(model.score.weight, std=20.0)  # rewards far from 0, as trained ones
     tok = tokenizers_.load(ckpt)
-    x, last = reward.collate([reward.encode(tok, c, 64) for c in CONVERSATIONS],
-                             reward.pad_id(tok))
+    x, last = reward_model.collate([reward_model.encode(tok, c, 64) for c in CONVERSATIONS],
+                                   tokenizers_.pad_id(tok))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         r = model(x, last)
-        h = reward.hidden_states(model.body, x)[torch.arange(3), last]
+        h = reward_model.hidden_states(model.body, x)[torch.arange(3), last]
     assert r.dtype == torch.float32
     assert torch.equal(r, h.float() @ model.score.weight[0])  # the head itself not rounded
     assert (r.to(torch.bfloat16).float() != r).any()  # what a bf16 head would have lost
@@ -157,8 +157,8 @@ def test_keep_worst_ranked_keeps_the_pairs_with_the_lowest_margins(base):
     x, last = reward.keep_worst_ranked(model, reward.pair_batch(tok, pairs, 64, "cpu"), 2)
     assert torch.equal(x, reward.pair_batch(tok, [pairs[i] for i in worst], 64, "cpu")[0])
     assert model(x, last).tolist() == pytest.approx(
-        reward.score(model, tok, [pairs[i].prompt + pairs[i].chosen for i in worst]
-                     + [pairs[i].prompt + pairs[i].rejected for i in worst]), abs=1e-5)
+        reward_model.score(model, tok, [pairs[i].prompt + pairs[i].chosen for i in worst]
+                           + [pairs[i].prompt + pairs[i].rejected for i in worst]), abs=1e-5)
 
 
 def test_the_language_model_loss_is_the_parents_on_the_chosen_answers(base):
@@ -222,7 +222,7 @@ def test_outputs_read_the_head_at_every_position(base):
 def test_a_language_model_is_not_a_reward_model(base):
     _, ckpt = base
     with pytest.raises(ValueError, match="not a reward model"):
-        reward.load_reward_model(ckpt)
+        reward_model.load_reward_model(ckpt)
 
 
 def test_pair_order_buckets_by_length_and_resumes_exactly():
@@ -247,7 +247,7 @@ def test_long_conversations_keep_their_end(base):
     _, ckpt = base
     tok = tokenizers_.load(ckpt)
     long = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
-    ids = reward.encode(tok, long, 64)
+    ids = reward_model.encode(tok, long, 64)
     assert len(ids) == 64 and "ok" in tok.decode(ids[-8:], skip_special_tokens=False)
 
 
@@ -260,8 +260,8 @@ def test_cli_reward_end_to_end(base, tmp_path, capsys):
           "reward.val_fraction=0.25"])
     out = capsys.readouterr().out
     assert "held-out pairwise accuracy" in out and "margin p5" in out
-    model, tok = reward.load_reward_model(tmp_path / "cli" / "reward")
-    assert len(reward.score(model, tok, CONVERSATIONS)) == 3
+    model, tok = reward_model.load_reward_model(tmp_path / "cli" / "reward")
+    assert len(reward_model.score(model, tok, CONVERSATIONS)) == 3
     with pytest.raises(SystemExit):  # an existing checkpoint is not replaced silently
         main(["reward", "--model", str(ckpt), "--data", str(data), "--runs-dir",
               str(tmp_path), "--name", "cli"])

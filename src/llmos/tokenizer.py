@@ -100,6 +100,13 @@ def eot_id(tok: Tokenizer) -> int:
     return ids[0]
 
 
+def pad_id(tok: Tokenizer) -> int:
+    """What fills a batch's rows past their end: <|pad|> where the vocabulary has it, else the
+    end-of-text token (its position is never trained on or read)."""
+    pad = tok.token_to_id("<|pad|>")
+    return eot_id(tok) if pad is None else pad
+
+
 def end_ids(tok: Tokenizer) -> list[int]:
     """Every token that ends generation: the configs' eos tokens, then the END_TOKENS present."""
     ids = list(getattr(tok, "eos_ids", None) or [])

@@ -3,7 +3,7 @@
     verifier        prompts with a reference answer: each answer is scored as the held-out
                     evaluation scores it (evals/assistant.py `score`); the correct one wins,
                     both correct is a tie, both wrong is "tie (bothbad)"
-    reward:PATH     a reward model (llmos.train.reward): the higher score wins
+    reward:PATH     a reward model (llmos.reward_model): the higher score wins
     openai:URL#M    an LLM judge behind any OpenAI-compatible endpoint, asked with a pairwise
                     prompt in the manner of MT-bench and parsed for [[A]], [[B]] or [[C]] (tie)
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llmos import reward_model
 from llmos.evals.assistant import F1_THRESHOLD, score
 
 
@@ -65,19 +66,14 @@ class RewardJudge:
     """The answer the reward model scores higher wins; scores within `tie_margin` tie."""
 
     def __init__(self, path: str, tie_margin: float | None = None):
-        try:
-            from llmos.train import reward
-        except ImportError as e:
-            raise ValueError(f"judge reward:{path}: reward models are not available in this "
-                             f"llmos (llmos.train.reward: {e})") from e
-        self.name, self.reward = f"reward:{path}", reward
-        self.tie_margin = reward.TIE_MARGIN if tie_margin is None else tie_margin
-        self.model, self.tok = reward.load_reward_model(path)
+        self.name = f"reward:{path}"
+        self.tie_margin = reward_model.TIE_MARGIN if tie_margin is None else tie_margin
+        self.model, self.tok = reward_model.load_reward_model(path)
 
     def __call__(self, item: Item, answer_a: str, answer_b: str) -> Verdict:
         convs = [item.messages + [{"role": "assistant", "content": x}]
                  for x in (answer_a, answer_b)]
-        ra, rb = self.reward.score(self.model, self.tok, convs)
+        ra, rb = reward_model.score(self.model, self.tok, convs)
         note = f"rewards {ra:.4f} / {rb:.4f}"
         if abs(ra - rb) <= self.tie_margin:
             return Verdict("tie", note)

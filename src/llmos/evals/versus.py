@@ -6,7 +6,7 @@ the loop; `llmos.evals.assistant`). Each question is one pair, decided by
 1. the verifier: one answer is correct and the other is not (exact result, program output,
    signature, identity; word F1 >= 0.5 against the gold answer for free text);
 2. otherwise, when a reward model is given and the answers differ, the higher reward;
-3. otherwise a tie (the same answer, rewards within `reward.TIE_MARGIN` of each other, or both
+3. otherwise a tie (the same answer, rewards within `reward_model.TIE_MARGIN` of each other, or both
    right or both wrong with no reward model).
 
 The win rate is wins / (wins + losses): ties are left out ("decided pairs"). The summary splits
@@ -26,7 +26,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.conversations import Conversation, read_conversations
 from llmos.evals import assistant
-from llmos.train.reward import TIE_MARGIN
+from llmos.reward_model import TIE_MARGIN, load_reward_model, score
 
 HELDOUT = "builtin:assistant:heldout"
 
@@ -79,8 +79,6 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
                        parent / "eval_assistant.json")
     rewards = None
     if judge is not None:
-        from llmos.train.reward import load_reward_model, score
-
         # Both evaluations asked the plan's questions in its order; a subject alone does not
         # name the prompt (one identity question is asked with and without a system prompt).
         prompts = [assistant.prompt_of(c) for c in assistant.plan(heldout, limit)]

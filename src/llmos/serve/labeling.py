@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from llmos.serve import accounts, db
-from llmos.serve import labels as L
+from llmos.serve import label_store as store
 from llmos.serve.served import load_models
 
 STATIC = Path(__file__).parent / "static"
@@ -80,7 +80,7 @@ def generate(served, messages: list[dict], temperature: float, max_tokens: int,
         cancel.set()
 
 
-def critique_messages(instructions: str, prompt: list[dict], label: L.Label,
+def critique_messages(instructions: str, prompt: list[dict], label: store.Label,
                       answers: dict[int, str]) -> list[dict]:
     """The review request: the project's instructions as the system prompt, then the label."""
     asked = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
@@ -201,20 +201,20 @@ def label_router(engine, models: dict) -> APIRouter:
                      httponly=True, samesite="lax", path="/")
         return r
 
-    def project_of(s, pid: int) -> L.Project:
-        p = s.get(L.Project, pid)
+    def project_of(s, pid: int) -> store.Project:
+        p = s.get(store.Project, pid)
         if p is None:
             raise HTTPException(404, f"no project {pid}")
         return p
 
-    def item_of(s, iid: int) -> L.Item:
-        item = s.get(L.Item, iid)
+    def item_of(s, iid: int) -> store.Item:
+        item = s.get(store.Item, iid)
         if item is None:
             raise HTTPException(404, f"no item {iid}")
         return item
 
-    def label_of(s, lid: int, u: dict) -> L.Label:
-        label = s.get(L.Label, lid)
+    def label_of(s, lid: int, u: dict) -> store.Label:
+        label = s.get(store.Label, lid)
         if label is None or (label.user_id != u["id"] and u["role"] != "owner"):
             raise HTTPException(404, f"no label {lid} of yours")
         return label
@@ -284,19 +284,19 @@ def label_router(engine, models: dict) -> APIRouter:
     @router.get(api + "/projects")
     def projects(_: Me):
         with db.session(engine) as s:
-            return [p.public() | {"items": L.project_stats(s, p)["items"]}
-                    for p in s.scalars(select(L.Project).order_by(L.Project.id))]
+            return [p.public() | {"items": store.project_stats(s, p)["items"]}
+                    for p in s.scalars(select(store.Project).order_by(store.Project.id))]
 
     @router.post(api + "/projects")
     def add_project(req: NewProject, _: Owner):
-        return transact(lambda s: L.add_project(s, req.name, req.instructions, req.overlap,
+        return transact(lambda s: store.add_project(s, req.name, req.instructions, req.overlap,
                                                 req.answers).public())
 
     @router.get(api + "/projects/{pid}")
     def project(pid: int, _: Me):
         with db.session(engine) as s:
             p = project_of(s, pid)
-            return p.public() | {"stats": L.project_stats(s, p)}
+            return p.public() | {"stats": store.project_stats(s, p)}
 
     @router.put(api + "/projects/{pid}")
     def update_project(pid: int, req: ProjectUpdate, _: Owner):
@@ -314,10 +314,10 @@ def label_router(engine, models: dict) -> APIRouter:
     async def upload(pid: int, request: Request, _: Owner, format: str = "jsonl"):
         data = await request.body()
         try:
-            rows = L.parse_upload(data, format)
+            rows = store.parse_upload(data, format)
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
-        return await run_in_threadpool(transact, lambda s: L.add_items(s, project_of(s, pid),
+        return await run_in_threadpool(transact, lambda s: store.add_items(s, project_of(s, pid),
                                                                          rows))
 
     @router.get(api + "/projects/{pid}/export")
@@ -325,24 +325,24 @@ def label_router(engine, models: dict) -> APIRouter:
         with db.session(engine) as s:
             p = project_of(s, pid)
             if kind == "conversations":
-                rows = L.export_conversations(s, p)
+                rows = store.export_conversations(s, p)
             elif kind == "comparisons":
-                rows = L.export_comparisons(s, p)
+                rows = store.export_comparisons(s, p)
             else:
                 raise HTTPException(400, "kind must be conversations or comparisons")
             name = f"{p.name}-{kind}.jsonl".replace(" ", "_").replace('"', "")
-        return PlainTextResponse(L.to_jsonl(rows), media_type="application/x-ndjson",
+        return PlainTextResponse(store.to_jsonl(rows), media_type="application/x-ndjson",
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     # ---- labeling ----
 
     @router.get(api + "/projects/{pid}/next")
     def next_item(pid: int, u: Me, kind: str = "write", skip: str = ""):
-        if kind not in L.KINDS:
-            raise HTTPException(400, f"kind must be one of {', '.join(L.KINDS)}")
+        if kind not in store.KINDS:
+            raise HTTPException(400, f"kind must be one of {', '.join(store.KINDS)}")
         skipped = [int(x) for x in skip.split(",") if x.strip().isdigit()]
         with db.session(engine) as s:
-            item = L.next_item(s, project_of(s, pid), u["id"], kind, skipped)
+            item = store.next_item(s, project_of(s, pid), u["id"], kind, skipped)
             if item is None:
                 return {"item": None}
             return {"item": {"id": item.id, "prompt": item.prompt}}
@@ -360,13 +360,14 @@ def label_router(engine, models: dict) -> APIRouter:
         random.Random(f"{u['id']}-{iid}").shuffle(rows)  # each labeler sees their own order
         return {"answers": [{"id": a.id, "content": a.content} for a in rows]}
 
-    def candidates(iid: int) -> list[L.Answer]:
+    def candidates(iid: int) -> list[store.Answer]:
         """The item's compare answers: uploaded ones, else sampled once from the served models
         (round robin) and stored, so every labeler ranks the same texts."""
         with db.session(engine) as s:
             item = item_of(s, iid)
-            have = L.candidates(s, iid)
-            k, prompt, given = s.get(L.Project, item.project_id).answers, item.prompt, item.given
+            have = store.candidates(s, iid)
+            k = s.get(store.Project, item.project_id).answers
+            prompt, given = item.prompt, item.given
         if have:
             return have
         if given:
@@ -376,11 +377,11 @@ def label_router(engine, models: dict) -> APIRouter:
         try:
             with db.session(engine) as s:
                 for i, (model, text) in enumerate(texts):
-                    s.add(L.Answer(item_id=iid, position=i, model=model, content=text))
+                    s.add(store.Answer(item_id=iid, position=i, model=model, content=text))
         except IntegrityError:
             pass  # another labeler's request stored them first: use theirs
         with db.session(engine) as s:
-            return L.candidates(s, iid)
+            return store.candidates(s, iid)
 
     def sample_answers(prompt: list[dict], k: int) -> list[tuple[str, str]]:
         if not models:
@@ -404,7 +405,7 @@ def label_router(engine, models: dict) -> APIRouter:
     @router.post(api + "/items/{iid}/labels")
     def submit(iid: int, req: LabelIn, u: Me):
         def work(s):
-            label = L.submit(s, item_of(s, iid), u["id"], req.kind, req.content, req.ranking,
+            label = store.submit(s, item_of(s, iid), u["id"], req.kind, req.content, req.ranking,
                              req.reason, req.draft)
             return label_view(s, label)
 
@@ -414,19 +415,19 @@ def label_router(engine, models: dict) -> APIRouter:
     def my_labels(pid: int, u: Me, all: bool = False):
         with db.session(engine) as s:
             project_of(s, pid)
-            q = (select(L.Label).join(L.Item, L.Item.id == L.Label.item_id)
-                 .where(L.Item.project_id == pid).order_by(L.Label.id.desc()))
+            q = (select(store.Label).join(store.Item, store.Item.id == store.Label.item_id)
+                 .where(store.Item.project_id == pid).order_by(store.Label.id.desc()))
             if not (all and u["role"] == "owner"):
-                q = q.where(L.Label.user_id == u["id"])
+                q = q.where(store.Label.user_id == u["id"])
             return [label_view(s, x) for x in s.scalars(q.limit(500))]
 
     @router.post(api + "/labels/{lid}/critique")
     def critique(lid: int, u: Me):
         with db.session(engine) as s:
             label = label_of(s, lid, u)
-            item = s.get(L.Item, label.item_id)
-            instructions = s.get(L.Project, item.project_id).instructions
-            texts = {a.id: a.content for a in L.candidates(s, item.id)}
+            item = s.get(store.Item, label.item_id)
+            instructions = s.get(store.Project, item.project_id).instructions
+            texts = {a.id: a.content for a in store.candidates(s, item.id)}
             messages = critique_messages(instructions, item.prompt, label, texts)
         served = first_model()
         fitted = fit_instructions(served, messages, room=min(CRITIQUE["max_tokens"],
@@ -455,7 +456,7 @@ def label_router(engine, models: dict) -> APIRouter:
     @router.post(api + "/labels/{lid}/revise")
     def revise(lid: int, req: RevisionIn, u: Me):
         def work(s):
-            label = L.revise(s, label_of(s, lid, u), req.content, req.ranking, req.reason)
+            label = store.revise(s, label_of(s, lid, u), req.content, req.ranking, req.reason)
             return label_view(s, label)
 
         return transact(work)
@@ -463,15 +464,15 @@ def label_router(engine, models: dict) -> APIRouter:
     return router
 
 
-def label_view(s, label: L.Label) -> dict:
-    item = s.get(L.Item, label.item_id)
+def label_view(s, label: store.Label) -> dict:
+    item = s.get(store.Item, label.item_id)
     out = {"id": label.id, "item": label.item_id, "kind": label.kind, "prompt": item.prompt,
            "content": label.content, "ranking": label.ranking, "reason": label.reason,
            "status": label.status, "critique": label.critique, "user": label.user_id,
-           "revisions": len(s.scalars(select(L.Revision.id).where(
-               L.Revision.label_id == label.id)).all())}
+           "revisions": len(s.scalars(select(store.Revision.id).where(
+               store.Revision.label_id == label.id)).all())}
     if label.kind == "compare":
-        by_id = {a.id: a for a in L.candidates(s, item.id)}
+        by_id = {a.id: a for a in store.candidates(s, item.id)}
         out["answers"] = [{"id": i, "content": by_id[i].content, "model": by_id[i].model}
                           for i in label.ranking]
     return out
@@ -543,16 +544,16 @@ def export_file(database, project: str, kind: str, out: str | Path) -> int:
     engine = db.open_database(database)
     try:
         with db.session(engine) as s:
-            p = s.scalar(select(L.Project).where(L.Project.name == project))
+            p = s.scalar(select(store.Project).where(store.Project.name == project))
             if p is None:
-                names = ", ".join(s.scalars(select(L.Project.name))) or "none"
+                names = ", ".join(s.scalars(select(store.Project.name))) or "none"
                 raise ValueError(f"no project named {project!r} (projects: {names})")
-            rows = (L.export_conversations(s, p) if kind == "conversations"
-                    else L.export_comparisons(s, p))
+            rows = (store.export_conversations(s, p) if kind == "conversations"
+                    else store.export_comparisons(s, p))
     finally:
         engine.dispose()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(L.to_jsonl(rows), encoding="utf-8")
+    Path(out).write_text(store.to_jsonl(rows), encoding="utf-8")
     return len(rows)
 
 

@@ -59,11 +59,6 @@ def answer_tokens(tok, prompt: list[dict], answer: list[dict], max_len: int
     return full.ids[-keep:], mask[-keep:]
 
 
-def pad_id(tok) -> int:
-    pad = tok.token_to_id("<|pad|>")
-    return tokenizers_.eot_id(tok) if pad is None else pad
-
-
 def collate(rows: list[tuple[list[int], list[int]]], pad: int, device: str = "cpu"
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) rows -> inputs [N, T] and targets [N, T] (-100 where not trained)."""
@@ -83,6 +78,12 @@ def pair_rows(tok, pairs: list[Comparison], max_len: int) -> list[tuple[list[int
             + [answer_tokens(tok, p.prompt, p.rejected, max_len) for p in pairs])
 
 
+def pair_batch(tok, pairs: list[Comparison], max_len: int, device: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """B pairs -> inputs and targets [2B, T]: the B chosen answers, then the B rejected."""
+    return collate(pair_rows(tok, pairs, max_len), tokenizers_.pad_id(tok), device)
+
+
 def sequence_logps(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Sum of log p(target) over each row's trained tokens: [N]."""
     logits = model(x).float()
@@ -98,7 +99,7 @@ def reference_logps(model, tok, pairs: list[Comparison], max_len: int, device: s
     out = []
     for s in range(0, len(pairs), batch_size):
         chunk = pairs[s:s + batch_size]
-        x, y = collate(pair_rows(tok, chunk, max_len), pad_id(tok), device)
+        x, y = pair_batch(tok, chunk, max_len, device)
         lp = sequence_logps(model, x, y).cpu()
         out.append(torch.stack(lp.chunk(2), dim=1))
     return torch.cat(out) if out else torch.zeros(0, 2)
@@ -157,7 +158,7 @@ def heldout_metrics(model, tok, pairs, ref: torch.Tensor, cfg, max_len: int, dev
     total: dict = {}
     loss_sum = 0.0
     for s in range(0, len(pairs), batch_size):
-        x, y = collate(pair_rows(tok, pairs[s:s + batch_size], max_len), pad_id(tok), device)
+        x, y = pair_batch(tok, pairs[s:s + batch_size], max_len, device)
         lp = sequence_logps(model, x, y)
         loss, stats = dpo_loss(torch.stack(lp.chunk(2), dim=1), ref[s:s + batch_size].to(device),
                                cfg.beta, cfg.loss, cfg.label_smoothing)
@@ -211,8 +212,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 
         def next_batch():
             idx = order.next()
-            x, y = collate(pair_rows(tok, [train_pairs[i] for i in idx], max_len), pad_id(tok),
-                           rt.device)
+            x, y = pair_batch(tok, [train_pairs[i] for i in idx], max_len, rt.device)
             return x, y, ref_train[idx].to(rt.device)
 
         def loss(m, batch):
@@ -234,7 +234,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 
         stage = Stage(
             name="dpo", next_batch=next_batch, loss=loss,
-            tokens=lambda b: int((b[0] != pad_id(tok)).sum()),
+            tokens=lambda b: int((b[0] != tokenizers_.pad_id(tok)).sum()),
             data_state=order.state_dict, load_data_state=order.load_state_dict,
             evaluate=(lambda m: heldout_metrics(m, tok, held_eval, ref_held, d, max_len,
                                                 rt.device)) if held_eval else None,

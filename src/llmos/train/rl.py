@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmos import chat_format, checkpoint
+from llmos import chat_format, checkpoint, reward_model
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.evals.assistant import NUMBER, contains_number, prompt_of, score
@@ -205,14 +205,11 @@ def verify(p: Prompt, content: str) -> float:
 class Scorer:
     """Rewards for (prompt, answer text) pairs: the verifier, or a reward model when given."""
 
-    def __init__(self, reward_model: str = "", device: str = "cpu"):
+    def __init__(self, judge_dir: str = "", device: str = "cpu"):
         self.rm = None
-        if reward_model:
-            from llmos.train import reward
-
-            self.rm, self.rm_tok = reward.load_reward_model(reward_model, device)
+        if judge_dir:  # an `llmos reward` checkpoint
+            self.rm, self.rm_tok = reward_model.load_reward_model(judge_dir, device)
             self.rm.eval()
-            self._score = reward.score
 
     def __call__(self, prompts: list[Prompt], turns: list[dict], calls: list[bool]
                  ) -> tuple[list[float], list[float]]:
@@ -225,7 +222,7 @@ class Scorer:
             return [0.0 if math.isnan(x) else x for x in correct], correct
         convs = [p.messages + [t] for p, t in zip(prompts, turns)]
         with torch.no_grad():
-            return [float(r) for r in self._score(self.rm, self.rm_tok, convs)], correct
+            return [float(r) for r in reward_model.score(self.rm, self.rm_tok, convs)], correct
 
 
 # ---- the RL pieces (pure functions, tested by hand) ---------------------------------------------

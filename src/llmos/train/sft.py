@@ -58,8 +58,7 @@ class Packed:
 def pack(tok, conversations: list[Conversation], seq_len: int, seed: int) -> Packed:
     """Render, then fill rows of seq_len greedily in a shuffled order. A conversation longer
     than a row is left out and counted, never cut."""
-    pad = tok.token_to_id("<|pad|>")
-    pad = tokenizers_.eot_id(tok) if pad is None else pad
+    pad = tokenizers_.pad_id(tok)
     examples, too_long = [], 0
     for c in conversations:
         r = chat_format.render(tok, c.messages)
