@@ -6,7 +6,7 @@ checkpoint, greedy, with the built-in tools in the loop.
 
 Reports the share of well-formed turns (ended by <|im_end|>, no malformed tool call), of valid
 tool calls, arithmetic accuracy with the calculator and without it, and accuracy on the
-python, signature, docstring, follow-up and identity questions (see llmos.evals.assistant for
+python, signature, docstring, follow-up and identity questions (see llmos.evals.assistant_tasks for
 how each is scored). The held-out questions are about functions and modules that SFT never
 saw, so docstring answers test what pretraining stored. Prints one JSON line; with --out, the
 per-item prompts and answers are written there for auditing.
@@ -22,7 +22,7 @@ from pathlib import Path
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.conversations import read_conversations
-from llmos.evals import assistant
+from llmos.evals import assistant_tasks
 
 TARGETS = {"well_formed_turns": 0.98, "valid_tool_calls": 0.99, "arithmetic_acc": 0.90}
 
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     model, tok = checkpoint.load_model(args.model).eval(), tokenizers_.load(args.model)
     heldout, _ = read_conversations(["builtin:assistant:heldout"])
     print(f"answering {args.limit} of {len(heldout)} held-out conversations...", file=sys.stderr)
-    result = assistant.evaluate(model, tok, heldout, args.limit)
+    result = assistant_tasks.evaluate(model, tok, heldout, args.limit)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     summary = {k: round(v, 4) if isinstance(v, float) else v

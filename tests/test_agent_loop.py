@@ -8,7 +8,7 @@ import pytest
 from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import STOP, respond
 from llmos.agent.tools import BUILTIN_TOOLS
-from llmos.evals.assistant import contains_number, score, word_f1
+from llmos.envs.verifiers import contains_number, score, word_f1
 from llmos.infer.engine import SamplingParams
 
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "%s"}}\n</tool_call>'

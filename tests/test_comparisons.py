@@ -11,8 +11,9 @@ import types
 import pytest
 
 from llmos.data import comparisons as cmp
-from llmos.data.assistant import is_heldout
-from llmos.data.conversations import Conversation
+from llmos.data.builtin import comparisons as builtin_cmp
+from llmos.data.builtin.turns import is_heldout
+from llmos.data.records import ComparisonError, Conversation
 from llmos.data.sources import SourceError
 
 
@@ -91,7 +92,7 @@ def test_bad_rows_are_skipped_and_counted_with_their_lines(tmp_path):
 def test_missing_sources_and_empty_files_are_errors_that_say_what_is_accepted(tmp_path):
     with pytest.raises(SourceError, match="accepted comparison sources"):
         cmp.read_comparisons([str(tmp_path / "nope.jsonl")])
-    with pytest.raises(cmp.ComparisonError, match="no usable comparison"):
+    with pytest.raises(ComparisonError, match="no usable comparison"):
         cmp.read_comparisons([str(write_lines(tmp_path / "bad.jsonl", ["{"]))])
     with pytest.raises(SourceError, match="unknown builtin"):
         cmp.read_comparisons(["builtin:nothing"])
@@ -142,7 +143,7 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
         Conversation([user("In your head: 12 + 7 = ?"), bot("12 + 7 = 19.")], "t", "mental",
                      "12 + 7", "19"),
     ]
-    pairs = cmp._pairs(convs * 20, "builtin:comparisons", cmp._Wrong())
+    pairs = builtin_cmp._pairs(convs * 20, "builtin:comparisons", builtin_cmp._Wrong())
     kinds = {p.kind for p in pairs}
     assert {"wrong_sum", "skipped_tool", "wrong_docstring", "wrong_identity", "used_tool",
             "evasive", "looping"} <= kinds
@@ -161,14 +162,14 @@ def test_builtin_wrong_answers_are_plausible_and_wrong():
             assert text.startswith("`json.dumps`") and text != p.chosen[0]["content"]
         if p.kind == "looping":  # the gold answer's tool turns, then its text stuck in a loop
             assert p.rejected[:-1] == p.chosen[:-1]
-            assert len(p.rejected[-1]["content"]) >= cmp.LOOP_CHARS[0]
+            assert len(p.rejected[-1]["content"]) >= builtin_cmp.LOOP_CHARS[0]
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_a_looping_answer_starts_like_the_gold_one_and_repeats_a_span(seed):
     gold = "`json.dumps` serializes obj to a JSON formatted str."
-    text = cmp._looping(random.Random(seed), gold)
-    low, high = cmp.LOOP_CHARS
+    text = builtin_cmp._looping(random.Random(seed), gold)
+    low, high = builtin_cmp.LOOP_CHARS
     assert low <= len(text) <= high
     head = os.path.commonprefix([text, gold])
     assert head and not gold.startswith(text)  # it leaves the gold answer partway
@@ -180,7 +181,7 @@ def test_a_looping_answer_starts_like_the_gold_one_and_repeats_a_span(seed):
 
 @pytest.mark.slow
 def test_builtin_set_keeps_the_assistant_split():
-    train, held = cmp.builtin_comparisons()
+    train, held = builtin_cmp.builtin_comparisons()
     assert len(train) > 5 * len(held) > 0
     assert all(is_heldout(p.subject) for p in held)
     assert not any(is_heldout(p.subject) for p in train)

@@ -15,21 +15,15 @@ import types
 
 import pytest
 
-from llmos.data.assistant import (
-    MENTAL2_ITEMS,
-    MENTAL_REPEATS,
-    arithmetic_practice,
-    assistant_dataset,
-    is_heldout,
-)
-from llmos.data.conversations import (
+from llmos.data.builtin.arithmetic import MENTAL2_ITEMS, MENTAL_REPEATS, arithmetic_practice
+from llmos.data.builtin.assistant import assistant_dataset
+from llmos.data.builtin.turns import is_heldout
+from llmos.data.conversations import parse_messages, parse_record, read_conversations
+from llmos.data.records import (
     BadConversation,
     Conversation,
     ConversationError,
     ConversationSkips,
-    parse_messages,
-    parse_record,
-    read_conversations,
 )
 from llmos.data.sources import SourceError
 
@@ -323,7 +317,7 @@ def _digest(train, heldout) -> str:
 
 @pytest.mark.slow  # a second process parses the stdlib again: about 8 s on 2 cores
 def test_builtin_is_deterministic_across_processes(builtin):
-    code = ("from llmos.data.assistant import assistant_dataset; import json, hashlib; "
+    code = ("from llmos.data.builtin.assistant import assistant_dataset; import json, hashlib; "
             "t, h = assistant_dataset(); "
             "print(hashlib.sha256(json.dumps([[c.to_dict() for c in t], [c.to_dict() for c in h]"
             "]).encode()).hexdigest())")

@@ -12,7 +12,7 @@ from conftest import pretrained_tiny, write_jsonl
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.cli import main
-from llmos.data.comparisons import Comparison
+from llmos.data.records import Comparison
 from llmos.evals import versus
 from llmos.train import dpo
 
@@ -162,7 +162,7 @@ def test_versus_judges_each_answer_after_its_own_prompt(base, tmp_path):
     it answered, also where two held-out items share a subject (one identity question asked
     with and without a system prompt)."""
     from llmos import reward_model
-    from llmos.data.conversations import Conversation
+    from llmos.data.records import Conversation
 
     _, ckpt = base
     torch.manual_seed(0)

@@ -74,45 +74,6 @@ def test_kl_estimator_is_zero_at_the_reference_and_unbiased():
     assert k3.mean().item() == pytest.approx(float((p * (p / q).log()).sum()), rel=0.03)
 
 
-def test_the_verifier_wants_the_result_and_no_other_new_number():
-    q = "What is 416 - 50?"
-    assert rl.exact_number("366", q, "416 - 50 = 366.") == 1.0
-    assert rl.exact_number("366", q, "416 - 50 = 367.") == 0.0
-    assert rl.exact_number("366", q, "366 or 367") == 0.0  # listing guesses earns nothing
-    assert rl.exact_number("366", q, "It is 1,366.") == 0.0
-    # working shown digit by digit counts when every step holds
-    q = "What is 48 + 7? Answer without the calculator."
-    assert rl.exact_number("55", q, "8 + 7 = 15, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 1.0
-    assert rl.exact_number("55", q, "8 + 7 = 14, carry 1: 4 + 1 = 5, so 48 + 7 = 55.") == 0.0
-    assert rl.exact_number("55", q, "8 + 7 = 15, so 48 + 7 = 55 or 56.") == 0.0
-    # a step of three numbers (the tens with the carry or borrow) holds or not as a whole
-    q = "What is 48 + 37? Answer without the calculator."
-    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so 48 + 37 = 85.") == 1.0
-    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 + 1 = 9, so 48 + 37 = 85.") == 0.0
-    assert rl.exact_number("85", q, "8 + 7 = 15, carry 1: 4 + 3 = 8, so 48 + 37 = 85.") == 0.0
-    q = "What is 48 - 29? Answer without the calculator."
-    assert rl.exact_number("19", q, "18 - 9 = 9, borrow 1: 4 - 1 - 2 = 1, so 48 - 29 = 19.") == 1.0
-    assert rl.true_equation_numbers("-3 + 5 = 2, 10 - 2 * 3 = 4, 6 / 0 = 1") == {-3, 5, 2, 10, 3, 4}
-    p = rl.Prompt([{"role": "user", "content": "Write f(x) returning 2x."}],
-                  tests="assert f(2) == 4", task="python")
-    assert rl.verify(p, "```python\ndef f(x):\n    return 2 * x\n```") == 1.0
-    assert rl.verify(p, "```python\ndef f(x):\n    return x\n```") == 0.0
-
-
-def test_prompt_file_rows_and_bad_lines(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"prompt": "What is 2 + 2?", "answer": "4"}),
-        json.dumps({"prompt": [{"role": "user", "content": "f?"}], "tests": "assert f(1)"}),
-        json.dumps({"prompt": "Say hi", "answer": "hi"}),
-        json.dumps({"answer": "no prompt"}),
-        "not json",
-    ]))
-    train, held, skipped = rl.read_prompt_file(path, val_fraction=0.0)
-    assert skipped == 2 and not held
-    assert [p.task for p in train] == ["arithmetic", "python", "text"]
-
-
 # ---- a tiny model learns "always answer 7" ------------------------------------------------------
 
 

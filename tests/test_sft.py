@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.data.conversations import Conversation
+from llmos.data.records import Conversation
 from llmos.model import Transformer
 from llmos.train import lora, pretrain, sft
 

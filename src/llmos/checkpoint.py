@@ -291,3 +291,23 @@ def load_model(ckpt_dir: str | Path, device: str = "cpu") -> Transformer:
     sd = from_hf_state_dict(load_file(str(d / "model.safetensors")), cfg)
     model.load_state_dict(sd, strict=True)
     return model.to(device)
+
+
+def parent_identity(parent: Path) -> dict:
+    """What distinguishes one training of the parent from another (a later stage compares it
+    to know whether it was built on the parent as it is now)."""
+    info = read_info(parent)
+    return {k: info.get(k) for k in ("stage", "step", "tokens_seen", "final")} | {
+        "val_loss": info.get("metrics", {}).get("val_loss")}
+
+
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write a stage's checkpoint over one already there, unless resuming it or told to
+    overwrite it; say what to do instead."""
+    if resume:
+        if not (out / "trainer_state").exists():
+            raise FileNotFoundError(f"--resume: {out} has no resumable checkpoint")
+        return
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a checkpoint; use --resume to continue it, "
+                              "--out for another folder, or --overwrite to replace it")

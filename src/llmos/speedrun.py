@@ -140,7 +140,7 @@ def train_stage(cfg: RunConfig, section: str, module, parent, out=None, can_resu
     out = out or cfg.run_dir / section
     info = checkpoint.read_info(out)
     same = (normalized(info.get("config")).get(section) == cfg.to_dict()[section]
-            and info.get("parent_info") == sft.parent_identity(parent))
+            and info.get("parent_info") == checkpoint.parent_identity(parent))
     if info.get("final") and same:
         print(f"speedrun: {out} is already trained with this config")
         return out

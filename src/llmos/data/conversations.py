@@ -12,13 +12,10 @@ A *conversation spec* names where conversations come from:
 - ``hf:NAME[:CONFIG][@N]`` - a Hugging Face dataset's train split, streamed (needs ``datasets``
   and network); ``@N`` stops after N records.
 - ``builtin:assistant`` / ``builtin:assistant:heldout`` - the set made from the running Python's
-  standard library (see `llmos.data.assistant`), no download.
+  standard library (see `llmos.data.builtin.assistant`), no download.
 
-Messages come out in one internal shape whatever the input:
-``{"role": "system"|"user"|"assistant"|"tool", "content": str}``, where an assistant message
-may add ``"tool_calls": [{"type": "function", "function": {"name": str, "arguments": dict}}]``
-and ``"reasoning_content": str`` (a think block), and a tool message adds ``"name"`` (the tool
-that answered). Other keys (ids, weights, ...) are dropped.
+Messages come out in one internal shape whatever the input (`llmos.data.records`); other keys
+(ids, weights, ...) are dropped.
 
 A record that breaks a rule is skipped and counted under a reason with its place, never fixed
 up, so what trains is exactly what the file says. The rules, in the order they are checked:
@@ -47,32 +44,24 @@ up, so what trains is exactly what the file says. The rules, in the order they a
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-from llmos.chat_format import ChatFormatError, tool_arguments
-from llmos.data.sources import (
-    SkipReport,
-    SourceError,
-    _parse_hf_spec,
-    _walk_sorted,
-    iter_jsonl,
+from llmos.chat_format import ROLES, ChatFormatError, tool_arguments
+from llmos.data.builtin import assistant as builtin_assistant
+from llmos.data.record_sources import RecordKind, parse_all
+from llmos.data.records import (
+    BadConversation,
+    Conversation,
+    ConversationError,
+    ConversationSkips,
 )
 
-ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT speaker names -> roles. "function_call" holds a JSON call and becomes an assistant
 # tool call; "observation" is that tool's output (LLaMA-Factory's names).
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant",
     "assistant": "assistant", "function_call": "assistant", "tool": "tool", "observation": "tool",
 }
-FILE_SUFFIXES = {".jsonl", ".json"}
-BUILTIN_SPECS = ("builtin:assistant", "builtin:assistant:heldout")
-SUMMARY_EXAMPLES = 3
 
 ACCEPTED_FORMS = (
     "accepted conversation sources: a .jsonl file ({\"messages\": [...]} or ShareGPT "
@@ -80,53 +69,11 @@ ACCEPTED_FORMS = (
     "'hf:NAME[:CONFIG][@N]', 'builtin:assistant' or 'builtin:assistant:heldout'"
 )
 
-
-class ConversationError(ValueError):
-    """A source gave no usable conversation."""
-
-
-class BadConversation(ValueError):
-    """One record that breaks a rule; `reason` is the skip-report key."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-@dataclass
-class Conversation:
-    messages: list[dict]
-    source: str  # "path.jsonl:12", "builtin:assistant", "hf:NAME:7"
-    task: str = "chat"  # builtin: docstring, signature, followup, identity, arithmetic, python
-    subject: str = ""  # builtin: the module, function or problem asked about (the split key)
-    answer: str = ""  # builtin: the gold final answer, for task accuracy
-
-    def to_dict(self) -> dict:
-        """A JSONL record that `read_conversations` reads back to an equal Conversation."""
-        record: dict = {"messages": self.messages}
-        if self.task != "chat":
-            record["task"] = self.task
-        if self.subject:
-            record["subject"] = self.subject
-        if self.answer:
-            record["answer"] = self.answer
-        return record
-
-
-class ConversationSkips(SkipReport):
-    """Skipped records by reason, with the first few places (``file:line``) for each; the
-    summary names the places, since a user fixes a conversation file line by line."""
-
-    def summary(self) -> str:
-        """One line, e.g. 'skipped malformed_json=2 (a.jsonl:3, a.jsonl:9), overlong=1 (...)'."""
-        if not self.counts:
-            return "nothing skipped"
-        parts = []
-        for reason, n in sorted(self.counts.items()):
-            shown = self.examples.get(reason, [])[:SUMMARY_EXAMPLES]
-            more = ", ..." if n > len(shown) else ""
-            parts.append(f"{reason}={n} ({', '.join(shown)}{more})")
-        return "skipped " + ", ".join(parts)
+CONVERSATIONS = RecordKind(
+    "conversation", ACCEPTED_FORMS, ("messages", "conversations"),
+    "a .jsonl file or builtin:assistant",
+    {builtin_assistant.SPECS[0]: lambda: builtin_assistant.assistant_dataset()[0],
+     builtin_assistant.SPECS[1]: lambda: builtin_assistant.assistant_dataset()[1]})
 
 
 # --- one message --------------------------------------------------------------------------------
@@ -216,7 +163,9 @@ def _sharegpt_message(raw: dict, what: str) -> dict:
     return _openai_message({"role": "assistant", "content": "", "tool_calls": calls}, what)
 
 
-def _messages(raw: list) -> list[dict]:
+def normalized_messages(raw: list) -> list[dict]:
+    """OpenAI or ShareGPT messages in the internal shape (consecutive ShareGPT function calls
+    join the assistant message before them); raises BadConversation on a bad message."""
     out: list[dict] = []
     for i, m in enumerate(raw):
         what = f"message {i}"
@@ -290,7 +239,7 @@ def parse_messages(raw, max_messages: int = 64, max_chars: int = 32000) -> list[
     of the module docstring; raises `BadConversation` (with its skip reason) otherwise."""
     if not isinstance(raw, list) or not raw:
         raise BadConversation("missing_messages", "messages must be a non-empty list")
-    messages = _messages(raw)
+    messages = normalized_messages(raw)
     if len(messages) > max_messages:
         raise BadConversation("too_many_messages", f"{len(messages)} > {max_messages} messages")
     if not any(m["role"] == "assistant" for m in messages):
@@ -321,117 +270,6 @@ def parse_record(record, where: str, max_messages: int = 64,
     return Conversation(messages=messages, source=where, **extra)
 
 
-# --- sources ------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, where: str, skips: ConversationSkips) -> Iterator[tuple[str, object]]:
-    """A .json file: a list of records (``file.json#i``) or a single record."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except OSError:
-        skips.add("unreadable", where)
-        return
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        skips.add("malformed_json", where)
-        return
-    if isinstance(data, list):
-        for i, record in enumerate(data):
-            yield f"{where}#{i}", record
-    else:
-        yield where, data
-
-
-def _read_file(path: Path, where: str, skips: ConversationSkips):
-    if path.suffix.lower() == ".json":
-        return _read_json(path, where, skips)
-    return iter_jsonl(path, where, skips, bad_json="malformed_json")
-
-
-def _iter_folder(root: Path, skips: ConversationSkips) -> Iterator[tuple[str, object]]:
-    def skip_dir(name: str) -> bool:
-        return name.startswith(".") or name == "__pycache__"
-
-    for path in _walk_sorted(root, skip_dir):
-        if path.suffix.lower() in FILE_SUFFIXES:
-            yield from _read_file(path, str(path), skips)
-        else:
-            skips.add("unsupported_type", str(path))
-
-
-def _iter_path(spec: str, skips: ConversationSkips):
-    # Not a generator, so a missing path fails when the spec is given, not when it is read.
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise SourceError(f"conversation source {spec!r}: no such file or folder. "
-                          f"{ACCEPTED_FORMS}")
-    if path.is_dir():
-        return _iter_folder(path, skips)
-    if path.suffix.lower() not in FILE_SUFFIXES:
-        raise SourceError(f"conversation source {spec!r}: expected a .jsonl or .json file. "
-                          f"{ACCEPTED_FORMS}")
-    return _read_file(path, spec, skips)
-
-
-def _iter_hf(spec: str, fields: tuple[str, ...] = ("messages", "conversations"),
-             kind: str = "conversation", offline: str = "builtin:assistant"):
-    # Not a generator, so a bad spec, a missing library or no network fails at once.
-    # `fields`: a first record with none of them is refused (it is some other kind of set).
-    name, config, limit = _parse_hf_spec(spec)
-    try:
-        import datasets
-    except ImportError as e:
-        raise SourceError(
-            f"{kind} source {spec!r} needs the Hugging Face `datasets` library: "
-            "pip install datasets (or pip install llmos[hf])"
-        ) from e
-    try:
-        records = iter(datasets.load_dataset(name, config, split="train", streaming=True))
-    except Exception as e:  # the library raises many types (HTTP, file-not-found, config) here
-        raise SourceError(
-            f"could not load {spec!r}: the Hugging Face hub could not be reached, or the dataset "
-            "or its train split is not there; hf: sources need network access (offline, use a "
-            f".jsonl file or {offline})"
-        ) from e
-    return _hf_records(records, spec, name, limit, fields)
-
-
-def _hf_records(records, spec: str, name: str, limit: int | None,
-                fields: tuple[str, ...] = ("messages", "conversations")):
-    for index in range(limit) if limit is not None else itertools.count():
-        try:
-            record = next(records)
-        except StopIteration:
-            return
-        except Exception as e:  # streaming fetches lazily, so the network can fail mid-way
-            raise SourceError(f"lost the connection to the Hugging Face hub while streaming "
-                              f"{spec!r}; hf: sources need network access") from e
-        if index == 0 and isinstance(record, dict) and not set(fields) & set(record):
-            # Without this a whole (possibly huge) dataset would stream by as skipped records.
-            raise SourceError(f"{spec!r} has no {' or '.join(map(repr, fields))} field "
-                              f"(fields: {sorted(record)})")
-        yield f"hf:{name}:{index}", record
-
-
-def _iter_builtin(spec: str):
-    if spec not in BUILTIN_SPECS:
-        raise SourceError(f"unknown builtin conversation source {spec!r}; {ACCEPTED_FORMS}")
-    from llmos.data.assistant import assistant_dataset  # it imports this module
-
-    train, heldout = assistant_dataset()
-    return ((c.source, c.to_dict()) for c in (heldout if spec.endswith(":heldout") else train))
-
-
-def iter_records(spec: str, skips: ConversationSkips) -> Iterator[tuple[str, object]]:
-    """(place, raw record) from one spec, in a deterministic order; unreadable lines counted."""
-    if spec.startswith("builtin:"):
-        return _iter_builtin(spec)
-    if spec.startswith("hf:"):
-        return _iter_hf(spec)
-    if not spec.strip():
-        raise SourceError(f"empty conversation source; {ACCEPTED_FORMS}")
-    return _iter_path(spec, skips)
-
-
 def read_conversations(specs: list[str], max_messages: int = 64, max_chars: int = 32000
                        ) -> tuple[list[Conversation], ConversationSkips]:
     """Every usable conversation of the specs, in order, plus what was skipped and why.
@@ -445,52 +283,6 @@ def read_conversations(specs: list[str], max_messages: int = 64, max_chars: int 
         raise ConversationError(f"no conversation sources given; {ACCEPTED_FORMS}")
     if max_messages < 1 or max_chars < 1:
         raise ValueError("max_messages and max_chars must be positive")
-    return parse_all(specs, iter_records,
+    return parse_all(specs, CONVERSATIONS,
                      lambda record, where: parse_record(record, where, max_messages, max_chars),
-                     "conversation", ConversationError)
-
-
-def parse_all(specs: list[str], records, parse, noun: str, error: type[Exception]
-              ) -> tuple[list, ConversationSkips]:
-    """`parse(record, where)` over `records(spec, skips)` of every spec, in order; a record it
-    rejects with BadConversation is skipped and counted. A spec with nothing usable raises
-    `error`."""
-    skips = ConversationSkips()
-    out: list = []
-    for spec in specs:
-        found = 0
-        for where, record in records(spec, skips):
-            try:
-                out.append(parse(record, where))
-                found += 1
-            except BadConversation as e:
-                skips.add(e.reason, where)
-        if not found:
-            raise error(f"no usable {noun} in {spec!r}; {skips.summary()}")
-    return out, skips
-
-
-def split_specs(specs: list[str], read, builtin: tuple[str, str], key, val_fraction: float
-                ) -> tuple[list, list, str]:
-    """(train, heldout, skip summary) of the records `read([spec])` gives. The built-in set
-    (builtin[0]) keeps its own held-out part (builtin[1]); other sources are split by a hash of
-    key(record), so records sharing a key land on one side and the split never changes."""
-    train, heldout, skipped = [], [], []
-    for spec in specs:
-        part, skips = read([spec])
-        if spec == builtin[0]:
-            train += part
-            heldout += read([builtin[1]])[0]
-        else:
-            for r in part:
-                (heldout if split_bucket(key(r)) < val_fraction else train).append(r)
-        if skips.total:
-            skipped.append(f"{spec}: {skips.summary()}")
-    return train, heldout, "; ".join(skipped)
-
-
-def split_bucket(obj) -> float:
-    """A number in [0, 1) fixed by the object's content (its sorted JSON): comparing it with a
-    held-out fraction splits records the same way on every run and machine."""
-    key = json.dumps(obj, sort_keys=True).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
+                     ConversationError)

@@ -164,14 +164,7 @@ def iter_jsonl(path: Path, where: str, skips, bad_json: str = "bad_record"
 
 def _read_jsonl(path: Path, where: str, report: SkipReport) -> Iterator[Document]:
     """One document per line, from its `text` field."""
-    for place, record in iter_jsonl(path, where, report):
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            report.add("bad_record", place)
-        elif not text.strip():
-            report.add("empty", place)
-        else:
-            yield Document(text=text, source=place)
+    return _text_records(iter_jsonl(path, where, report), report)
 
 
 def _import_pyarrow_parquet():
@@ -294,45 +287,54 @@ def _parse_hf_spec(spec: str) -> tuple[str, str | None, int | None]:
     return name, config or None, limit
 
 
-def _iter_hf(spec: str, report: SkipReport) -> Iterator[Document]:
-    # Not a generator itself, so a bad spec or a missing library fails at once.
+def hf_records(spec: str, fields: tuple[str, ...], noun: str = "", offline: str = "a local file"
+               ) -> Iterator[tuple[str, object]]:
+    """(place, record) from the train split of a Hugging Face dataset, streamed: the one reader of
+    `hf:` specs for documents, conversations and comparisons. A first record with none of
+    `fields` is refused (it is some other kind of set). `noun` names the kind of source in
+    errors, `offline` what to use instead without the network."""
+    # Not a generator itself, so a bad spec, a missing library or no network fails at once.
     name, config, limit = _parse_hf_spec(spec)
+    what = f"{noun} source" if noun else "source"
     try:
         import datasets
     except ImportError as e:
-        raise SourceError(
-            f"source {spec!r} needs the Hugging Face `datasets` library: "
-            "pip install datasets (or pip install llmos[hf])"
-        ) from e
-    network_hint = (
-        f"could not load {spec!r}: the Hugging Face hub could not be reached or the dataset "
-        "is not there; hf: sources need network access (use a local file or builtin:stdlib "
-        "offline)"
-    )
+        raise SourceError(f"{what} {spec!r} needs the Hugging Face `datasets` library: "
+                          "pip install datasets (or pip install llmos[hf])") from e
     try:
-        stream = datasets.load_dataset(name, config, split="train", streaming=True)
-        records = iter(stream)
+        records = iter(datasets.load_dataset(name, config, split="train", streaming=True))
     except Exception as e:  # the library raises many types (HTTP, file-not-found, config) here
-        raise SourceError(network_hint) from e
-    return _hf_documents(records, spec, name, limit, report)
+        raise SourceError(
+            f"could not load {spec!r}: the Hugging Face hub could not be reached, or the dataset "
+            f"or its train split is not there; hf: sources need network access (offline, use "
+            f"{offline})") from e
+    return _hf_stream(records, spec, name, limit, fields)
 
 
-def _hf_documents(records, spec: str, name: str, limit: int | None, report: SkipReport):
-    network_hint = (
-        f"lost the connection to the Hugging Face hub while streaming {spec!r}; "
-        "hf: sources need network access"
-    )
+def _hf_stream(records, spec: str, name: str, limit: int | None, fields: tuple[str, ...]):
     for index in range(limit) if limit is not None else itertools.count():
         try:
             record = next(records)
         except StopIteration:
             return
         except Exception as e:  # streaming fetches lazily, so the network can fail mid-way
-            raise SourceError(network_hint) from e
-        where = f"hf:{name}:{index}"
-        if index == 0 and isinstance(record, dict) and "text" not in record:
-            # Without this a whole (possibly huge) dataset would stream by as bad records.
-            raise SourceError(f"{spec!r} has no 'text' field (fields: {sorted(record)})")
+            raise SourceError(f"lost the connection to the Hugging Face hub while streaming "
+                              f"{spec!r}; hf: sources need network access") from e
+        if index == 0 and isinstance(record, dict) and not set(fields) & set(record):
+            # Without this a whole (possibly huge) dataset would stream by as skipped records.
+            raise SourceError(f"{spec!r} has no {' or '.join(map(repr, fields))} field "
+                              f"(fields: {sorted(record)})")
+        yield f"hf:{name}:{index}", record
+
+
+def _hf_documents(spec: str, report: SkipReport) -> Iterator[Document]:
+    records = hf_records(spec, ("text",), offline="a local file or builtin:stdlib")
+    return _text_records(records, report)
+
+
+def _text_records(records, report: SkipReport) -> Iterator[Document]:
+    """One document per record, from its `text` field."""
+    for where, record in records:
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
             report.add("bad_record", where)
@@ -349,7 +351,7 @@ def iter_source(spec: str, report: SkipReport) -> Iterator[Document]:
             raise SourceError(f"unknown builtin source {spec!r}; {ACCEPTED_FORMS}")
         return _iter_stdlib(report)
     if spec.startswith("hf:"):
-        return _iter_hf(spec, report)
+        return _hf_documents(spec, report)
     if "://" in spec:
         raise SourceError(f"URLs are not a source form ({spec!r}); {ACCEPTED_FORMS}")
     if not spec.strip():

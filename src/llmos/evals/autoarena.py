@@ -23,7 +23,7 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Item]:
     "task"/"answer" fields, a folder, builtin:assistant:heldout, ...): each conversation up to
     its last user message. A line that only has {"prompt": "text", "answer": ...} works too."""
     from llmos.data.conversations import read_conversations
-    from llmos.evals.assistant import prompt_of
+    from llmos.data.records import prompt_of
 
     if spec in HELDOUT_SPECS:
         spec = HELDOUT_SPECS[0]

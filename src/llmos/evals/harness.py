@@ -8,7 +8,7 @@ Task names (comma-separated in --tasks):
                        choice, lm-evaluation-harness's acc_bytes)
     gsm8k, triviaqa    greedy answers, answer extracted and matched (em)
     humaneval, mbpp    greedy code run against the set's tests in the sandbox (pass@1)
-    assistant          the held-out built-in assistant tasks (evals/assistant.py)
+    assistant          the held-out built-in assistant tasks (evals/assistant_tasks.py)
     bpb[:SOURCE]       bits per byte on a text source (llmos.data.sources), or with no source on
                        the run's own validation shards (the number pretraining reports)
     hf:NAME[:CONFIG][@SPLIT]  a multiple-choice set from the Hugging Face hub (opt-in, network)
@@ -137,11 +137,11 @@ def run_generate(model, tok, task: tasks_.Task, items: list[tasks_.Item], batch_
 
 
 def run_assistant(model, tok, limit: int | None) -> dict:
-    from llmos.data.assistant import assistant_dataset
-    from llmos.evals import assistant
+    from llmos.data.builtin.assistant import assistant_dataset
+    from llmos.evals import assistant_tasks
 
     _, heldout = assistant_dataset()
-    result = assistant.evaluate(model, tok, heldout, limit or 200)
+    result = assistant_tasks.evaluate(model, tok, heldout, limit or 200)
     summary = {k: v for k, v in result["summary"].items() if k not in ("items", "seconds")}
     accs = [v for k, v in summary.items() if k.endswith("_acc")]
     metrics = {"acc": sum(accs) / max(1, len(accs)), "chance": 0.0, **summary}

@@ -1,7 +1,7 @@
 """Judges for automatic arena battles: given a prompt and two answers, which is better?
 
     verifier        prompts with a reference answer: each answer is scored as the held-out
-                    evaluation scores it (evals/assistant.py `score`); the correct one wins,
+                    evaluation scores it (`llmos.envs.verifiers.score`); the correct one wins,
                     both correct is a tie, both wrong is "tie (bothbad)"
     reward:PATH     a reward model (llmos.reward_model): the higher score wins
     openai:URL#M    an LLM judge behind any OpenAI-compatible endpoint, asked with a pairwise
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from llmos import reward_model
-from llmos.evals.assistant import F1_THRESHOLD, score
+from llmos.envs.verifiers import passed, score
 
 
 @dataclass
@@ -41,8 +41,7 @@ class Item:
 
 
 def correct(item: Item, answer: str) -> bool:
-    s = score(item.task, item.answer, answer)
-    return s >= F1_THRESHOLD if item.task in ("docstring", "followup", "chat") else s >= 1.0
+    return passed(item.task, score(item.task, item.answer, answer))
 
 
 class VerifierJudge:

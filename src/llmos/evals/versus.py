@@ -1,7 +1,7 @@
 """A tuned checkpoint against its parent on held-out prompts: win rate and task accuracy.
 
 Both models answer the same held-out questions of the assistant evaluation (greedy, tools in
-the loop; `llmos.evals.assistant`). Each question is one pair, decided by
+the loop; `llmos.evals.assistant_tasks`). Each question is one pair, decided by
 
 1. the verifier: one answer is correct and the other is not (exact result, program output,
    signature, identity; word F1 >= 0.5 against the gold answer for free text);
@@ -24,17 +24,17 @@ from pathlib import Path
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.data.conversations import Conversation, read_conversations
-from llmos.evals import assistant
+from llmos.data.conversations import read_conversations
+from llmos.data.records import Conversation, prompt_of
+from llmos.envs.verifiers import passed
+from llmos.evals import assistant_tasks
 from llmos.reward_model import TIE_MARGIN, load_reward_model, score
 
 HELDOUT = "builtin:assistant:heldout"
 
 
 def correct(record: dict) -> bool:
-    if record["task"] in ("docstring", "followup"):
-        return record["score"] >= assistant.F1_THRESHOLD
-    return record["score"] >= 1.0
+    return passed(record["task"], record["score"])
 
 
 def _evaluate(model, tok, heldout: list[Conversation], limit: int, saved: Path | None) -> dict:
@@ -42,9 +42,9 @@ def _evaluate(model, tok, heldout: list[Conversation], limit: int, saved: Path |
     if saved is not None and saved.exists():
         result = json.loads(saved.read_text())
         asked = [(r["task"], r["subject"]) for r in result.get("items", [])]
-        if asked == [(c.task, c.subject) for c in assistant.plan(heldout, limit)]:
+        if asked == [(c.task, c.subject) for c in assistant_tasks.plan(heldout, limit)]:
             return result
-    return assistant.evaluate(model, tok, heldout, limit)
+    return assistant_tasks.evaluate(model, tok, heldout, limit)
 
 
 def decide(child: dict, parent: dict, rewards: tuple[float, float] | None = None
@@ -81,7 +81,7 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
     if judge is not None:
         # Both evaluations asked the plan's questions in its order; a subject alone does not
         # name the prompt (one identity question is asked with and without a system prompt).
-        prompts = [assistant.prompt_of(c) for c in assistant.plan(heldout, limit)]
+        prompts = [prompt_of(c) for c in assistant_tasks.plan(heldout, limit)]
         rm, rtok = load_reward_model(judge)
 
         def conversations(items):

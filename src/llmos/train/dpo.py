@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.comparisons import Comparison, split_sources
+from llmos.data.comparisons import split_sources
+from llmos.data.records import Comparison
 from llmos.runtime import autocast_dtype, setup, teardown
 from llmos.train.loop import Stage, train
 from llmos.train.reward import PairOrder
-from llmos.train.sft import check_out, parent_identity
 
 LOSSES = ("sigmoid", "robust", "ipo", "hinge")
 
@@ -179,7 +179,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         raise ValueError("dpo.beta must be positive")
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "dpo"
-    check_out(out, resume, overwrite)
+    checkpoint.check_out(out, resume, overwrite)
     rt = setup()
     try:
         tok = tokenizers_.load(parent)
@@ -241,7 +241,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             flops_per_token=model.flops_per_token(max_len), train_metrics=train_metrics,
         )
         info_base = {"stage": "dpo", "parent": str(parent), "config": cfg.to_dict(),
-                     "parent_info": parent_identity(parent),
+                     "parent_info": checkpoint.parent_identity(parent),
                      "chat_template": checkpoint.read_info(parent).get("chat_template", "chatml"),
                      "data": {"sources": d.sources, "train_pairs": len(train_pairs),
                               "heldout_pairs": len(held_eval), "skipped": skipped}}

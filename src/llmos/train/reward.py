@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.comparisons import Comparison, split_sources
+from llmos.data.comparisons import split_sources
+from llmos.data.records import Comparison
 from llmos.reward_model import (
     RewardModel,
     collate,
@@ -35,7 +36,6 @@ from llmos.reward_model import (
 )
 from llmos.runtime import setup, teardown
 from llmos.train.loop import Stage, train
-from llmos.train.sft import check_out, parent_identity
 
 # ---- data: comparisons -> batches ---------------------------------------------------------------
 
@@ -235,7 +235,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         raise ValueError(f"reward.prefix_coef must be 0 or more, not {r.prefix_coef}")
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "reward"
-    check_out(out, resume, overwrite)
+    checkpoint.check_out(out, resume, overwrite)
     rt = setup()
     try:
         if resume:
@@ -317,7 +317,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             train_metrics=train_metrics,
         )
         info_base = {"parent": str(parent), "config": cfg.to_dict(),
-                     "parent_info": parent_identity(parent),
+                     "parent_info": checkpoint.parent_identity(parent),
                      "data": {"sources": r.sources, "train_pairs": len(train_pairs),
                               "heldout_pairs": len(held), "skipped": skipped}}
         tok_dir = out if resume else parent  # copied before the old checkpoint is replaced

@@ -40,11 +40,9 @@ Prompt sources (rl.prompts):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,151 +53,12 @@ import torch.nn.functional as F
 from llmos import chat_format, checkpoint, reward_model
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.evals.assistant import NUMBER, contains_number, prompt_of, score
+from llmos.envs.prompts import BUILTIN_ARITHMETIC, BUILTIN_TASKS, Prompt, load_prompts, verify
+from llmos.envs.verifiers import score
+from llmos.evals.assistant_tasks import run_items
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.runtime import autocast_dtype, setup, teardown
 from llmos.train.loop import Stage, train
-
-BUILTIN_ARITHMETIC = "builtin:arithmetic"
-
-# ---- prompts ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prompt:
-    messages: list[dict]  # the conversation up to the user's question
-    answer: str = ""  # the exact result / expected substring ("" when scored by tests or a RM)
-    tests: str = ""  # Python asserts run after the answer's code
-    task: str = "arithmetic"  # arithmetic | text | python | reward
-
-
-# spec -> (the builtin:assistant tasks asked, how answers are scored)
-BUILTIN_TASKS = {"builtin:arithmetic": (("mental2", "mental"), "arithmetic"),
-                 "builtin:signature": (("signature",), "text"),
-                 "builtin:identity": (("identity",), "text")}
-
-
-def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
-    """(train, held-out) questions of one builtin:assistant task, as the model is asked them."""
-    from llmos.data.assistant import arithmetic_practice, assistant_dataset
-
-    tasks, kind = BUILTIN_TASKS[spec]
-    train, heldout = arithmetic_practice() if spec == BUILTIN_ARITHMETIC else assistant_dataset()
-    pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task in tasks]  # noqa: E731
-    return pick(train), pick(heldout)
-
-
-def read_prompt_file(path: str | Path, val_fraction: float
-                     ) -> tuple[list[Prompt], list[Prompt], int]:
-    """(train, held-out, skipped lines) from a JSONL prompt file."""
-    train, heldout, skipped = [], [], 0
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt = row["prompt"]
-            messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
-                        else [dict(m) for m in prompt])
-            if not messages or messages[-1].get("role") != "user":
-                raise ValueError("the prompt must end with a user message")
-            answer, tests = str(row.get("answer", "")), str(row.get("tests", ""))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            skipped += 1
-            continue
-        task = "python" if tests else ("arithmetic" if NUMBER.fullmatch(answer.strip())
-                                       else "text" if answer else "reward")
-        key = json.dumps(messages, sort_keys=True).encode()
-        bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-        (heldout if bucket < val_fraction else train).append(Prompt(messages, answer, tests, task))
-    return train, heldout, skipped
-
-
-def load_prompts(specs: list[str], val_fraction: float) -> tuple[list[Prompt], list[Prompt]]:
-    train, heldout = [], []
-    for spec in specs:
-        if spec in BUILTIN_TASKS:
-            a, b = builtin_task(spec)
-        else:
-            a, b, skipped = read_prompt_file(spec, val_fraction)
-            if skipped:
-                print(f"rl: {spec}: skipped {skipped} malformed lines")
-        train, heldout = train + a, heldout + b
-    if not train:
-        raise ValueError(f"rl: no training prompts in {', '.join(specs)}")
-    return train, heldout
-
-
-# ---- verifiers ----------------------------------------------------------------------------------
-
-
-NUM = r"-?\d+(?:\.\d+)?"
-EQUATION = re.compile(rf"({NUM}(?: ?[-+*/] ?{NUM})+) ?= ?({NUM})")
-TERM = re.compile(rf" ?([-+*/])? ?({NUM})")
-
-
-def _evaluate(terms: list[tuple[str, float]]) -> float:
-    """The value of x op y op z ... with * and / before + and - (division by 0 gives nan)."""
-    total, product = 0.0, None
-    for op, y in terms:
-        if op in ("*", "/"):
-            product = product * y if op == "*" else (product / y if y else math.nan)
-        else:
-            total += product if product is not None else 0.0
-            product = -y if op == "-" else y
-    return total + product
-
-
-def true_equation_numbers(text: str) -> set[float]:
-    """The numbers of the equations a text writes that hold ("8 + 7 = 15" gives 8, 7 and 15,
-    "4 + 3 + 1 = 8" gives 4, 3, 1 and 8; "8 + 7 = 14" gives nothing)."""
-    out = set()
-    for m in EQUATION.finditer(text):
-        terms = [(op or "+", float(x)) for op, x in TERM.findall(m[1])]
-        if terms[0][0] == "-":  # a leading minus is the first number's sign
-            terms[0] = ("+", -terms[0][1])
-        z = float(m[2])
-        if math.isclose(_evaluate(terms), z, rel_tol=1e-9, abs_tol=1e-9):  # never for nan
-            out |= {x for _, x in terms} | {z}
-    return out
-
-
-def exact_number(expected: str, question: str, answer: str) -> float:
-    """1.0 when the answer states the result and every other number it writes is from the
-    question or from a true equation of its working ("416 - 50 = 366." and "8 + 7 = 15, carry
-    1: 4 + 1 = 5, so 48 + 7 = 55." are right; "366 or 367", "416 - 50 = 367." and "8 + 7 =
-    14, so 48 + 7 = 55." are not: guesses and wrong working earn nothing)."""
-    answer = answer.replace(",", "")
-    if not contains_number(answer, expected):
-        return 0.0
-    allowed = {float(m.group()) for m in NUMBER.finditer(question.replace(",", ""))}
-    allowed |= true_equation_numbers(answer) | {float(expected)}
-    for m in NUMBER.finditer(answer):
-        if float(m.group()) not in allowed:
-            return 0.0
-    return 1.0
-
-
-def extract_code(text: str) -> str:
-    """The first fenced code block of an answer, else the whole answer."""
-    m = re.search(r"```(?:python|py)?\n(.*?)```", text, re.S)
-    return m.group(1) if m else text
-
-
-def passes_tests(code: str, tests: str) -> float:
-    from llmos.agent.sandbox import PythonLimits, run_python
-
-    result = run_python(code + "\n\n" + tests, PythonLimits(cpu_seconds=2, wall_seconds=5))
-    return float(result.exit_code == 0)
-
-
-def verify(p: Prompt, content: str) -> float:
-    """The reward of one answer's final text under the prompt's programmatic verifier."""
-    if p.task == "arithmetic":
-        return exact_number(p.answer, p.messages[-1]["content"], content)
-    if p.task == "python":
-        return passes_tests(extract_code(content), p.tests)
-    return score("python", p.answer, content)  # contains the expected text
 
 
 class Scorer:
@@ -438,12 +297,11 @@ def heldout_accuracy(model, tok, prompts: list[Prompt], max_new_tokens: int,
 
 def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False) -> Path:
-    from llmos.train.sft import check_out, parent_identity
 
     rl, t = cfg.rl, cfg.rl.train
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "rl"
-    check_out(out, resume, overwrite)
+    checkpoint.check_out(out, resume, overwrite)
     rt = setup()
     if rt.distributed:
         teardown()
@@ -484,7 +342,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             flops_per_token=model.flops_per_token(model.cfg.max_seq_len))
         tok_dir = parent
         info_base = {"stage": "rl", "parent": str(parent), "config": cfg.to_dict(),
-                     "parent_info": parent_identity(parent),
+                     "parent_info": checkpoint.parent_identity(parent),
                      "data": {"prompts": rl.prompts, "train_prompts": len(train_prompts),
                               "heldout_prompts": len(held)}}
 
@@ -515,7 +373,6 @@ def no_tool_eval(model, tok, tasks: tuple[str, ...], limit: int) -> dict:
     """The assistant eval's number for each no-calculator arithmetic task (its items, its tool
     loop with no tools, its scoring), comparable with the SFT model's `{task}_acc`."""
     from llmos.data.conversations import read_conversations
-    from llmos.evals.assistant import run_items
 
     held, _ = read_conversations(["builtin:assistant:heldout"])  # built once for every task
     out = {}

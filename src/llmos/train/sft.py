@@ -19,7 +19,9 @@ import torch
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.conversations import Conversation, read_conversations, split_specs
+from llmos.data.conversations import read_conversations
+from llmos.data.record_sources import split_specs
+from llmos.data.records import Conversation
 from llmos.runtime import setup, teardown
 from llmos.train import lora
 from llmos.train.loop import Stage, train
@@ -165,7 +167,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
     s, t = cfg.sft, cfg.sft.train
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / ("sft-lora" if s.lora_rank else "sft")
-    check_out(out, resume, overwrite)
+    checkpoint.check_out(out, resume, overwrite)
     rt = setup()
     try:
         tok = tokenizers_.load(parent)
@@ -210,7 +212,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             flops_per_token=model.flops_per_token(t.seq_len),
         )
         info_base = {"stage": "sft", "parent": str(parent), "config": cfg.to_dict(),
-                     "parent_info": parent_identity(parent),
+                     "parent_info": checkpoint.parent_identity(parent),
                      "chat_template": "model" if tok.chat_template is not None else "chatml",
                      "data": {"sources": s.sources, "train_conversations": packed.conversations,
                               "heldout_conversations": held.conversations,
@@ -238,22 +240,14 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         teardown()
 
 
-def parent_identity(parent: Path) -> dict:
-    """What distinguishes one training of the parent from another (a later stage compares it
-    to know whether it was built on the parent as it is now)."""
-    info = checkpoint.read_info(parent)
-    return {k: info.get(k) for k in ("stage", "step", "tokens_seen", "final")} | {
-        "val_loss": info.get("metrics", {}).get("val_loss")}
-
-
 def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Path) -> dict:
     """Held-out task accuracy, printed, added to llmos.json's metrics, and written with every
     prompt and answer to eval_assistant.json so each number can be audited."""
-    from llmos.evals import assistant
+    from llmos.evals import assistant_tasks
 
     print(f"sft: answering up to {limit} held-out questions (greedy, tools in the loop)...")
     model.eval()
-    result = assistant.evaluate(model, tok, heldout, limit)
+    result = assistant_tasks.evaluate(model, tok, heldout, limit)
     summary = result["summary"]
     print("sft: held-out " + ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
@@ -262,13 +256,3 @@ def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Pat
     info.setdefault("metrics", {}).update({f"heldout_{k}": v for k, v in summary.items()})
     checkpoint.write_json(out / "llmos.json", info)
     return summary
-
-
-def check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / "trainer_state").exists():
-            raise FileNotFoundError(f"--resume: {out} has no resumable checkpoint")
-        return
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a checkpoint; use --resume to continue it, "
-                              "--out for another folder, or --overwrite to replace it")

@@ -1,5 +1,5 @@
 """Held-out assistant tasks: ask each held-out question, let the model answer (tools in the
-loop), and score the final answer against the gold one.
+loop), and score the final answer against the gold one (`llmos.envs.verifiers.score`).
 
     task        correct when the final answer ...
     arithmetic  contains the exact result as a number (with the calculator)
@@ -18,57 +18,14 @@ malformed tool call) and of valid tool calls (parsed, a known tool, accepted arg
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 from llmos.agent.loop import engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
-from llmos.data.conversations import Conversation
+from llmos.data.records import Conversation, prompt_of
+from llmos.envs.verifiers import FREE_TEXT_TASKS, passed, score
 from llmos.infer.engine import Engine, SamplingParams
-
-F1_THRESHOLD = 0.5
-
-
-def prompt_of(conv: Conversation) -> list[dict]:
-    """The conversation up to its last user message: what the model must answer."""
-    last_user = max(i for i, m in enumerate(conv.messages) if m["role"] == "user")
-    return conv.messages[:last_user + 1]
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def word_f1(produced: str, expected: str) -> float:
-    p, e = words(produced), words(expected)
-    common = sum((Counter(p) & Counter(e)).values())
-    if not common:
-        return 0.0
-    precision, recall = common / len(p), common / len(e)
-    return 2 * precision * recall / (precision + recall)
-
-
-NUMBER = re.compile(r"-?\d+(\.\d+)?")
-
-
-def contains_number(text: str, number: str) -> bool:
-    """`number` appears as a whole number: 31 is not found in 2031, 123 not in -123 or 1.23."""
-    pattern = rf"(?<![\d.\-]){re.escape(number)}(?![\d]|\.\d)"
-    return re.search(pattern, text.replace(",", "")) is not None
-
-
-def score(task: str, expected: str, answer: str) -> float:
-    """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
-    expected = expected.strip()
-    numeric = task in ("arithmetic", "mental", "mental2")
-    if numeric or (task == "python" and NUMBER.fullmatch(expected)):
-        return float(contains_number(answer, expected))
-    if task in ("python", "signature"):
-        return float(expected in answer)
-    if task == "identity":
-        return float("llmos" in answer.lower())
-    return word_f1(answer, expected)
 
 
 def run_items(model, tok, conversations: list[Conversation], tools=None,
@@ -140,11 +97,9 @@ def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
 
     for task in sorted({r["task"] for r in items}):
         rs = [r for r in items if r["task"] == task]
-        if task in ("docstring", "followup"):
+        if task in FREE_TEXT_TASKS:
             summary[f"{task}_f1"] = sum(r["score"] for r in rs) / len(rs)
-            summary[f"{task}_acc"] = sum(r["score"] >= F1_THRESHOLD for r in rs) / len(rs)
-        else:
-            summary[f"{task}_acc"] = sum(r["score"] for r in rs) / len(rs)
+        summary[f"{task}_acc"] = sum(passed(task, r["score"]) for r in rs) / len(rs)
         summary[f"{task}_n"] = len(rs)
     summary["items"] = len(items)
     summary["seconds"] = round(time.perf_counter() - t0, 1)

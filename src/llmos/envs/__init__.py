@@ -1,0 +1,1 @@
+"""Environments: prompt sources and the verifiers that score answers to them."""
