@@ -1,0 +1,87 @@
+"""Flags several commands share: the run configuration, a stage's parent and output, sampling."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmos import config as config_
+
+RAW = argparse.RawDescriptionHelpFormatter
+CONFIG_HELP = """Settings come from a preset (configs/*.toml), then --set overrides, e.g.
+  --set train.lr=1e-3 --set model.n_layers=6 --set data.sources=docs/,notes.md
+Sections: model, data, train (see `llmos config` for every key and its value)."""
+
+
+def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "cpu-tiny"):
+    g = p.add_argument_group("run configuration")
+    g.add_argument("--preset", default=default_preset,
+                   help=f"preset name or path to a TOML file (default {default_preset}); "
+                        f"available: {', '.join(config_.list_presets())}")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. train.max_steps=200 (repeatable)")
+    g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: the preset's)")
+    g.add_argument("--runs-dir", help="where runs live (default runs/)")
+    g.add_argument("--source", action="append", default=[], metavar="SPEC",
+                   help="a corpus source, replacing the preset's (repeatable): builtin:stdlib, "
+                        "a file or folder (.txt .md .rst .py .jsonl .parquet), or hf:NAME[:CONFIG]")
+
+
+def resolve_config(args) -> config_.RunConfig:
+    cfg = config_.load_config(args.preset, args.overrides)
+    if args.name:
+        cfg.name = args.name
+    if args.runs_dir:
+        cfg.runs_dir = args.runs_dir
+    if args.source:
+        cfg.data.sources = list(args.source)
+    return cfg
+
+
+# ---- a training stage after pretraining: a parent checkpoint in, a checkpoint out ------------
+
+
+def stage_parser(sub, name: str, help: str, description: str, parent: str
+                 ) -> argparse.ArgumentParser:
+    """The parser of a stage command: its description, the run configuration and --model (the
+    parent checkpoint; `parent` says which by default)."""
+    s = sub.add_parser(name, help=help, description=description + "\n\n" + CONFIG_HELP,
+                       formatter_class=RAW)
+    add_config_args(s)
+    s.add_argument("--model", help=parent)
+    return s
+
+
+def add_output_flags(s: argparse.ArgumentParser, out: str) -> None:
+    """--out (what `out` says is the default), --resume and --overwrite."""
+    s.add_argument("--out", help=f"output checkpoint (default {out})")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+
+
+def run_stage(module, cfg, args, parent: str):
+    """module.run on --model (else RUNS_DIR/NAME/`parent`) into --out."""
+    parent_dir = args.model or str(cfg.run_dir / parent)
+    return module.run(cfg, parent_dir, args.out, resume=args.resume, overwrite=args.overwrite)
+
+
+# ---- sampling -------------------------------------------------------------------------------
+
+
+def add_sampling_flags(s: argparse.ArgumentParser, max_new_tokens: int, temperature: float,
+                       tokens: str) -> None:
+    """-n (`tokens` says what counts), -t, --top-p and --seed."""
+    s.add_argument("-n", "--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"{tokens} (default {max_new_tokens})")
+    s.add_argument("-t", "--temperature", type=float, default=temperature,
+                   help=f"sampling temperature; 0 = greedy (default {temperature})")
+    s.add_argument("--top-p", type=float, default=0.95,
+                   help="nucleus sampling: keep the smallest set with this much mass (1 = off; "
+                   "default 0.95)")
+    s.add_argument("--seed", type=int, help="random seed for reproducible samples")
+
+
+def sampling_params(args, **extra):
+    from llmos.infer.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, seed=args.seed, **extra)
