@@ -135,6 +135,13 @@ def _read_text_file(path: Path, where: str, report: SkipReport) -> Iterator[Docu
         yield Document(text=text, source=where)
 
 
+class Refuse:
+    """`skips` for a reader that takes no bad input: the first bad line raises, naming it."""
+
+    def add(self, reason: str, where: str) -> None:
+        raise SourceError(f"{where}: {reason}")
+
+
 def iter_jsonl(path: Path, where: str, skips, bad_json: str = "bad_record"
                ) -> Iterator[tuple[str, object]]:
     """(place, record) for each non-blank line of a JSONL file. Each line is decoded on its own,

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from llmos.data.sources import Refuse, iter_jsonl
 from llmos.evals.judges import Item
 
 HELDOUT_SPECS = ("builtin:assistant:heldout", "builtin:assistant-heldout")
@@ -38,18 +39,11 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Item]:
 def _plain_prompts(path: Path) -> list[Item] | None:
     """{"prompt": str, "answer"?: str, "task"?: str} lines, or None if the file is not that."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                return None
-            items.append(Item([{"role": "user", "content": rec["prompt"]}],
-                              str(rec.get("task", "chat")), str(rec.get("answer", ""))))
+    for _, rec in iter_jsonl(path, str(path), Refuse(), bad_json="bad JSON"):
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+            return None
+        items.append(Item([{"role": "user", "content": rec["prompt"]}],
+                          str(rec.get("task", "chat")), str(rec.get("answer", ""))))
     return items
 
 

@@ -15,9 +15,10 @@ string content). Filters are plain functions from a list of battles to a shorter
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
+
+from llmos.data.sources import iter_jsonl
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 REQUIRED = ("model_a", "model_b", "winner", "anony")
@@ -32,6 +33,16 @@ class BattleFileError(ValueError):
         listed = "; ".join(f"line {n}: {why}" for n, why in skips[:MAX_LISTED])
         more = f"; and {len(skips) - MAX_LISTED} more" if len(skips) > MAX_LISTED else ""
         super().__init__(f"{path}: {len(skips)} malformed battle line(s): {listed}{more}")
+
+
+class _LineSkips:
+    """(line number, reason) of each malformed line, as iter_jsonl and the checks report them."""
+
+    def __init__(self):
+        self.lines: list[tuple[int, str]] = []
+
+    def add(self, reason: str, where: str) -> None:
+        self.lines.append((int(where.rpartition(":")[2]), reason))
 
 
 def check_battle(rec) -> str | None:
@@ -75,24 +86,18 @@ def read_battles(path, strict: bool = True) -> tuple[list[dict], list[tuple[int,
     strict=True (what `llmos arena` uses) raises BattleFileError naming the bad lines when
     there are any; strict=False skips them and returns them. Blank lines are ignored.
     """
-    battles, skips = [], []
-    with open(Path(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                skips.append((n, f"bad JSON ({e.msg})"))
-                continue
-            why = check_battle(rec)
-            if why:
-                skips.append((n, why))
-            else:
-                battles.append(rec)
-    if strict and skips:
-        raise BattleFileError(path, skips)
-    return battles, skips
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such battles file")
+    battles, skips = [], _LineSkips()
+    for where, rec in iter_jsonl(Path(path), str(path), skips, bad_json="bad JSON"):
+        why = check_battle(rec)
+        if why:
+            skips.add(why, where)
+        else:
+            battles.append(rec)
+    if strict and skips.lines:
+        raise BattleFileError(path, skips.lines)
+    return battles, skips.lines
 
 
 # ---- filters -------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from llmos import plots, run_log
 from llmos.evals import battles as battles_
 from llmos.evals import ratings
 
@@ -64,19 +65,6 @@ def eval_results(ckpt: Path) -> dict[str, dict]:
     return out
 
 
-def metrics_lines(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut short by a killed run
-    return lines
-
-
 def hardware() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -104,12 +92,8 @@ def loss_plot(lines: list[dict], out: Path) -> Path | None:
     stages = list(dict.fromkeys(x["stage"] for x in lines if "stage" in x))
     if not stages:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
+    fig, axes = plots.pyplot().subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2),
+                                        squeeze=False)
     for ax, stage in zip(axes[0], stages):
         rows = [x for x in lines if x.get("stage") == stage]
         for key, style in (("loss", "-"), ("val_loss", "o-")):
@@ -122,9 +106,7 @@ def loss_plot(lines: list[dict], out: Path) -> Path | None:
         ax.legend()
     axes[0][0].set_ylabel("loss (nats/token)")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return plots.save(fig, out)
 
 
 def fmt(v) -> str:
@@ -188,7 +170,7 @@ def arena_section(run: Path) -> str:
 def markdown(run: Path) -> str:
     run = run.resolve()
     ckpts = checkpoints(run)
-    lines = metrics_lines(run)
+    lines = run_log.read(run / "metrics.jsonl")
     hw = hardware()
     timings = {}
     if (run / "timings.json").exists():

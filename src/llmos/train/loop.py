@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llmos import checkpoint
+from llmos import checkpoint, plots, run_log
 from llmos.config import TrainConfig
 from llmos.runtime import Runtime, autocast_dtype, compile_problem, peak_flops
 from llmos.train.optim import build_optimizers, lr_factor, set_lr
@@ -107,7 +107,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
         if rt.is_main:
             print(f"resuming {ckpt_dir} at step {step} ({tokens_seen:,} tokens seen)")
     if rt.is_main:
-        _truncate_metrics(run_dir / "metrics.jsonl", stage.name, step)
+        run_log.drop(run_dir / "metrics.jsonl", stage.name, after_step=step)
 
     if rt.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -227,29 +227,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _truncate_metrics(path: Path, stage: str, step: int) -> None:
-    """On (re)start, drop this stage's records past `step`: a resumed run rewrites them."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if rec.get("stage") != stage or rec.get("step", 0) <= step:
-            keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
-
-
 def _plot(metrics: Path, out: Path) -> None:
     """Loss against tokens seen, train and validation, for every stage in the run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    plt = plots.pyplot()
+    records = run_log.read(metrics)
     fig, ax = plt.subplots(figsize=(7, 4))
     for stage in dict.fromkeys(r["stage"] for r in records):
         train = [(r["tokens"], r["loss"]) for r in records if r["stage"] == stage and "loss" in r]
@@ -266,7 +247,4 @@ def _plot(metrics: Path, out: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    plots.save(fig, out)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmos import chat_format, checkpoint
+from llmos import chat_format, checkpoint, plots
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.comparisons import split_sources
@@ -203,11 +203,7 @@ def report(model, tok, pairs: list[Comparison], out: Path | None = None,
 
 
 def _histogram(m: list[float], path: Path, accuracy: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(m, bins=40, color="tab:blue", alpha=0.8)
     ax.axvline(0, color="black", lw=1)
@@ -215,10 +211,7 @@ def _histogram(m: list[float], path: Path, accuracy: float) -> None:
     ax.set_ylabel("pairs")
     ax.set_title(f"{len(m)} pairs, {100 * accuracy:.1f}% ranked correctly")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    plots.save(fig, path)
 
 
 # ---- the stage ---------------------------------------------------------------------------------

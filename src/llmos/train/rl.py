@@ -40,7 +40,6 @@ Prompt sources (rl.prompts):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -50,7 +49,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from llmos import chat_format, checkpoint, reward_model
+from llmos import chat_format, checkpoint, plots, reward_model, run_log
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.envs.prompts import BUILTIN_ARITHMETIC, BUILTIN_TASKS, Prompt, load_prompts, verify
@@ -326,13 +325,12 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         metrics = cfg.run_dir / "metrics.jsonl"
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            _drop_stage(metrics, "rl")
+            run_log.drop(metrics, "rl")
             if evaluate:  # the starting point of the curve
                 start = evaluate(model.eval())
                 model.train()
                 print("rl: step 0 " + " ".join(f"{k} {v:.4f}" for k, v in start.items()))
-                with open(metrics, "a") as f:
-                    f.write(json.dumps({"stage": "rl", "step": 0, "tokens": 0, **start}) + "\n")
+                run_log.append(metrics, {"stage": "rl", "step": 0, "tokens": 0, **start})
 
         stage = Stage(
             name="rl", next_batch=sampler.next_batch, loss=rl_loss(rl),
@@ -386,31 +384,10 @@ def no_tool_eval(model, tok, tasks: tuple[str, ...], limit: int) -> dict:
     return out
 
 
-def _drop_stage(path: Path, stage: str) -> None:
-    """A fresh run replaces the stage's earlier records in the run's metrics.jsonl."""
-    if not path.exists():
-        return
-    keep = [x for x in path.read_text().splitlines()
-            if x.strip() and not _is_stage(x, stage)]
-    path.write_text("".join(k + "\n" for k in keep))
-
-
-def _is_stage(line: str, stage: str) -> bool:
-    try:
-        return json.loads(line).get("stage") == stage
-    except json.JSONDecodeError:
-        return True  # a line cut by a crash
-
-
 def plot_curve(metrics: Path, out: Path) -> None:
     """Held-out accuracy per evaluation and training reward per step, against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    recs = [r for r in recs if r.get("stage") == "rl"]
+    plt = plots.pyplot()
+    recs = [r for r in run_log.read(metrics) if r.get("stage") == "rl"]
     held = [(r["step"], r["heldout_acc"]) for r in recs if "heldout_acc" in r]
     reward = [(r["step"], r["accuracy"]) for r in recs
               if "accuracy" in r and not math.isnan(r["accuracy"])]
@@ -430,7 +407,4 @@ def plot_curve(metrics: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    plots.save(fig, out)
