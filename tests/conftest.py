@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,27 @@ def tiny_config(runs_dir, corpus, name="t", **train):
         setattr(cfg.train, k, v)
     cfg.name, cfg.runs_dir, cfg.data.sources = name, str(runs_dir), [str(corpus)]
     return cfg
+
+
+# ---- a real browser: Debian's chromium driven by Playwright (no browser download) -----------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for one test module; skips, saying why, where it is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
 
 
 def write_jsonl(path, rows):

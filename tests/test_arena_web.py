@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import test_serve
+from conftest import ARTIFACTS
 from sqlalchemy import inspect, select
 from test_serve import run_server
 
@@ -19,8 +19,6 @@ from llmos.evals import battles
 from llmos.serve import db
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HELLO_ANSWER = "Hello! How can I help you today?"
 
 
@@ -81,18 +79,8 @@ def rows(database_url) -> list:
 
 
 @pytest.fixture(scope="module")
-def page():
-    if not CHROMIUM.exists():
-        pytest.skip("no Chromium at /usr/bin/chromium (CI installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        context = browser.new_context(viewport={"width": 1100, "height": 800})
-        yield context.new_page()
-        browser.close()
+def page(browser):
+    return browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
 
 
 def play_round(page, prompt: str, button: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import sys
 import types
 
 import pytest
+from conftest import write_jsonl
 
 from llmos.data.builtin.arithmetic import MENTAL2_ITEMS, MENTAL_REPEATS, arithmetic_practice
 from llmos.data.builtin.assistant import assistant_dataset
@@ -26,13 +27,6 @@ from llmos.data.records import (
     ConversationSkips,
 )
 from llmos.data.sources import SourceError
-
-
-def write_jsonl(path, records) -> str:
-    """Records are dicts (written as JSON) or raw strings (written as they are)."""
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
 
 
 def chat(*turns: str) -> dict:
@@ -228,7 +222,7 @@ def test_all_bad_file_is_an_error_naming_the_file_and_the_skips(tmp_path):
     with pytest.raises(ConversationError) as err:
         read_conversations([path])
     message = str(err.value)
-    assert repr(path) in message
+    assert repr(str(path)) in message
     assert f"malformed_json=1 ({path}:1)" in message
     assert f"not_object=1 ({path}:2)" in message
     assert "no_assistant=1" in message

@@ -8,34 +8,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import test_serve
+from conftest import ARTIFACTS
 from test_labeling import jsonl, label_server
-from test_web_chat import CHROMIUM
 
 memorised = test_serve.memorised
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="no Chromium at /usr/bin/chromium (CI installs it)")
 
 PROMPTS = [{"prompt": "Hello!"},
            {"prompt": "What is 347 * 29?",
             "answers": ["347 * 29 = 10063.", "347 * 29 = 10000.", "Sorry, I can't do math."]}]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
 
 
 def wait_status(page, text: str) -> None:

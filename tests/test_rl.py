@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import pretrained_tiny
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.cli import main
-from llmos.train import pretrain, rl
+from llmos.train import rl
 
 # ---- the pieces, by hand ------------------------------------------------------------------------
 
@@ -79,9 +79,7 @@ def test_kl_estimator_is_zero_at_the_reference_and_unbiased():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, corpus_dir):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(runs, corpus_dir, name="rlbase", max_steps=2)
-    return cfg, pretrain.run(cfg)
+    return pretrained_tiny(tmp_path_factory, corpus_dir, "rlbase", max_steps=2)
 
 
 def seven_prompts(tmp_path, n=16):

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import pretrained_tiny, write_jsonl
 
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.records import Conversation
 from llmos.model import Transformer
-from llmos.train import lora, pretrain, sft
+from llmos.train import lora, sft
 
 
 def qa(i: int) -> list[dict]:
@@ -22,15 +22,12 @@ def qa(i: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, corpus_dir):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = tiny_config(runs, corpus_dir, name="sftbase", max_steps=4)
-    cfg.model.max_seq_len = 128  # room to pack a few conversations per row
-    return cfg, pretrain.run(cfg)
+    # a 128-token window: room to pack a few conversations per row
+    return pretrained_tiny(tmp_path_factory, corpus_dir, "sftbase", max_steps=4, max_seq_len=128)
 
 
-def write_jsonl(path, conversations):
-    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in conversations))
-    return path
+def chats(messages: list[list[dict]]) -> list[dict]:
+    return [{"messages": m} for m in messages]
 
 
 def test_packed_rows_give_the_losses_of_separate_conversations(base):
@@ -64,7 +61,7 @@ def test_a_conversation_longer_than_a_row_is_counted_not_cut(base):
 
 def test_sft_end_to_end_records_its_parent_and_learns(base, tmp_path):
     cfg, ckpt = base
-    data = write_jsonl(tmp_path / "chats.jsonl", [qa(i) for i in range(40)])
+    data = write_jsonl(tmp_path / "chats.jsonl", chats([qa(i) for i in range(40)]))
     cfg.sft.sources = [str(data)]
     cfg.sft.val_fraction = 0.2
     cfg.sft.eval_items = 0
@@ -91,7 +88,7 @@ def test_sft_end_to_end_records_its_parent_and_learns(base, tmp_path):
 
 def test_lora_trains_only_adapters_and_merges_back(base, tmp_path):
     cfg, ckpt = base
-    data = write_jsonl(tmp_path / "chats.jsonl", [qa(i % 5) for i in range(20)])
+    data = write_jsonl(tmp_path / "chats.jsonl", chats([qa(i % 5) for i in range(20)]))
     cfg.sft.sources, cfg.sft.eval_items, cfg.sft.lora_rank = [str(data)], 0, 4
     for k, v in dict(max_steps=10, batch_size=4, seq_len=128, warmup_steps=1, lr=1e-2,
                      eval_every=0, dtype="fp32").items():

@@ -4,19 +4,14 @@ type a message, watch the answer stream in, compare it with what the API says.""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import test_serve
+from conftest import ARTIFACTS
 from test_serve import API_KEY, run_server
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="no Chromium at /usr/bin/chromium (CI installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +25,8 @@ def web_server(memorised):
 
 
 @pytest.fixture(scope="module")
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield browser.new_page(viewport={"width": 900, "height": 700})
-        browser.close()
+def page(browser):
+    return browser.new_page(viewport={"width": 900, "height": 700})
 
 
 def api_answer(url: str, text: str, **params) -> str:

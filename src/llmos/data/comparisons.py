@@ -25,6 +25,8 @@ assistant message. A record that breaks a rule is skipped and counted with its p
 
 from __future__ import annotations
 
+import os
+
 from llmos.data.builtin import comparisons as builtin_comparisons
 from llmos.data.conversations import normalized_messages, parse_messages
 from llmos.data.record_sources import RecordKind, parse_all, split_specs
@@ -110,7 +112,7 @@ def read_comparisons(specs: list[str], max_messages: int = 64, max_chars: int = 
 
     Raises SourceError for a spec that cannot be read (missing file, no `datasets`, offline)
     and ComparisonError for one that gives no usable comparison at all."""
-    if isinstance(specs, str):
+    if isinstance(specs, str | os.PathLike):
         specs = [specs]
     if not specs:
         raise ComparisonError(f"no comparison sources given; {ACCEPTED_FORMS}")

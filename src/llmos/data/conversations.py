@@ -45,6 +45,7 @@ up, so what trains is exactly what the file says. The rules, in the order they a
 from __future__ import annotations
 
 import json
+import os
 
 from llmos.chat_format import ROLES, ChatFormatError, tool_arguments
 from llmos.data.builtin import assistant as builtin_assistant
@@ -277,7 +278,7 @@ def read_conversations(specs: list[str], max_messages: int = 64, max_chars: int 
     Raises SourceError for a spec that cannot be read (missing file, no `datasets`, offline)
     and ConversationError for one that gives no usable conversation at all.
     """
-    if isinstance(specs, str):  # a lone string would be iterated character by character
+    if isinstance(specs, str | os.PathLike):  # a lone string would be iterated char by char
         specs = [specs]
     if not specs:
         raise ConversationError(f"no conversation sources given; {ACCEPTED_FORMS}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +103,11 @@ def iter_records(spec: str, skips: ConversationSkips, kind: RecordKind
 def parse_all(specs: list[str], kind: RecordKind, parse, error: type[Exception]
               ) -> tuple[list, ConversationSkips]:
     """`parse(record, where)` over the records of every spec, in order; a record it rejects with
-    BadConversation is skipped and counted. A spec with nothing usable raises `error`."""
+    BadConversation is skipped and counted. A spec with nothing usable raises `error`. A spec
+    may be a path object."""
     skips = ConversationSkips()
     out: list = []
-    for spec in specs:
+    for spec in map(os.fspath, specs):
         found = 0
         for where, record in iter_records(spec, skips, kind):
             try:
