@@ -8,8 +8,11 @@ import time
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
+from llmos.agent.loop import describe_call, engine_stream, respond
+from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import report
+from llmos.evals import autoarena, harness, report
+from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.train import dpo, pretrain, reward, sft
 
@@ -158,8 +161,6 @@ def train_stage(cfg: RunConfig, section: str, module, parent, out=None, can_resu
 def evaluate_all(cfg: RunConfig, ckpts) -> None:
     """`llmos eval` on every checkpoint with the same tasks, so the report card's columns
     compare; a result newer than its checkpoint is kept."""
-    from llmos.evals import harness
-
     tasks, limit = cfg.speedrun.eval_tasks, cfg.speedrun.eval_limit or None
     for ckpt in ckpts:
         out = harness.default_out(ckpt, tasks, 0, limit)
@@ -173,10 +174,6 @@ def evaluate_all(cfg: RunConfig, ckpts) -> None:
 def arena(cfg: RunConfig, ckpts) -> None:
     """Automatic battles between the tuned checkpoints on held-out questions with a reference
     answer, judged by the verifier in both orders; RUN/arena/battles.jsonl feeds the report."""
-    from llmos.agent.peers import CheckpointPeer
-    from llmos.evals import autoarena
-    from llmos.evals.judges import VerifierJudge
-
     out = cfg.run_dir / "arena" / "battles.jsonl"
     if out.exists() and all(out.stat().st_mtime > (c / "llmos.json").stat().st_mtime
                             for c in ckpts):
@@ -191,8 +188,6 @@ def arena(cfg: RunConfig, ckpts) -> None:
 
 def write_conversations(cfg: RunConfig, ckpt) -> str:
     """A few questions to the assistant, greedy, tools in the loop; printed and saved."""
-    from llmos.agent.loop import describe_call, engine_stream, respond
-
     model, tok = checkpoint.load_model(ckpt), tokenizers_.load(ckpt)
     generate = engine_stream(Engine(model))
     params = SamplingParams(max_new_tokens=96, temperature=0.0)

@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmos.agent.loop import TokenStream, respond
+from llmos import checkpoint
+from llmos import tokenizer as tk
+from llmos.agent.loop import TokenStream, engine_stream, respond
 from llmos.chat_format import TurnText
-from llmos.infer.engine import SamplingParams
+from llmos.infer.engine import Engine, SamplingParams
 
 OPENAI_PREFIX = "openai:"
 
@@ -69,11 +71,6 @@ class CheckpointPeer:
 
     def load(self) -> tuple:
         if self._loaded is None:
-            from llmos import checkpoint
-            from llmos import tokenizer as tk
-            from llmos.agent.loop import engine_stream
-            from llmos.infer.engine import Engine
-
             model = checkpoint.load_model(self.path, self.device)
             self._loaded = (engine_stream(Engine(model)), tk.load(Path(self.path)),
                             model.cfg.max_seq_len)

@@ -13,6 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from llmos.agent.peers import answer
+from llmos.data.conversations import read_conversations
+from llmos.data.records import prompt_of
 from llmos.data.sources import Refuse, iter_jsonl
 from llmos.evals.judges import Item
 
@@ -23,9 +26,6 @@ def load_prompts(spec: str, limit: int | None = None) -> list[Item]:
     """Prompts from a conversations spec (a .jsonl file of {"messages": [...]} with optional
     "task"/"answer" fields, a folder, builtin:assistant:heldout, ...): each conversation up to
     its last user message. A line that only has {"prompt": "text", "answer": ...} works too."""
-    from llmos.data.conversations import read_conversations
-    from llmos.data.records import prompt_of
-
     if spec in HELDOUT_SPECS:
         spec = HELDOUT_SPECS[0]
     path = Path(spec)
@@ -50,8 +50,6 @@ def _plain_prompts(path: Path) -> list[Item] | None:
 def collect_answers(contestants, items: list[Item], max_tokens: int, temperature: float,
                     seed: int | None, log=None) -> dict[str, list[str]]:
     """{contestant name: [answer per item]}; a failed answer is "" and is reported."""
-    from llmos.agent.peers import answer
-
     out = {}
     for c in contestants:
         t0, answers, failed = time.perf_counter(), [], 0

@@ -15,6 +15,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 
+from llmos import chat_format
 from llmos.agent.sandbox import PythonLimits, run_python
 from llmos.infer.engine import Engine, SamplingParams, TextStream
 
@@ -64,8 +65,6 @@ def score_answer(task: str, output: str, answers: Sequence[str]) -> tuple[float,
 def chat_prompt(tok, text: str) -> str:
     """The prompt as a user turn in the model's chat format, ending in the assistant's header
     (for assistant checkpoints, which answer a chat turn rather than continue a document)."""
-    from llmos import chat_format
-
     messages = [{"role": "user", "content": text.strip()}]
     template = getattr(tok, "chat_template", None)
     if template is not None:

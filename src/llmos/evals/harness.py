@@ -33,7 +33,9 @@ from tqdm import tqdm
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.evals import generative
+from llmos.data import shards, sources
+from llmos.data.builtin.assistant import assistant_dataset
+from llmos.evals import assistant_tasks, bpb, generative
 from llmos.evals import multiple_choice as mc
 from llmos.evals import tasks as tasks_
 from llmos.evals.tasks import TaskError
@@ -137,9 +139,6 @@ def run_generate(model, tok, task: tasks_.Task, items: list[tasks_.Item], batch_
 
 
 def run_assistant(model, tok, limit: int | None) -> dict:
-    from llmos.data.builtin.assistant import assistant_dataset
-    from llmos.evals import assistant_tasks
-
     _, heldout = assistant_dataset()
     result = assistant_tasks.evaluate(model, tok, heldout, limit or 200)
     summary = {k: v for k, v in result["summary"].items() if k not in ("items", "seconds")}
@@ -150,9 +149,6 @@ def run_assistant(model, tok, limit: int | None) -> dict:
 
 def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
             batch_size: int) -> dict:
-    from llmos.data import shards, sources
-    from llmos.evals import bpb
-
     seq_len = model.cfg.max_seq_len
     token_bytes = torch.tensor(tokenizers_.token_byte_lengths(tok))
     if source is None:  # the run's own validation shards, as pretraining measures them

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 
 from llmos import reward_model
+from llmos.agent.peers import OpenAIPeer, answer, parse_openai
 from llmos.envs.verifiers import passed, score
 
 
@@ -112,16 +113,12 @@ def parse_verdict(text: str) -> str | None:
 
 class LLMJudge:
     def __init__(self, spec: str, max_tokens: int = 512):
-        from llmos.agent.peers import OpenAIPeer, parse_openai
-
         url, model, key_env = parse_openai(spec.removeprefix("openai:"))
         self.name = f"openai:{model}"
         self.max_tokens = max_tokens
         self.endpoint = OpenAIPeer(self.name, url, model, key_env)
 
     def __call__(self, item: Item, answer_a: str, answer_b: str) -> Verdict:
-        from llmos.agent.peers import answer
-
         try:
             said = answer(self.endpoint, judge_prompt(item, answer_a, answer_b),
                           self.max_tokens, temperature=0.0)

@@ -41,6 +41,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from llmos.agent.peers import Peer, StreamPeer, visible_text
 from llmos.evals import battles as battles_
+from llmos.evals import ratings
+from llmos.infer.engine import SamplingParams
 from llmos.serve import db
 
 STATIC = Path(__file__).parent / "static"
@@ -91,8 +93,6 @@ def served_contestant(served, tools: dict | None = None) -> StreamPeer:
     """A model of this server as a contestant: its answers join the model's batch."""
 
     def stream(messages, max_tokens, temperature, seed):
-        from llmos.infer.engine import SamplingParams
-
         cancel = threading.Event()
 
         def generate(prompt, params):
@@ -150,8 +150,6 @@ def export_jsonl(engine, out) -> int:
 
 def standings(engine, settings: ArenaSettings, rounds: int | None = None) -> dict:
     """The leaderboard of the votes that count, and how many each filter dropped."""
-    from llmos.evals import ratings
-
     votes = load_votes(engine)
     kept, dropped = battles_.filter_battles(votes, voter_cap=settings.voter_cap)
     rows = ratings.leaderboard(kept, rounds=settings.bootstrap if rounds is None else rounds)
@@ -318,8 +316,6 @@ def arena_router(engine, contestants: dict[str, Peer],
 
     @router.get("/arena/leaderboard.png")
     async def leaderboard_png():
-        from llmos.evals import ratings
-
         board = await asyncio.to_thread(standings, engine, settings)
         if not board["rows"]:
             return _error(404, "no votes counted yet")

@@ -42,6 +42,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from llmos import chat_format
+from llmos.agent.loop import final_text, respond
+from llmos.infer.engine import SamplingParams
 from llmos.serve import accounts, db
 from llmos.serve import label_store as store
 from llmos.serve.served import load_models
@@ -62,9 +65,6 @@ def generate(served, messages: list[dict], temperature: float, max_tokens: int,
              seed: int | None = None) -> str:
     """One answer from a served model, through the agent loop (built-in tools run) and the
     model's batch; the text a user would read."""
-    from llmos.agent.loop import final_text, respond
-    from llmos.infer.engine import SamplingParams
-
     cancel = threading.Event()
 
     def stream(prompt, params):
@@ -103,8 +103,6 @@ def fit_instructions(served, messages: list[dict], room: int) -> list[dict] | No
     """The review request cut to leave `room` tokens for the answer in the model's context:
     the instructions are shortened from the end (their most important rules come first);
     None when even the label alone does not fit."""
-    from llmos import chat_format
-
     system, rest = messages[0]["content"], messages[1:]
     while True:
         candidate = ([{"role": "system", "content": system}] if system else []) + rest

@@ -38,6 +38,7 @@ from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.comparisons import split_sources
 from llmos.data.records import Comparison
+from llmos.evals.versus import compare_to_parent
 from llmos.runtime import autocast_dtype, setup, teardown
 from llmos.train.loop import Stage, train
 from llmos.train.reward import PairOrder
@@ -259,8 +260,6 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                       f"{m['val_margin']:.3f} (chosen {m['val_reward_chosen']:+.3f}, rejected "
                       f"{m['val_reward_rejected']:+.3f})")
             if d.eval_items:
-                from llmos.evals.versus import compare_to_parent
-
                 compare_to_parent(out, parent, d.eval_items, d.judge or None, model=model)
             print(f"dpo: -> {out}")
         return out

@@ -16,7 +16,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig, normalized
 from llmos.data.prepare import prepare
-from llmos.data.shards import TokenLoader, iter_eval_batches, read_manifest
+from llmos.data.shards import TokenLoader, iter_eval_batches, read_manifest, read_shard
 from llmos.evals import bpb
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.model import Transformer
@@ -131,8 +131,6 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
 def sample_texts(model, tok, data_dir: Path, eot: int, n: int = 3, new_tokens: int = 48):
     """Continue the opening tokens of a few validation documents (greedy and deterministic)."""
-    from llmos.data.shards import read_shard
-
     val = read_shard(sorted(Path(data_dir).glob("val_*.bin"))[0])
     starts = [0] + [i + 1 for i in (val == eot).nonzero()[0][: n - 1].tolist()]
     prompts = [val[s:s + 8].tolist() for s in starts if s + 8 <= len(val)] or [[eot]]

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from llmos import chat_format, checkpoint, plots, reward_model, run_log
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
+from llmos.data.conversations import read_conversations
 from llmos.envs.prompts import BUILTIN_ARITHMETIC, BUILTIN_TASKS, Prompt, load_prompts, verify
 from llmos.envs.verifiers import score
 from llmos.evals.assistant_tasks import run_items
@@ -370,8 +371,6 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 def no_tool_eval(model, tok, tasks: tuple[str, ...], limit: int) -> dict:
     """The assistant eval's number for each no-calculator arithmetic task (its items, its tool
     loop with no tools, its scoring), comparable with the SFT model's `{task}_acc`."""
-    from llmos.data.conversations import read_conversations
-
     held, _ = read_conversations(["builtin:assistant:heldout"])  # built once for every task
     out = {}
     for task in tasks:

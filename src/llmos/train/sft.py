@@ -22,6 +22,7 @@ from llmos.config import RunConfig
 from llmos.data.conversations import read_conversations
 from llmos.data.record_sources import split_specs
 from llmos.data.records import Conversation
+from llmos.evals import assistant_tasks
 from llmos.runtime import setup, teardown
 from llmos.train import lora
 from llmos.train.loop import Stage, train
@@ -243,8 +244,6 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
 def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Path) -> dict:
     """Held-out task accuracy, printed, added to llmos.json's metrics, and written with every
     prompt and answer to eval_assistant.json so each number can be audited."""
-    from llmos.evals import assistant_tasks
-
     print(f"sft: answering up to {limit} held-out questions (greedy, tools in the loop)...")
     model.eval()
     result = assistant_tasks.evaluate(model, tok, heldout, limit)
