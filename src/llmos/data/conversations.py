@@ -49,7 +49,7 @@ import os
 
 from llmos.chat_format import ROLES, ChatFormatError, tool_arguments
 from llmos.data.builtin import assistant as builtin_assistant
-from llmos.data.record_sources import RecordKind, parse_all
+from llmos.data.record_sources import RecordKind, parse_all, split_specs
 from llmos.data.records import (
     BadConversation,
     Conversation,
@@ -287,3 +287,11 @@ def read_conversations(specs: list[str], max_messages: int = 64, max_chars: int 
     return parse_all(specs, CONVERSATIONS,
                      lambda record, where: parse_record(record, where, max_messages, max_chars),
                      ConversationError)
+
+
+def split_sources(specs: list[str], val_fraction: float
+                  ) -> tuple[list[Conversation], list[Conversation], str]:
+    """(train, heldout, skip summary). The built-in set has its own split (by subject); other
+    sources are split by a hash of each conversation, so the split never changes between runs."""
+    return split_specs(specs, read_conversations, builtin_assistant.SPECS,
+                       lambda c: c.messages, val_fraction)

@@ -19,26 +19,14 @@ import torch
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.conversations import read_conversations
-from llmos.data.record_sources import split_specs
+from llmos.data.conversations import split_sources
 from llmos.data.records import Conversation
 from llmos.evals import assistant_tasks
 from llmos.runtime import setup, teardown
 from llmos.train import lora
 from llmos.train.loop import Stage, train
 
-BUILTIN = "builtin:assistant"
-
-
 # ---- data: conversations -> packed rows -------------------------------------------------------
-
-
-def split_sources(specs: list[str], val_fraction: float
-                  ) -> tuple[list[Conversation], list[Conversation], str]:
-    """(train, heldout, skip summary). The built-in set has its own split (by subject); other
-    sources are split by a hash of each conversation, so the split never changes between runs."""
-    return split_specs(specs, read_conversations, (BUILTIN, BUILTIN + ":heldout"),
-                       lambda c: c.messages, val_fraction)
 
 
 @dataclass
