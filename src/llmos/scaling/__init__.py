@@ -1,0 +1,1 @@
+"""Scaling laws: sweeps of pretraining runs, fits of loss against N and D, predictions."""
