@@ -324,6 +324,13 @@ BAD_REQUESTS = {
     "prompt longer than the context": ({"model": "memo", "messages": ask("Paris weather " * 2000)},
                                        400, "messages"),
     "oversized body": ({"model": "memo", "messages": ask("x" * (1 << 20))}, 413, None),
+    # Valid JSON, but no text: it cannot be encoded, tokenized or stored.
+    "lone surrogate": (b'{"model": "memo", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+                       400, "messages[0].content"),
+    "lone surrogate in a tool": (b'{"model": "memo", "messages": [{"role": "user", "content": '
+                                 b'"hi"}], "tools": [{"type": "function", "function": {"name": '
+                                 b'"f", "description": "\\udfff"}}]}', 400,
+                                 "tools[0].function.description"),
 }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -41,6 +42,7 @@ from llmos.serve.openai_schema import (
     check_sampling,
     choice_params,
     error_response,
+    lone_surrogate,
     validation_error,
 )
 from llmos.serve.responses import answer
@@ -52,7 +54,8 @@ STATIC = Path(__file__).parent / "static"
 
 class BodyLimit:
     """ASGI middleware: read a request body up to `limit` bytes, answer 413 past it (whatever
-    Content-Length claims), then replay the body to the app."""
+    Content-Length claims), answer 400 to JSON holding a string that is no text (a lone
+    surrogate), then replay the body to the app."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -77,6 +80,11 @@ class BodyLimit:
                 return await too_big(scope, receive, send)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
+        where = _not_text(body, headers.get(b"content-type", b""))
+        if where:
+            return await error_response(
+                400, f"{where} holds a lone UTF-16 surrogate, which is not text.",
+                param=where, code="invalid_text")(scope, receive, send)
 
         async def replay():
             nonlocal replayed
@@ -86,6 +94,17 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _not_text(body: bytes, content_type: bytes) -> str | None:
+    """Where a JSON body holds a lone surrogate; invalid JSON is left to the route to refuse."""
+    if b"json" not in content_type.lower() or b"\\u" not in body.lower():
+        return None  # a lone surrogate in JSON is always written as an escape
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return lone_surrogate(parsed)
 
 
 # ---- the app ----------------------------------------------------------------------------------

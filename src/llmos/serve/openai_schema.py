@@ -19,7 +19,6 @@ from llmos.serve.served import ServedModel
 
 
 @dataclass
-@dataclass
 class Limits:
     max_body_bytes: int = 1 << 20
     max_messages: int = 256
@@ -63,6 +62,28 @@ def validation_error(exc: RequestValidationError) -> JSONResponse:
     if len(exc.errors()) > 1:
         message += f" (and {len(exc.errors()) - 1} more problems)"
     return error_response(400, message, param=param, code="invalid_value")
+
+
+def lone_surrogate(value, path: str = "") -> str | None:
+    """Where a parsed JSON body holds a string with a lone UTF-16 surrogate ("\\ud800" is valid
+    JSON, but no text: it cannot be encoded, tokenized or stored), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "the body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = lone_surrogate(key, path or "the body") if isinstance(key, str) else None
+            found = found or lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = lone_surrogate(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 # ---- requests ---------------------------------------------------------------------------------
