@@ -80,6 +80,9 @@ class TrainConfig:
     min_lr_frac: float = 0.1  # final lr as a share of the peak
     dtype: str = "auto"  # auto | fp32 | bf16 (autocast); auto = bf16 where the hardware has it
     compile: bool = False
+    # Under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP2)
+    # instead of copying the model to each (DDP); pretraining with AdamW only.
+    fsdp: bool = False
     eval_every: int = 200  # steps between validation runs; 0 = only at the end
     eval_tokens: int = 65536  # validation tokens per evaluation
     sample_every: int = 0  # steps between sample generations; 0 = only at the end

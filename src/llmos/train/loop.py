@@ -20,6 +20,7 @@ import torch.distributed as dist
 from llmos import checkpoint, plots, run_log
 from llmos.config import TrainConfig
 from llmos.runtime import Runtime, autocast_dtype, compile_problem, peak_flops
+from llmos.train import sharding
 from llmos.train.optim import build_optimizers, lr_factor, set_lr
 
 
@@ -95,12 +96,25 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
     writes a checkpoint (rank 0 only); `info` carries step/tokens/metrics for llmos.json."""
     torch.manual_seed(cfg.seed)
     raw_model = model
+    fsdp = cfg.fsdp and rt.distributed  # one process has nothing to shard over
+    if cfg.fsdp:
+        sharding.check(cfg, stage.name)
+    if fsdp:
+        sharding.shard(raw_model)
     optimizers = build_optimizers(raw_model, cfg)
     step, tokens_seen, history = 0, 0, []
     if resume:
         state = checkpoint.load_trainer_state(ckpt_dir)
-        for opt, sd in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
+        layout = state.get("optimizer_layout", "plain")
+        if layout != (sharding.LAYOUT if cfg.fsdp else "plain"):
+            raise ValueError(f"--resume: {ckpt_dir} was trained with"
+                             + ("" if layout == sharding.LAYOUT else "out") + " train.fsdp; "
+                             "resume it with the same setting (any number of processes)")
+        if cfg.fsdp:
+            sharding.load_optimizer_states(raw_model, optimizers, state["optimizers"])
+        else:
+            for opt, sd in zip(optimizers, state["optimizers"]):
+                opt.load_state_dict(sd)
         stage.load_data_state(state["data"])
         torch.set_rng_state(state["rng"])
         step, tokens_seen = state["step"], state["tokens_seen"]
@@ -109,7 +123,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
     if rt.is_main:
         run_log.drop(run_dir / "metrics.jsonl", stage.name, after_step=step)
 
-    if rt.distributed:
+    if rt.distributed and not fsdp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.local_rank] if rt.device.startswith("cuda") else None)
     problem = compile_problem(rt.device) if cfg.compile else None
@@ -143,12 +157,24 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
             print("  eval " + " ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
         return result
 
-    def save(final: bool):
+    def whole_model():
+        """The model to save or sample from: under FSDP a gathered copy on the main process
+        (every process must call this then)."""
+        return sharding.gathered_copy(raw_model, rt.is_main) if fsdp else raw_model
+
+    def save(final: bool, gathered: tuple | None = None):
+        """`gathered`: (whole_model(),) when the caller has just made it."""
         info = {"step": step, "tokens_seen": tokens_seen, "metrics": last, "final": final}
-        state = {"optimizers": [o.state_dict() for o in optimizers], "data": stage.data_state(),
-                 "rng": torch.get_rng_state(), "step": step, "tokens_seen": tokens_seen}
+        whole = gathered[0] if gathered else whole_model()
+        # With train.fsdp the state is whole and keyed by name even on one process, so the run
+        # resumes on any number of them.
+        states = (sharding.optimizer_states(raw_model, optimizers) if cfg.fsdp
+                  else [o.state_dict() for o in optimizers])
+        state = {"optimizers": states, "data": stage.data_state(), "rng": torch.get_rng_state(),
+                 "step": step, "tokens_seen": tokens_seen,
+                 "optimizer_layout": sharding.LAYOUT if cfg.fsdp else "plain"}
         if rt.is_main:
-            save_checkpoint(raw_model, info, state)
+            save_checkpoint(whole, info, state)
             _plot(run_dir / "metrics.jsonl", run_dir / "loss.png")
         if rt.distributed:
             dist.barrier()
@@ -166,7 +192,9 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
             for micro in range(cfg.grad_accum):
                 batch = stage.next_batch()
                 sync = micro == cfg.grad_accum - 1 or not rt.distributed
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
+                if fsdp:
+                    raw_model.set_requires_gradient_sync(sync)
+                with (contextlib.nullcontext() if sync or fsdp else model.no_sync()), autocast():
                     loss = stage.loss(fwd_model, batch) / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
@@ -207,14 +235,18 @@ def train(model: torch.nn.Module, cfg: TrainConfig, stage: Stage, rt: Runtime, *
             if _any_rank(stop.requested, rt):
                 stopped = True
                 break
+    gathered = None
     if not stopped:
         last.update(evaluate())
-        if stage.sample is not None and rt.is_main:
-            raw_model.eval()
-            for text in stage.sample(raw_model):
-                print("  sample | " + text.replace("\n", "\n         | "), flush=True)
-            raw_model.train()
-    save(final=not stopped)
+        if stage.sample is not None:
+            gathered = (whole_model(),)
+            if rt.is_main:
+                whole = gathered[0]
+                whole.eval()
+                for text in stage.sample(whole):
+                    print("  sample | " + text.replace("\n", "\n         | "), flush=True)
+                whole.train()
+    save(final=not stopped, gathered=gathered)
     if metrics_file:
         metrics_file.close()
     if stopped and rt.is_main:
