@@ -21,6 +21,7 @@ from llmos.scaling.laws import (
     huber,
     isoflop_groups,
     objective,
+    profile_compute,
     synthetic_isoflops,
 )
 
@@ -120,3 +121,30 @@ def test_cli_fit_writes_both_approaches_and_both_countings(tmp_path, capsys):
     assert ne["tokens_per_param"] > a3["tokens_per_param"]
     out = capsys.readouterr().out
     assert "tokens per parameter" in out and "without embeddings" in out
+
+
+def test_a_profile_whose_valley_lies_outside_its_sizes_is_left_out_of_approach_2():
+    law = Law(**CHINCHILLA)
+    runs = synthetic_isoflops(law, [1e18, 1e19, 1e20], per_budget=5, noise=0.0)
+    # A fourth profile of sizes all far above its optimum: the loss only rises with N.
+    n_opt, _ = law.optimum(3e17)
+    for n in np.geomspace(20 * n_opt, 80 * n_opt, 4):
+        runs.append({"params": n, "tokens": 3e17 / (6 * n), "loss": float(
+            law.loss(n, 3e17 / (6 * n))), "flops": 3e17})
+    n, d, loss, flops = columns(runs)
+    a2 = fit_isoflops(n, d, loss, flops)
+    assert a2["unbracketed"] == [pytest.approx(3e17)] and len(a2["profiles"]) == 3
+    assert a2["a"] == pytest.approx(0.28 / (0.34 + 0.28), abs=0.02)
+    fit = {"runs": len(runs), "approach3": {**CHINCHILLA, "compute": 1e20, "n_opt": 1.0,
+                                            "d_opt": 1.0, "tokens_per_param": 1.0},
+           "approach2": a2}
+    assert "left out, no valley among their sizes: C = 3e+17" in fitting.summary(fit)
+    with pytest.raises(FitError, match="no valley inside the profiles at C = 3e\\+17"):
+        fit_isoflops(n[-4:], d[-4:], loss[-4:], flops[-4:])
+
+
+def test_a_planned_budget_groups_the_profiles():
+    runs = [{"params": 1e6, "tokens": 1e8, "loss": 3.0, "flops": 6.0e14, "budget": 6e14},
+            {"params": 2e6, "tokens": 5.3e7, "loss": 3.0, "flops": 6.4e14, "budget": 6e14},
+            {"params": 4e6, "tokens": 2.5e7}]
+    assert profile_compute(runs).tolist() == [6e14, 6e14, 6 * 4e6 * 2.5e7]

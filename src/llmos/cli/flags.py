@@ -12,15 +12,20 @@ CONFIG_HELP = """Settings come from a preset (configs/*.toml), then --set overri
 Sections: model, data, train (see `llmos config` for every key and its value)."""
 
 
-def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "cpu-tiny"):
+def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "cpu-tiny",
+                    naming: bool = True):
+    """--preset, --set and --source; with `naming`, --name and --runs-dir too (a command that
+    names its own runs leaves them out)."""
     g = p.add_argument_group("run configuration")
     g.add_argument("--preset", default=default_preset,
                    help=f"preset name or path to a TOML file (default {default_preset}); "
                         f"available: {', '.join(config_.list_presets())}")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. train.max_steps=200 (repeatable)")
-    g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: the preset's)")
-    g.add_argument("--runs-dir", help="where runs live (default runs/)")
+    if naming:
+        g.add_argument("--name", help="run name: outputs go to RUNS_DIR/NAME (default: the "
+                       "preset's)")
+        g.add_argument("--runs-dir", help="where runs live (default runs/)")
     g.add_argument("--source", action="append", default=[], metavar="SPEC",
                    help="a corpus source, replacing the preset's (repeatable): builtin:stdlib, "
                         "a file or folder (.txt .md .rst .py .jsonl .parquet), or hf:NAME[:CONFIG]")
@@ -28,9 +33,9 @@ def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "cp
 
 def resolve_config(args) -> config_.RunConfig:
     cfg = config_.load_config(args.preset, args.overrides)
-    if args.name:
+    if getattr(args, "name", None):
         cfg.name = args.name
-    if args.runs_dir:
+    if getattr(args, "runs_dir", None):
         cfg.runs_dir = args.runs_dir
     if args.source:
         cfg.data.sources = list(args.source)

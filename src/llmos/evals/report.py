@@ -6,6 +6,7 @@ It reads only what the stages left in the run directory (DESIGN.md, "Run directo
     <stage>/llmos.json  each checkpoint's stage, parent, step, tokens and final metrics
     <stage>/evals/*.json  `llmos eval` results          arena/battles.jsonl  arena votes
     timings.json        seconds per speedrun stage       samples.md, conversations.md
+    scaling/            a sweep (`llmos scaling sweep --out RUN/scaling`): its fit and runs
 
 and writes report.md, report.html (self-contained: pictures inlined) and report-loss.png.
 Anything missing is left out of the card with a line saying so, never guessed.
@@ -26,6 +27,7 @@ import torch
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
 from llmos.evals import ratings
+from llmos.scaling import card as scaling_card
 
 STAGE_ORDER = ["pretrain", "sft", "reward", "dpo", "rl"]
 
@@ -214,6 +216,9 @@ def markdown(run: Path) -> str:
               "_No metrics.jsonl in this run._", ""]
     parts += ["## Evaluation", "", eval_table(run, ckpts), ""]
     parts += ["## Arena", "", arena_section(run), ""]
+    scaling = scaling_card.section(run, table)
+    if scaling:
+        parts += ["## Scaling laws", "", scaling, ""]
     for title, file in (("Samples from the base model", "samples.md"),
                         ("Conversations with the assistant", "conversations.md")):
         if (run / file).exists():

@@ -2,7 +2,8 @@
 with bootstrap intervals.
 
 RUNS.jsonl has one run a line, `{"params": N, "tokens": D, "loss": L}` (L in nats/token), with
-`flops` (else 6ND) and `params_nonembed` (the same run counted without its embedding matrices)
+`flops` (else 6ND), `budget` (the compute a sweep planned the run for: it groups the IsoFLOP
+profiles) and `params_nonembed` (the same run counted without its embedding matrices)
 optional. When every run has `params_nonembed`, the fits are made both ways: which parameters
 count moves the compute-optimal tokens-per-parameter a lot at small sizes (nanochat saw about
 10 against 3-4).
@@ -23,7 +24,9 @@ from llmos.scaling.laws import (
     fit_isoflops,
     fit_law,
     interval,
+    profile_compute,
 )
+from llmos.scaling.plots import plot_fit
 
 
 def read_runs(path: str | Path) -> list[dict]:
@@ -35,8 +38,8 @@ def read_runs(path: str | Path) -> list[dict]:
     for where, rec in iter_jsonl(path, str(path), Refuse(), bad_json="not JSON"):
         if not isinstance(rec, dict):
             raise ValueError(f"{where}: a run is a JSON object")
-        for key in ("params", "tokens", "loss", *(k for k in ("flops", "params_nonembed")
-                                                   if k in rec)):
+        for key in ("params", "tokens", "loss", *(k for k in ("flops", "budget",
+                                                             "params_nonembed") if k in rec)):
             value = rec.get(key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                     math.isfinite(value) and value > 0):
@@ -55,6 +58,7 @@ def _approach3(n, d, loss, compute, rounds: int, seed: int) -> dict:
     out = {**law.as_dict(), "compute": c_max, "n_opt": n_opt, "d_opt": d_opt,
            "tokens_per_param": d_opt / n_opt, "bootstrap_rounds": len(boot)}
     if len(boot) >= 2:
+        out["samples"] = [b.as_dict() for b in boot]  # for predictions' intervals
         ratios = [b.optimum(c_max)[1] / b.optimum(c_max)[0] for b in boot]
         out["ci"] = {"alpha": interval([b.alpha for b in boot]),
                      "beta": interval([b.beta for b in boot]),
@@ -80,8 +84,7 @@ def fit_runs(runs: list[dict], rounds: int = 100, seed: int = 0) -> dict:
     if all("params_nonembed" in r for r in runs):
         countings["nonembedding"] = [r["params_nonembed"] for r in runs]
     out: dict = {"runs": len(runs)}
-    # IsoFLOP profiles are the runs of equal spent compute, however parameters are counted.
-    spent = np.array([r.get("flops", 6 * r["params"] * r["tokens"]) for r in runs], dtype=float)
+    spent = profile_compute(runs)
     for name, params in countings.items():
         n = np.array(params, dtype=float)
         # The optimum is found under C = 6ND with N counted this way (Kaplan's convention when
@@ -116,17 +119,27 @@ def summary(fit: dict) -> str:
                      f"{a3['d_opt']:.3g}, {_shown(a3, 'tokens_per_param', 1)} tokens per "
                      "parameter")
         a2 = block["approach2"]
-        lines.append(f"  approach 2: N_opt ~ C^{a2['a']:.3f}, D_opt ~ C^{a2['b']:.3f}"
-                     if "a" in a2 else f"  approach 2: {a2['error']}")
+        if "a" in a2:
+            left_out = a2.get("unbracketed")
+            lines.append(f"  approach 2: N_opt ~ C^{a2['a']:.3f}, D_opt ~ C^{a2['b']:.3f} "
+                         f"({len(a2['profiles'])} profiles"
+                         + (f"; left out, no valley among their sizes: C = "
+                            f"{', '.join(f'{x:.3g}' for x in left_out)}" if left_out else "")
+                         + ")")
+        else:
+            lines.append(f"  approach 2: {a2['error']}")
     return "\n".join(lines)
 
 
 def fit_file(runs_path: str | Path, out: str | Path, rounds: int = 100, seed: int = 0) -> dict:
-    fit = fit_runs(read_runs(runs_path), rounds, seed)
+    """Fit RUNS.jsonl into `out` (FIT.json), with its picture beside it (FIT.png)."""
+    runs = read_runs(runs_path)
+    fit = fit_runs(runs, rounds, seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(fit, indent=1))
     tmp.replace(out)
+    plot_fit(runs, fit, out.with_suffix(".png"))
     return fit
 

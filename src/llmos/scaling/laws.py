@@ -147,6 +147,14 @@ def interval(values, level: float = 0.95) -> list[float]:
 # ---- approach 2 ------------------------------------------------------------------------------
 
 
+def profile_compute(runs: list[dict]) -> np.ndarray:
+    """The compute that puts runs in one IsoFLOP profile, however parameters are counted: the
+    budget a sweep planned them for (whole steps and the shape rule's rounding move the spent
+    compute a few percent off it), else their `flops`, else 6ND."""
+    return np.array([r.get("budget", r.get("flops", 6 * r["params"] * r["tokens"]))
+                     for r in runs], dtype=float)
+
+
 def isoflop_groups(n, d, compute=None, rel_tol: float = 0.02) -> list[list[int]]:
     """Indices of runs grouped by equal compute (within rel_tol), in increasing compute."""
     n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
@@ -171,24 +179,37 @@ def isoflop_minimum(n, loss) -> float:
 
 
 def fit_isoflops(n, d, loss, compute=None) -> dict:
-    """Approach 2: N_opt per IsoFLOP profile (of 3 runs or more), then N_opt ~ G C^a and
-    D_opt ~ C^b with b = 1 - a when C = 6ND."""
+    """Approach 2: N_opt per IsoFLOP profile (of 3 runs or more, whose parabola bottoms out
+    among its sizes: the others are listed as `unbracketed`), then N_opt ~ G C^a and D_opt ~ C^b
+    with b = 1 - a when C = 6ND."""
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     c = 6 * n * d if compute is None else np.asarray(compute, dtype=float)
-    profiles = []
+    profiles, unbracketed = [], []
     for g in isoflop_groups(n, d, c):
-        if len(g) >= 3:
-            profiles.append({"compute": float(np.mean(c[g])),
-                             "n_opt": isoflop_minimum(n[g], loss[g]), "runs": len(g)})
+        if len(g) < 3:
+            continue
+        compute = float(np.mean(c[g]))
+        try:
+            n_opt = isoflop_minimum(n[g], loss[g])
+        except FitError:
+            n_opt = None
+        # A valley outside the sizes tried is a guess, not a measurement: leave it out.
+        if n_opt is None or not n[g].min() <= n_opt <= n[g].max():
+            unbracketed.append(compute)
+            continue
+        profiles.append({"compute": compute, "n_opt": n_opt, "runs": len(g)})
     if len(profiles) < 2:
         raise FitError("approach 2 needs at least two IsoFLOP profiles of three runs or more "
-                       f"(found {len(profiles)})")
+                       f"whose valley lies among their sizes (found {len(profiles)}"
+                       + (f"; no valley inside the profiles at C = "
+                          f"{', '.join(f'{x:.3g}' for x in unbracketed)}" if unbracketed else "")
+                       + ")")
     for p in profiles:
         p["d_opt"] = p["compute"] / (6 * p["n_opt"])
     slope, intercept = np.polyfit(np.log([p["compute"] for p in profiles]),
                                   np.log([p["n_opt"] for p in profiles]), 1)
     return {"a": float(slope), "b": float(1 - slope), "G": float(np.exp(intercept)),
-            "profiles": profiles}
+            "profiles": profiles, "unbracketed": unbracketed}
 
 
 # ---- synthetic runs, to test the fits on known constants --------------------------------------
