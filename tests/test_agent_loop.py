@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llmos import tokenizer as tokenizers_
-from llmos.agent.loop import STOP, respond
+from llmos.agent.loop import STOP, forced_call, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.envs.verifiers import contains_number, score, word_f1
 from llmos.infer.engine import SamplingParams
@@ -71,6 +71,24 @@ def test_a_declared_function_ends_the_loop_for_the_client(tok):
     assert not [e for e in events if e.kind == "tool_result"]
     assert "# Tools" in prompts[0]  # the declared function is described to the model
     assert "# Tools" not in run(tok, ["hi"], tools=BUILTIN_TOOLS)[1][0]  # built-ins are not
+
+
+@pytest.mark.parametrize("force, continuation", [
+    ("", ' "calculator", "arguments": {"expression": "6*7"}}\n</tool_call>'),
+    ("calculator", ' {"expression": "6*7"}}\n</tool_call>')])
+def test_a_forced_turn_starts_as_the_call_and_the_model_goes_on_from_there(
+        tok, force, continuation):
+    declared = [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]
+    events, prompts = run(tok, [continuation], tools={}, declared=declared, force=force)
+    start = forced_call(force)
+    assert start.endswith(":")  # cut where the tokenizer cuts a whole call too
+    assert prompts[0].endswith("<|im_start|>assistant\n" + start)
+    assert events[0].kind == "text" and events[0].text == start
+    (call,) = [e.data for e in events if e.kind == "tool_call"]
+    assert call["function"] == {"name": "calculator", "arguments": {"expression": "6*7"}}
+    assert events[-1].data["finish_reason"] == "tool_calls"
+    (turn,) = [e.data for e in events if e.kind == "turn"]
+    assert turn["content"] == "" and turn["tool_calls"][0]["function"]["name"] == "calculator"
 
 
 def test_running_out_of_tokens_mid_answer_is_length(tok):

@@ -235,6 +235,35 @@ def test_client_tool_call_round_trip(client):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_tool_choice_required_or_named_is_honoured(client, server):
+    # The forced start itself is tested on the loop (test_agent_loop.py); here, through the
+    # API, streamed and not, on the question this small model memorised a call for.
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        for stream in (False, True):
+            r = client.chat.completions.create(
+                model="memo", messages=ask("What is the weather in Paris?"), tools=[WEATHER],
+                tool_choice=choice, temperature=0, stream=stream)
+            if stream:
+                chunks = list(r)
+                calls = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+                content = "".join(c.choices[0].delta.content or "" for c in chunks)
+                finish = chunks[-1].choices[0].finish_reason
+            else:
+                calls, content = r.choices[0].message.tool_calls, r.choices[0].message.content
+                finish = r.choices[0].finish_reason
+            assert finish == "tool_calls", (choice, stream)
+            assert [c.function.name for c in calls] == ["get_weather"]
+            assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+            assert not content  # the forced start shows no markup
+    # Forced, the greeting the model memorised is not what comes back.
+    forced = client.chat.completions.create(
+        model="memo", messages=ask("Hello!"), tools=[WEATHER], temperature=0, max_tokens=40,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert forced.choices[0].message.content != "Hello! How can I help you today?"
+    r = post(server, "/v1/chat/completions", {**CHAT, "tool_choice": "required"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+
+
 def test_builtin_tool_runs_on_the_server(client):
     r = client.chat.completions.create(model="memo", messages=ask("What is 347 * 29?"),
                                        temperature=0)

@@ -39,12 +39,22 @@ def stop_ids(tok) -> list[int]:
     return tokenizers_.end_ids(tok)
 
 
+def forced_call(name: str) -> str:
+    """The start of an assistant turn that can only go on as a tool call: to `name`, or to any
+    tool when `name` is "" (OpenAI's tool_choice "required" and a named tool_choice)."""
+    # Each ends on a colon, where the tokenizer splits the text of a whole call too: a prompt
+    # ending in a space or a quote would be cut where the model never saw a cut.
+    start = f'{chat_format.TOOL_CALL}\n{{"name":'
+    return start if not name else f'{start} {json.dumps(name)}, "arguments":'
+
+
 def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingParams,
             tools: dict[str, Tool] | None = None, declared: list[dict] | None = None,
-            max_rounds: int = 4) -> Iterator[Event]:
+            max_rounds: int = 4, force: str | None = None) -> Iterator[Event]:
     """Answer the conversation. `tools` run here (built-in); `declared` are OpenAI function
     schemas the caller runs itself: a call to one of them ends the loop with finish_reason
-    "tool_calls". Generated tokens count against params.max_new_tokens across all rounds."""
+    "tool_calls". Generated tokens count against params.max_new_tokens across all rounds.
+    `force` ("" for any tool, else a name) starts the first turn as a tool call."""
     tools = BUILTIN_TOOLS if tools is None else tools
     # Only the caller's functions are described in the prompt. The built-in ones are part of
     # what the assistant learned in finetuning: their schemas would fill most of a small
@@ -58,6 +68,10 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
     for _round in range(max_rounds):
         prompt = chat_format.render(tok, history, schemas or None, add_generation_prompt=True).ids
         text, stream, used, stopped = "", TextStream(tok), 0, False
+        if force is not None and _round == 0:
+            text = forced_call(force)  # written for the model, which goes on from there
+            prompt = prompt + tok.encode(text, add_special_tokens=False).ids
+            yield Event("text", text)
         for token in generate(prompt, replace(params, max_new_tokens=budget)):
             if token == STOP:
                 stopped = True

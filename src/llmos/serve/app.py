@@ -184,17 +184,26 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         messages = [m.to_chat() for m in req.messages]
         declared = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
         tools = builtin_tools
+        force = None  # "required" and a named function: the answer starts as that call
         if req.tool_choice == "none":
             declared, tools = None, {}
+        elif req.tool_choice == "required":
+            if not declared:
+                raise APIError(400, "tool_choice is \"required\" but the request lists no "
+                               "tools to call.", "tool_choice")
+            force = ""
         elif isinstance(req.tool_choice, NamedChoice):
             wanted = req.tool_choice.function.name
             declared = [d for d in declared or [] if d["function"]["name"] == wanted]
             if not declared:
                 raise APIError(400, f"tool_choice names function {wanted!r}, which is not in "
                                "tools.", "tool_choice")
+            force = wanted
+        if force is not None:
+            tools = {}  # the call forced is one of the request's own functions
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
-            declared, limits.tool_rounds, emit, cancel) for i in range(req.n)]
+            declared, limits.tool_rounds, emit, cancel, force) for i in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=True)
 
     @app.post("/v1/completions", dependencies=auth)

@@ -81,11 +81,12 @@ def finish_reason(loop_reason: str) -> str:
 
 
 def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[dict] | None,
-             max_rounds: int, emit: Emit, cancel: threading.Event) -> None:
+             max_rounds: int, emit: Emit, cancel: threading.Event,
+             force: str | None = None) -> None:
     counted = Counted(job, emit, cancel)
     declared_names = {d["function"]["name"] for d in declared or []}
     events = respond(counted, job.served.tok, messages, job.params, tools=tools,
-                     declared=declared, max_rounds=max_rounds)
+                     declared=declared, max_rounds=max_rounds, force=force)
     turn, stops = TurnText(), StopText(job.stop)
     said = said_this_turn = False  # content so far: the answer, this round
     reason, calls = "stop", []
