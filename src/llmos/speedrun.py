@@ -11,7 +11,7 @@ from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import autoarena, harness, report
+from llmos.evals import autoarena, harness, report, tasks
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.train import dpo, pretrain, reward, sft
@@ -43,6 +43,8 @@ class StageTimer:
 
 
 def run(cfg: RunConfig) -> None:
+    # A missing evaluation package is found before half an hour of training, not after it.
+    tasks.check_installed(cfg.speedrun.eval_tasks)
     timer = StageTimer(cfg.run_dir / "timings.json")
     base = cfg.run_dir / "base"
     with timer("pretrain"):

@@ -295,6 +295,20 @@ TASKS = {t.name: t for t in [
 ]}
 
 
+def check_installed(names: list[str]) -> None:
+    """Read the standard sets among `names` now, so that a run which evaluates them at its end
+    fails in its first second, not after training, when a package is missing."""
+    problems = []
+    for name in names:
+        if name in TASKS:
+            try:
+                TASKS[name].docs()
+            except TaskError as e:
+                problems.append(f"{name}: {e}")
+    if problems:
+        raise TaskError("the evaluation sets cannot be read:\n  " + "\n  ".join(problems))
+
+
 def hf_task(spec: str) -> Task:
     """`hf:NAME[:CONFIG][@SPLIT]`: a multiple-choice set from the Hugging Face hub (opt-in; needs
     `datasets` and the network), read by the first known record shape its fields match."""
