@@ -215,10 +215,10 @@ def test_a_killed_sweep_continues_with_the_runs_not_done(corpus_dir, tmp_path):
             for r in _plan_runs(out) if sweep.status(out, r) == "done"}
     assert 1 <= len(done) < 6
 
-    again = subprocess.run(sweep_argv(corpus_dir, out), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(sweep_argv(corpus_dir, out, "--jobs", "2"), capture_output=True,
+                           text=True, timeout=600)  # two runs at a time, a core each
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"6 runs, {len(done)} done, {6 - len(done)} to train" in again.stdout
+    assert f"6 runs, {len(done)} done, {6 - len(done)} to train, 2 at a time" in again.stdout
     for name, mtime in done.items():  # finished runs were not trained again
         assert (out / "runs" / name / "base" / "model.safetensors").stat().st_mtime == mtime
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]

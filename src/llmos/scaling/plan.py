@@ -19,7 +19,7 @@ from llmos.scaling.shapes import count_params, shape_for
 
 SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
 MIN_STEPS = 20  # fewer optimizer steps than this is not a training run worth fitting
-MISS = 0.10  # a planned shape may miss its size by this much (the rule hits 6% or better)
+MISS = 0.10  # a planned shape may miss its size by this much (the rule: 7% or better)
 
 
 class PlanError(ValueError):
