@@ -24,7 +24,8 @@ def section(run: Path, table) -> str | None:
         return None
     where = folder.relative_to(run).as_posix() if folder != run else "."
     rows = run_log.read(folder / "runs.jsonl")
-    parts = [f"From the sweep in `{where}` (`llmos scaling sweep`, docs/scaling.md)."]
+    parts = [("From this sweep" if folder == run else f"From the sweep in `{where}`")
+             + " (`llmos scaling sweep`, docs/scaling.md)."]
     if (folder / "fit.json").exists():
         fit = json.loads((folder / "fit.json").read_text())
         parts += ["", "```", summary(fit), "```"]
@@ -37,9 +38,10 @@ def section(run: Path, table) -> str | None:
     if checks:
         parts += ["", "Predictions checked by training the run (`llmos scaling predict "
                   "--check`):", "", table(
-                      ["run", "parameters without embeddings", "tokens", "predicted loss",
+                      ["run", "parameters (without embeddings)", "tokens", "predicted loss",
                        "measured loss", "error"],
-                      [[c["name"], f"{c['params_nonembed']:,}", f"{c['tokens']:,}",
+                      [[c["name"], f"{c['params']:,} ({c['params_nonembed']:,})",
+                        f"{c['tokens']:,}",
                         f"{c['predicted']:.4f}", f"{c['loss']:.4f}",
                         f"{100 * c['relative_error']:+.2f}%"] for c in checks])]
     if rows:
