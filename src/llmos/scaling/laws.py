@@ -116,6 +116,9 @@ def fit_law(n, d, loss, starts=None, delta: float = HUBER_DELTA) -> Law:
     loose = sorted((_minimise(s, args) for s in starts), key=lambda r: r[0])
     best = min((_minimise(x, args, tight=True) for _, x in loose[:POLISH]), key=lambda r: r[0])
     a, b, e, alpha, beta = best[1]
+    if max(a, b, e) > 700 or not np.isfinite(best[1]).all():  # exp() would overflow
+        raise FitError("approach 3 diverged on these runs (a constant ran off to infinity): "
+                       "they do not pin down the law; add runs of other sizes or budgets")
     return Law(math.exp(e), math.exp(a), math.exp(b), float(alpha), float(beta))
 
 
