@@ -93,7 +93,7 @@ def _add_collect(verbs) -> None:
     c.set_defaults(func=cmd_scaling_collect)
 
 
-def _make_plan(args, cfg) -> dict:
+def _make_plan(args, cfg) -> tuple[dict, list[str]]:
     from llmos.scaling import plan
 
     if args.jobs < 1 or args.nproc < 1:
@@ -103,21 +103,22 @@ def _make_plan(args, cfg) -> dict:
                          "use --jobs for several runs at once)")
     default = not (args.params or args.flops or args.tokens)
     params = plan.parse_amounts(args.params or DEFAULT_PARAMS)
+    skipped: list[str] = []
     if args.tokens:
         runs = plan.plan_grid(params, plan.parse_amounts(args.tokens), cfg, args.nproc,
                               args.count)
         kind = "grid"
     elif args.flops or default:
-        runs = plan.plan_isoflops(plan.parse_amounts(args.flops or DEFAULT_FLOPS), params, cfg,
-                                  args.nproc, plan.parse_range(args.tokens_per_param),
-                                  args.count)
+        runs, skipped = plan.plan_isoflops(
+            plan.parse_amounts(args.flops or DEFAULT_FLOPS), params, cfg, args.nproc,
+            plan.parse_range(args.tokens_per_param), args.count)
         kind = "isoflop"
     else:
         raise ValueError("--params needs --flops (IsoFLOP profiles) or --tokens (a grid)")
     plan.check_plan(runs)
     return {"kind": kind, "preset": args.preset, "overrides": [
         o.split("=", 1) for o in args.overrides], "sources": cfg.data.sources,
-        "nproc": args.nproc, "counting": args.count, "runs": runs}
+        "nproc": args.nproc, "counting": args.count, "runs": runs}, skipped
 
 
 def cmd_scaling_sweep(args):
@@ -128,18 +129,16 @@ def cmd_scaling_sweep(args):
     # Planned first with data.vocab_size (or the folder's tokenizer), so that a bad sweep, or
     # one that belongs in another folder, is refused before any data is prepared.
     sweep.size_vocabulary(cfg, out)
-    new = _make_plan(args, cfg)
+    new, skipped = _make_plan(args, cfg)
     if args.dry_run:
-        for line in new["runs"][0].pop("skipped", []):
-            print(f"left out: {line}")
+        print("".join(f"left out: {line}\n" for line in skipped), end="")
         print("\n".join(plan.describe(r) for r in new["runs"]))
         return
     plan.merge(out / "sweep.json", new)
     out.mkdir(parents=True, exist_ok=True)
     sweep.prepare_data(out, cfg)  # the tokenizer sets the vocabulary the shapes are sized with
-    new = _make_plan(args, cfg)
-    for line in new["runs"][0].pop("skipped", []):
-        print(f"left out: {line}")
+    new, skipped = _make_plan(args, cfg)
+    print("".join(f"left out: {line}\n" for line in skipped), end="")
     merged = plan.merge(out / "sweep.json", new)
     plan.write(out / "sweep.json", merged)
     sweep.link_data(out, merged)

@@ -103,10 +103,10 @@ def plan_grid(params: list[float], tokens: list[float], cfg: RunConfig, nproc: i
 
 def plan_isoflops(flops: list[float], params: list[float], cfg: RunConfig, nproc: int = 1,
                   tokens_per_param: tuple[float, float] = (0.5, 100),
-                  counting: str = "total") -> list[dict]:
+                  counting: str = "total") -> tuple[list[dict], list[str]]:
     """For each budget C, a run at each size N whose D = C / 6N is within `tokens_per_param`
     (D/N) and makes enough steps: a profile needs the sizes around its valley, not a tiny model
-    fed for hours. What is left out is said in the first run's `skipped`."""
+    fed for hours. Returns the runs and a line for each (C, N) left out."""
     lo, hi = tokens_per_param
     runs, skipped = [], []
     for c in flops:
@@ -123,8 +123,7 @@ def plan_isoflops(flops: list[float], params: list[float], cfg: RunConfig, nproc
                 skipped.append(f"C={c:.3g}, N={short(n)}: {e}")
     if not runs:
         raise PlanError("no size fits any budget:\n  " + "\n  ".join(skipped))
-    runs[0].setdefault("skipped", skipped)
-    return runs
+    return runs, skipped
 
 
 def check_plan(runs: list[dict]) -> None:
