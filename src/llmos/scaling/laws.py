@@ -63,6 +63,11 @@ class Law:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def of(cls, fitted: dict) -> Law:
+        """The law in a fit's approach-3 block (or any dict with its five constants)."""
+        return cls(fitted["E"], fitted["A"], fitted["B"], fitted["alpha"], fitted["beta"])
+
 
 # ---- approach 3 ------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ def plot_fit(runs: list[dict], fit: dict, out: str | Path, counting: str = "tota
     plt = plots.pyplot()
     block = fit["nonembedding"] if counting == "nonembedding" else fit
     a3 = block["approach3"]
-    law = Law(a3["E"], a3["A"], a3["B"], a3["alpha"], a3["beta"])
+    law = Law.of(a3)
     n = np.array([r["params_nonembed" if counting == "nonembedding" else "params"]
                   for r in runs], dtype=float)
     d = np.array([r["tokens"] for r in runs], dtype=float)

@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 from llmos.scaling.laws import Law, interval
-
-COUNTINGS = ("nonembedding", "total")
+from llmos.scaling.shapes import COUNTINGS
 
 
 def read_fit(path: str | Path) -> dict:
@@ -34,18 +33,14 @@ def block_of(fit: dict, counting: str | None) -> tuple[str, dict]:
         else fit["approach3"]
 
 
-def _law(a3: dict) -> Law:
-    return Law(a3["E"], a3["A"], a3["B"], a3["alpha"], a3["beta"])
-
-
 def _samples(a3: dict) -> list[Law]:
-    return [_law(s) for s in a3.get("samples", [])]
+    return [Law.of(s) for s in a3.get("samples", [])]
 
 
 def loss_at(fit: dict, n: float, d: float, counting: str | None = None) -> dict:
     """Predicted loss (nats/token) of N parameters trained on D tokens."""
     counting, a3 = block_of(fit, counting)
-    out = {"counting": counting, "params": n, "tokens": d, "loss": float(_law(a3).loss(n, d))}
+    out = {"counting": counting, "params": n, "tokens": d, "loss": float(Law.of(a3).loss(n, d))}
     samples = _samples(a3)
     if len(samples) >= 2:
         out["ci"] = interval([float(s.loss(n, d)) for s in samples])
@@ -55,7 +50,7 @@ def loss_at(fit: dict, n: float, d: float, counting: str | None = None) -> dict:
 def optimum_at(fit: dict, compute: float, counting: str | None = None) -> dict:
     """The compute-optimal N and D for `compute` FLOPs (C = 6ND) and the loss there."""
     counting, a3 = block_of(fit, counting)
-    law = _law(a3)
+    law = Law.of(a3)
     n, d = law.optimum(compute)
     out = {**loss_at(fit, n, d, counting), "compute": compute}
     samples = _samples(a3)
