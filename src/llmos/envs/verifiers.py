@@ -121,3 +121,29 @@ def extract_code(text: str) -> str:
 def passes_tests(code: str, tests: str) -> float:
     result = run_python(code + "\n\n" + tests, PythonLimits(cpu_seconds=2, wall_seconds=5))
     return float(result.exit_code == 0)
+
+
+def working_value(question: str, answer: str, final: bool) -> float:
+    """A check of worked arithmetic that needs no reference answer (a process verifier, as a
+    calculator would check the work): 0.0 as soon as an equation the answer writes is false; a
+    final answer must also write an equation, and every number in it must come from the
+    question or from one of its true equations ("carry 1" is judged once the "4 + 1 = 5" that
+    uses the 1 is written). Else 1.0."""
+    answer = answer.replace(",", "")
+    equations = [m.group() for m in EQUATION.finditer(answer)]
+    if any(not true_equation_numbers(e) for e in equations):
+        return 0.0
+    if not final:
+        return 1.0
+    if not equations:
+        return 0.0
+    allowed = {float(m.group()) for m in NUMBER.finditer(question.replace(",", ""))}
+    allowed |= true_equation_numbers(answer)
+    return float(all(float(m.group()) in allowed for m in NUMBER.finditer(answer)))
+
+
+def judge_working(messages: list[dict], texts: list[str], final: bool) -> list[float]:
+    """`working_value` of each answer to the conversation's last question: a System-2 judge
+    (llmos.infer.think.Judge)."""
+    question = messages[-1]["content"] if messages else ""
+    return [working_value(question, t, final) for t in texts]
