@@ -30,6 +30,7 @@ bench: $(BIN)/llmos  ## the benchmarks, one JSON line each
 	$(BIN)/python benchmarks/ratings_speed.py
 	$(BIN)/python benchmarks/decode_speed.py  # llama.cpp rows need llama-cpp-python
 	$(BIN)/python benchmarks/matvec_kernels.py
+	$(BIN)/python benchmarks/think_cost.py
 	$(BIN)/python benchmarks/assistant_quality.py  # needs runs/cpu-tiny/sft (make speedrun)
 
 clean:

@@ -24,7 +24,7 @@ TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", f"{stage}.train.seq_len=64", "--set", f"{stage}.eval_pairs=8")] + [
     "--set", "dpo.eval_items=4", "--set", "speedrun.eval_tasks=bpb,arc_easy",
     "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
-    "--set", "speedrun.arena_max_tokens=8"]
+    "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -114,16 +114,21 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         info = json.loads((run / stage / "llmos.json").read_text())
         assert info["stage"] == stage and info["parent"] == str(run / parent) and info["final"]
     for ckpt in ("base", "sft", "dpo"):  # the same evaluation on each, for the report card
-        evals = list((run / ckpt / "evals").glob("*.json"))
+        evals = [p for p in (run / ckpt / "evals").glob("*.json")
+                 if not p.name.startswith("think-")]
         assert len(evals) == 1 and set(json.loads(evals[0].read_text())["results"]) == {
             "bpb", "arc_easy"}
     battles = (run / "arena" / "battles.jsonl").read_text().splitlines()
     assert len(battles) == 3 * 3 * 2  # 3 prompts x 3 pairs x both orders
     card = (run / "report.md").read_text()
     assert "| base | sft | dpo |" in card.replace("| metric ", "")  # side by side
+    thinking = json.loads((run / "sft" / "evals" / "think-vote-mental2.json").read_text())
+    assert [r["budget"] for r in thinking["tasks"]["mental2"]["curve"]] == [1, 8]
+    assert "system 2        mental2 (n=3): greedy " in out.stdout and "vote k=8" in out.stdout
+    assert "## System 2" in card and "think-vote-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
-                             "eval", "arena", "report"]
+                             "eval", "system2", "arena", "report"]
     assert "report card" in out.stdout
     # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -352,6 +352,12 @@ BAD_REQUESTS = {
             "name": "get_weather", "arguments": "{city"}}]}]}, 400, "messages"),
     "prompt longer than the context": ({"model": "memo", "messages": ask("Paris weather " * 2000)},
                                        400, "messages"),
+    "unknown think strategy": ({**CHAT, "think": {"strategy": "ponder"}}, 400,
+                               "think.strategy"),
+    "think budget over the cap": ({**CHAT, "think": {"n": 33}}, 400, "think.n"),
+    "think with n choices": ({**CHAT, "n": 2, "think": {"n": 4}}, 400, "n"),
+    "think with tools": ({**CHAT, "tools": [WEATHER], "think": {"n": 4}}, 400, "think"),
+    "think with an unknown field": ({**CHAT, "think": {"n": 4, "depth": 3}}, 400, "think.depth"),
     "oversized body": ({"model": "memo", "messages": ask("x" * (1 << 20))}, 413, None),
     # Valid JSON, but no text: it cannot be encoded, tokenized or stored.
     "lone surrogate": (b'{"model": "memo", "messages": [{"role": "user", "content": "a\\ud800"}]}',
@@ -399,6 +405,34 @@ def test_api_keys(server):
         openai.OpenAI(base_url=f"{server}/v1", api_key="sk-wrong", max_retries=0).models.list()
     assert httpx.get(server + "/health").status_code == 200  # no key needed
     assert httpx.get(server + "/").status_code == 200
+
+
+# ---- System 2 through the API -------------------------------------------------------------------
+
+
+def test_think_votes_over_samples_decoded_in_one_batch(client, server):
+    before = health(server)["rows_per_step"]
+    r = client.chat.completions.create(
+        model="memo", messages=ask("Hello!"), max_tokens=40, temperature=0.7, seed=5,
+        extra_body={"think": {"strategy": "vote", "n": 6, "answer_kind": "text"}})
+    spent = r.model_extra["think"]
+    assert spent["strategy"] == "vote" and spent["budget"] == 6 and spent["samples"] == 6
+    assert spent["tokens"] == r.usage.completion_tokens > 6 and spent["seconds"] > 0
+    votes = {c["answer"]: c["votes"] for c in spent["candidates"]}
+    assert sum(votes.values()) <= 6 and max(votes.values()) >= 2
+    assert r.choices[0].message.content == "Hello! How can I help you today?"
+    assert spent["answer"] == "hello how can i help you today"
+    after = health(server)["rows_per_step"]
+    grew = [int(k) for k, v in after.items() if v > before.get(k, 0)]
+    assert max(grew) >= 4, f"the samples were not decoded together: {grew}"
+    # Streamed, the answer comes as content and the spending with the finishing chunk.
+    chunks = list(client.chat.completions.create(
+        model="memo", messages=ask("Hello!"), max_tokens=40, temperature=0.7, seed=5,
+        stream=True, extra_body={"think": {"strategy": "vote", "n": 6, "answer_kind": "text"}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["think"]["samples"] == 6
 
 
 # ---- batching, cancellation -------------------------------------------------------------------

@@ -11,9 +11,10 @@ from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import autoarena, harness, report, tasks
+from llmos.evals import autoarena, harness, report, system2, tasks
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
+from llmos.infer.think import Think
 from llmos.train import dpo, pretrain, reward, sft
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class Stack:\n    \"\"\"", "# Return the"]
@@ -81,14 +82,16 @@ def run(cfg: RunConfig) -> None:
         tuned[name] = out
     with timer("eval"):
         evaluate_all(cfg, [base, assistant, tuned["dpo"]])
+    with timer("system2"):
+        thinking = system2_row(cfg, assistant)
     with timer("arena"):
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, samples, chats, card, page, timer)
+    summary(cfg, base, assistant, tuned, thinking, samples, chats, card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, samples, chats, card, page, timer) -> None:
+def summary(cfg, base, assistant, tuned, thinking, samples, chats, card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -107,6 +110,7 @@ def summary(cfg, base, assistant, tuned, samples, chats, card, page, timer) -> N
         shown = ", ".join(f"{k} {v:.3f}" for k, v in tm.items()
                           if k in STAGE_FIGURES.get(name, ()) and isinstance(v, float))
         print(f"{name:<16}{out}  ({shown})")
+    print(f"system 2        {system2.headline(thinking)}")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
@@ -171,6 +175,21 @@ def evaluate_all(cfg: RunConfig, ckpts) -> None:
             continue
         result = harness.evaluate(ckpt, tasks, limit=limit)
         harness.write(result, out)
+
+
+def system2_row(cfg: RunConfig, ckpt) -> dict:
+    """Greedy against a vote (self-consistency) on one checkable task, on the assistant:
+    CKPT/evals/think-vote-TASK.json and its plot, kept while newer than the checkpoint."""
+    sr = cfg.speedrun
+    out = ckpt / "evals" / f"think-vote-{sr.think_task}.json"
+    if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+        print(f"speedrun: {out} is up to date")
+        return json.loads(out.read_text())
+    result = system2.evaluate(ckpt, [sr.think_task], Think("vote", seed=0),
+                              [1, sr.think_budget], sr.think_limit or None,
+                              log=lambda m: print(f"system2: {m}"))
+    system2.write(result, out)
+    return result
 
 
 def arena(cfg: RunConfig, ckpts) -> None:

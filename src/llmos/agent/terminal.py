@@ -2,7 +2,9 @@
 
 Commands inside the chat: /reset (forget the conversation), /save [FILE] (write it as JSONL
 {"messages": [...]}, the format `llmos sft` reads), /system TEXT (set the system prompt),
-/quit. Tool calls and their results are printed as they happen.
+/quit. Tool calls and their results are printed as they happen. With a System-2 strategy
+(`--think vote --budget 8`), each answer is the strategy's pick among its samples, followed by a
+line saying what it spent and what it weighed; tools are not run then.
 """
 
 from __future__ import annotations
@@ -16,15 +18,20 @@ from llmos import tokenizer as tokenizers_
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.infer.engine import Engine, SamplingParams
+from llmos.infer.strategies import think
+from llmos.infer.think import LocalModel, Think, Thought
 
 HELP = "commands: /reset  /save [FILE]  /system TEXT  /quit"
 
 
 class Session:
     def __init__(self, model_dir: str, system: str = "", params: SamplingParams | None = None,
-                 tools: bool = True, out=sys.stdout):
+                 tools: bool = True, out=sys.stdout, thinking: Think | None = None):
         self.tok = tokenizers_.load(Path(model_dir))
-        self.generate = engine_stream(Engine(checkpoint.load_model(model_dir)))
+        model = checkpoint.load_model(model_dir)
+        self.generate = engine_stream(Engine(model))
+        self.thinking = thinking.check() if thinking else None
+        self.lm = LocalModel(model, self.tok) if thinking else None
         self.params = params or SamplingParams(max_new_tokens=256, temperature=0.7, top_p=0.95)
         self.tools = BUILTIN_TOOLS if tools else {}
         self.system, self.messages, self.out = system, [], out
@@ -39,6 +46,11 @@ class Session:
     def ask(self, text: str) -> str:
         """Send one user message; stream the answer (and tool activity) to `out`."""
         self.messages.append({"role": "user", "content": text})
+        if self.thinking:
+            thought = think(self.lm, self.conversation(), self.thinking)
+            self.messages.append({"role": "assistant", "content": thought.text})
+            self.write(thought.text + "\n" + describe_thought(thought) + "\n")
+            return thought.text
         hiding = False  # the raw <tool_call> markup is shown formatted instead
         printed = False  # whether this turn wrote any text (a pure tool call writes none)
         for event in respond(self.generate, self.tok, self.conversation(), self.params,
@@ -71,6 +83,15 @@ class Session:
     def write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
+
+
+def describe_thought(t: Thought) -> str:
+    """'[vote: 8 samples, 312 tokens, 0.41s; 85 x5, 86 x3]'."""
+    weighed = ", ".join(f"{c['answer']} x{c['votes']}" if "votes" in c
+                        else f"{c['answer']} ({c['score']:g})" if "score" in c
+                        else str(c['answer']) for c in t.candidates[:5])
+    return (f"  [{t.strategy}: {t.samples} samples, {t.tokens} tokens, {t.seconds:.2f}s"
+            + (f"; {weighed}" if weighed else "") + "]")
 
 
 def repl(session: Session, save_path: str = "chat.jsonl") -> None:

@@ -35,12 +35,30 @@ def add_eval(sub) -> None:
                    help="ask gsm8k and triviaqa as a user turn in the chat format (for "
                    "assistant checkpoints); other tasks are scored as plain text")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    think = s.add_argument_group("System 2: accuracy against inference compute (docs/system2.md)")
+    think.add_argument("--think", metavar="STRATEGY",
+                       choices=["greedy", "vote", "best-of", "search"],
+                       help="answer each item with greedy, vote (self-consistency), best-of "
+                       "(a judge picks among samples) or search (step-level beam search); "
+                       "tasks: mental2, mental, countdown, gsm8k; writes one curve per task "
+                       "(JSON, and a PNG beside it)")
+    think.add_argument("--budget", default="1,2,4,8,16", metavar="LIST",
+                       help="budgets to measure, e.g. 1,2,4,8,16,32 (samples; for search, rows "
+                       "per step); 1 is the greedy answer (default 1,2,4,8,16)")
+    think.add_argument("--judge", metavar="SPEC",
+                       help="what best-of and search score answers with: verifier (the task's "
+                       "reference-free check, the default) or reward:PATH (a reward model)")
+    think.add_argument("--temperature", type=float, default=0.8,
+                       help="sampling temperature of the strategies' samples (default 0.8)")
+    think.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     s.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args):
     from llmos.evals import harness
 
+    if args.think:
+        return cmd_eval_think(args)
     names = harness.parse_tasks(args.tasks)  # an unknown name fails before the model loads
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.shots < 0:
         raise ValueError("--batch-size and --limit must be >= 1, --shots >= 0")
@@ -52,6 +70,26 @@ def cmd_eval(args):
     harness.write(result, out)
     print(harness.format_table(result))
     print(f"wrote {out}", file=sys.stderr)
+
+
+def cmd_eval_think(args):
+    from llmos.evals import system2
+    from llmos.infer.think import Think
+
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    budgets = system2.parse_budgets(args.budget)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be >= 1")
+    if args.temperature <= 0:
+        raise ValueError("--temperature must be above 0 (budget 1 is the greedy answer)")
+    cfg = Think(args.think, temperature=args.temperature, seed=args.seed)
+    result = system2.evaluate(args.model, names, cfg, budgets, args.limit, args.judge,
+                              args.device, log=lambda m: print(m, file=sys.stderr))
+    tag = f"think-{args.think}-{'+'.join(names)}" + (f"-limit{args.limit}" if args.limit else "")
+    out = Path(args.out) if args.out else Path(args.model) / "evals" / f"{tag}.json"
+    png = system2.write(result, out)
+    print(system2.format_table(result))
+    print(f"wrote {out} and {png}", file=sys.stderr)
 
 
 def add_report(sub) -> None:

@@ -57,14 +57,35 @@ def add_chat(sub) -> None:
     s.add_argument("--no-tools", action="store_true", help="run no tools the model calls")
     s.add_argument("--save", default="chat.jsonl",
                    help="file that /save appends to (default chat.jsonl)")
+    s.add_argument("--think", choices=["greedy", "vote", "best-of", "search"],
+                   help="answer with a System-2 strategy (docs/system2.md): vote, best-of or "
+                   "search over --budget samples (tools are not run then)")
+    s.add_argument("--budget", type=int, default=8, metavar="K",
+                   help="samples (search: rows per step) of --think (default 8)")
+    s.add_argument("--judge", metavar="SPEC",
+                   help="best-of and search: verifier (checks worked arithmetic, the default) "
+                   "or reward:PATH (a reward model)")
+    s.add_argument("--answer-kind", default="number",
+                   choices=["number", "choice", "code", "text"],
+                   help="what a vote compares: the final number (default), a choice letter, "
+                   "the program, or the normalized text")
     s.set_defaults(func=cmd_chat)
 
 
 def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
 
+    thinking = None
+    if args.think:
+        from llmos.envs.verifiers import judge_working
+        from llmos.infer.think import Think, parse_judge
+
+        p = sampling_params(args)
+        thinking = Think(args.think, args.budget, args.answer_kind, p.temperature or 0.8,
+                         max_new_tokens=p.max_new_tokens, top_p=p.top_p, seed=p.seed,
+                         judge=parse_judge(args.judge) or judge_working)
     session = Session(args.model, args.system or "", sampling_params(args),
-                      tools=not args.no_tools)
+                      tools=not args.no_tools, thinking=thinking)
     if args.message:  # one-shot: answer each message in turn, then exit
         for text in args.message:
             print(f"you> {text}\nassistant> ", end="", flush=True)

@@ -26,7 +26,7 @@ import torch
 
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
-from llmos.evals import ratings
+from llmos.evals import ratings, system2
 from llmos.scaling import card as scaling_card
 
 STAGE_ORDER = ["pretrain", "sft", "reward", "dpo", "rl"]
@@ -215,6 +215,9 @@ def markdown(run: Path) -> str:
     parts += ["## Loss curves", "", f"![loss curves]({plot.name})" if plot else
               "_No metrics.jsonl in this run._", ""]
     parts += ["## Evaluation", "", eval_table(run, ckpts), ""]
+    thinking = system2.card_section(run, [name for name, _ in ckpts], table)
+    if thinking:
+        parts += ["## System 2: accuracy against inference compute", "", thinking, ""]
     parts += ["## Arena", "", arena_section(run), ""]
     scaling = scaling_card.section(run, table)
     if scaling:

@@ -47,6 +47,7 @@ from llmos.serve.openai_schema import (
 )
 from llmos.serve.responses import answer
 from llmos.serve.served import ServedModel, load_models, model_card
+from llmos.serve.thinking import run_think, think_config
 from llmos.serve.workers import Choices, Job, run_chat, run_completion
 
 STATIC = Path(__file__).parent / "static"
@@ -201,6 +202,16 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             force = wanted
         if force is not None:
             tools = {}  # the call forced is one of the request's own functions
+        if req.think is not None:
+            if req.n != 1:
+                raise APIError(400, "think answers with one choice: n must be 1.", "n")
+            if req.tools or force is not None:
+                raise APIError(400, "think answers without tools: leave tools and "
+                               "tool_choice out.", "think")
+            cfg = think_config(req.think, params, limits)
+            return await answer(request, req, served, Choices([
+                lambda emit, cancel: run_think(served, messages, cfg, emit, cancel)]),
+                chat_api=True)
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
             declared, limits.tool_rounds, emit, cancel, force) for i in range(req.n)]

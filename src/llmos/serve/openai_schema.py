@@ -25,6 +25,7 @@ class Limits:
     max_tokens: int = 2048  # the most a request may ask for (max_tokens, all rounds)
     max_n: int = 8
     max_stop: int = 4
+    max_think: int = 32  # the largest System-2 budget a request may ask for
     tool_rounds: int = 4  # built-in tool calls answered per request before it ends
 
 
@@ -174,11 +175,22 @@ class Sampling(BaseModel):
     logprobs: bool | int | None = None
 
 
+class ThinkRequest(BaseModel):
+    """llmos's own field: answer with a System-2 strategy (docs/system2.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["greedy", "vote", "best-of", "search"] = "vote"
+    n: int = Field(8, ge=1)  # samples (search: rows per step)
+    answer_kind: Literal["number", "choice", "code", "text"] = "number"
+    judge: Literal["verifier"] = "verifier"  # best-of, search: checks worked arithmetic
+
+
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    think: ThinkRequest | None = None
 
 
 class CompletionRequest(Sampling):

@@ -56,6 +56,7 @@ def _zero_usage() -> dict:
 async def stream_chunks(choices: Choices, head: dict, chat_api: bool, include_usage: bool,
                         echo: list[str] | None):
     usage, extra = _zero_usage(), {"usage": None} if include_usage else {}
+    thought: dict = {}  # a System-2 answer's spending, sent with its finishing chunk
 
     def chunk(index: int, delta: dict, reason: str | None = None) -> str:
         if chat_api:
@@ -63,7 +64,8 @@ async def stream_chunks(choices: Choices, head: dict, chat_api: bool, include_us
         else:
             choice = {"index": index, "text": delta.get("text", ""), "logprobs": None,
                       "finish_reason": reason}
-        return sse({**head, "choices": [choice], **extra})
+        said = {"think": thought} if thought and reason else {}
+        return sse({**head, "choices": [choice], **extra, **said})
 
     try:
         for i in range(choices.count):
@@ -75,6 +77,8 @@ async def stream_chunks(choices: Choices, head: dict, chat_api: bool, include_us
             index, item = got
             if item[0] == "delta":
                 yield chunk(index, item[1])
+            elif item[0] == "think":
+                thought = item[1]
             elif item[0] == "finish":
                 yield chunk(index, {}, item[1])
                 choices.add_usage(usage, index, item[2])
@@ -93,7 +97,7 @@ async def collect(request: Request, choices: Choices, head: dict, chat_api: bool
     out = [{"content": "", "reasoning_content": "", "tool_calls": [], "llmos_tool_events": [],
             "text": echo[i] if echo else "", "finish_reason": None}
            for i in range(choices.count)]
-    usage = _zero_usage()
+    usage, thought = _zero_usage(), None
     checked = time.monotonic()
     try:
         while True:
@@ -113,6 +117,8 @@ async def collect(request: Request, choices: Choices, head: dict, chat_api: bool
             if item[0] == "delta":
                 for key, value in item[1].items():
                     out[index][key] += value
+            elif item[0] == "think":
+                thought = item[1]
             elif item[0] == "finish":
                 out[index]["finish_reason"] = item[1]
                 choices.add_usage(usage, index, item[2])
@@ -125,7 +131,8 @@ async def collect(request: Request, choices: Choices, head: dict, chat_api: bool
         texts = [{"index": i, "text": o["text"], "logprobs": None,
                   "finish_reason": o["finish_reason"]} for i, o in enumerate(out)]
         return {**head, "choices": texts, "usage": usage}
-    return {**head, "choices": [chat_choice(i, o) for i, o in enumerate(out)], "usage": usage}
+    body = {**head, "choices": [chat_choice(i, o) for i, o in enumerate(out)], "usage": usage}
+    return body | ({"think": thought} if thought else {})
 
 
 def chat_choice(index: int, o: dict) -> dict:
