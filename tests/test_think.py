@@ -133,6 +133,7 @@ class StepModel:
     def __init__(self, tok, table: dict[str, list[tuple[str, float]]], seed: int = 0):
         self.tok, self.table, self.rng = tok, table, random.Random(seed)
         self.rows = 0  # rows decoded, all calls
+        self.scored = 0  # continuations whose likelihood was asked for
 
     def _partial(self, ids) -> str:
         text = self.tok.decode(list(ids), skip_special_tokens=False)
@@ -167,6 +168,7 @@ class StepModel:
         return out
 
     def mean_logprobs(self, prompt, continuations):
+        self.scored += len(continuations)
         out = []
         for c in continuations:
             partial, lp, n = "", 0.0, 0
@@ -213,6 +215,18 @@ def test_search_finds_what_the_verifier_accepts_where_greedy_and_vote_fail(tok):
     assert best.answer == "22" and best.candidates[0]["score"] == 1.0
 
 
+def test_a_vote_scores_likelihoods_only_where_they_decide(tok):
+    sure = {"": [("3 * 5 = 15\n", 1.0)], "3 * 5 = 15\n": [("15 + 7 = 22$", 1.0)]}
+    lm = StepModel(tok, sure)
+    thought = think(lm, PUZZLE, Think("vote", budget=8, step_stops=("\n",)))
+    assert thought.answer == "22" and lm.scored == 0  # one text, eight votes: nothing to break
+    for seed in range(4):  # each answer has one text here: a tie scores the tied texts only
+        lm = StepModel(tok, TABLE, seed)
+        thought = think(lm, PUZZLE, Think("vote", budget=8, step_stops=("\n",)))
+        tied = [c for c in thought.candidates if c["votes"] == thought.candidates[0]["votes"]]
+        assert lm.scored == (len(tied) if len(tied) > 1 else 0)
+
+
 def test_search_without_a_judge_follows_the_likelihood(tok):
     lm = StepModel(tok, TABLE)
     thought = think(lm, PUZZLE, Think("search", budget=8, step_stops=("\n",)))
@@ -256,22 +270,26 @@ def test_local_model_samples_in_one_batch_and_scores_like_the_scorer(tiny):
 
 def test_eval_think_writes_a_curve_per_task_and_a_plot(tiny, tmp_path, capsys):
     out = tmp_path / "curve.json"
-    main(["eval", str(tiny), "--tasks", "mental2,countdown", "--think", "vote",
+    main(["eval", str(tiny), "--tasks", "mental2,countdown", "--think", "vote,search",
           "--budget", "2,1", "--limit", "3", "--out", str(out)])
     result = json.loads(out.read_text())
+    assert result["strategies"] == ["vote", "search"] and result["judge"] == "verifier"
     for name in ("mental2", "countdown"):
         curve = result["tasks"][name]["curve"]
-        assert [r["budget"] for r in curve] == [1, 2]  # sorted; 1 is the greedy baseline
+        # Sorted budgets; 1 is the greedy baseline, run once for both strategies.
+        assert [(r["strategy"], r["budget"]) for r in curve] == [
+            ("greedy", 1), ("vote", 2), ("search", 2)]
         for r in curve:
             assert r["n"] == 3 and 0 <= r["ci"][0] <= r["accuracy"] <= r["ci"][1] <= 1
             assert r["tokens"] > 0 and r["seconds"] >= 0
-        assert len(result["tasks"][name]["items"]["2"]) == 3
+        assert len(result["tasks"][name]["items"]["vote:2"]) == 3
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "mental2" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "hellaswag", "--think", "vote"], "tasks with checkable answers"),
+    (["--tasks", "mental2", "--think", "vote,ponder"], "unknown strategy 'ponder'"),
     (["--tasks", "mental2", "--think", "vote", "--budget", "0,2"], "--budget needs numbers"),
     (["--tasks", "mental2", "--think", "vote", "--budget", "two"], "whole numbers"),
     (["--tasks", "mental2", "--think", "best-of", "--judge", "oracle"], "unknown judge"),

@@ -58,6 +58,8 @@ class Think:
     top_k: int = 0
     max_new_tokens: int = 128
     top_p: float = 1.0
+    min_new_tokens: int = 0  # end tokens are masked until then (the API's min_tokens)
+    ignore_eos: bool = False  # never end on an end token (the API's ignore_eos)
     seed: int | None = None
     judge: Judge | None = None  # best-of and search (search's default: the mean log-probability)
     step_stops: tuple[str, ...] = ("\n",)  # search: what ends a step
@@ -133,8 +135,8 @@ def prompt_ids(tok, messages: list[dict]) -> list[int]:
 def sampling(tok, cfg: Think, greedy: bool) -> SamplingParams:
     return SamplingParams(
         max_new_tokens=cfg.max_new_tokens, temperature=0.0 if greedy else cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-        stop_tokens=tuple(tokenizers_.end_ids(tok)))
+        top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, min_new_tokens=cfg.min_new_tokens,
+        stop_tokens=() if cfg.ignore_eos else tuple(tokenizers_.end_ids(tok)))
 
 
 def content(text: str) -> str:

@@ -28,10 +28,24 @@ def tally(answers: Sequence[str | None], logprobs: Sequence[float]) -> tuple[int
     return best[winner], votes
 
 
+def contenders_logprobs(lm: LanguageModel, prompt: list[int], samples, answers) -> list[float]:
+    """The mean log-probabilities `tally` reads: only of the samples of the most-voted answers
+    (or of all, when none has an answer), each distinct text scored once; -inf for the rest.
+    A clear winner whose samples all say the same thing needs no forward pass at all."""
+    votes = Counter(a for a in answers if a is not None)
+    top = max(votes.values(), default=0)
+    wanted = {i for i, a in enumerate(answers) if not votes or votes.get(a) == top}
+    distinct = list(dict.fromkeys(tuple(samples[i].ids) for i in sorted(wanted)))
+    scores = dict(zip(distinct, lm.mean_logprobs(prompt, distinct) if len(distinct) > 1
+                      else [0.0] * len(distinct)))
+    return [scores.get(tuple(c.ids), float("-inf")) if i in wanted else float("-inf")
+            for i, c in enumerate(samples)]
+
+
 def vote(lm: LanguageModel, messages: list[dict], cfg: Think) -> Thought:
     prompt, samples = sample(lm, messages, cfg, cfg.budget)
-    logprobs = lm.mean_logprobs(prompt, [c.ids for c in samples])
     read = [answer_of(cfg, c) for c in samples]
+    logprobs = contenders_logprobs(lm, prompt, samples, [a for _, a in read])
     pick, votes = tally([a for _, a in read], logprobs)
     text, answer = read[pick]
     candidates = [{"answer": a, "votes": n} for a, n in votes.most_common()]

@@ -72,14 +72,16 @@ class ScheduledModel:
         return mean_logprobs(self.served.scheduler.model, prompt, continuations)
 
 
-def think_config(req: ThinkRequest, params: SamplingParams, limits: Limits) -> Think:
+def think_config(req: ThinkRequest, params: SamplingParams, limits: Limits,
+                 ignore_eos: bool = False) -> Think:
     """The request's `think` as strategy settings; a budget over the server's limit is a 400."""
     if req.n > limits.max_think:
         raise APIError(400, f"think.n is {req.n}, above this server's limit of "
                        f"{limits.max_think}.", "think.n")
     return Think(req.strategy, req.n, req.answer_kind, temperature=params.temperature or 0.8,
                  top_k=params.top_k, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                 seed=params.seed, judge=judge_working)
+                 seed=params.seed, min_new_tokens=params.min_new_tokens, ignore_eos=ignore_eos,
+                 judge=judge_working)
 
 
 def run_think(served: ServedModel, messages: list[dict], cfg: Think, emit: Emit,
