@@ -122,10 +122,12 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert len(battles) == 3 * 3 * 2  # 3 prompts x 3 pairs x both orders
     card = (run / "report.md").read_text()
     assert "| base | sft | dpo |" in card.replace("| metric ", "")  # side by side
-    thinking = json.loads((run / "sft" / "evals" / "think-vote-mental2.json").read_text())
-    assert [r["budget"] for r in thinking["tasks"]["mental2"]["curve"]] == [1, 8]
+    thinking = json.loads((run / "sft" / "evals" / "think-vote+best-of-mental2.json").read_text())
+    assert [(r["strategy"], r["budget"]) for r in thinking["tasks"]["mental2"]["curve"]] == [
+        ("greedy", 1), ("vote", 8), ("best-of", 8)]
     assert "system 2        mental2 (n=3): greedy " in out.stdout and "vote k=8" in out.stdout
-    assert "## System 2" in card and "think-vote-mental2.png" in card
+    assert "best-of (verifier) k=8" in out.stdout
+    assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
                              "eval", "system2", "arena", "report"]

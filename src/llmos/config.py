@@ -186,9 +186,9 @@ class SpeedrunConfig:
     eval_limit: int = 500  # questions per eval task (0 = all); bpb always uses the val shards
     arena_prompts: int = 60  # held-out questions with a reference, judged by the verifier
     arena_max_tokens: int = 96  # answer length limit in the arena
-    think_task: str = "mental2"  # System 2: greedy against a vote on this checkable task
-    think_budget: int = 8  # the vote's samples
-    think_limit: int = 100  # held-out questions asked (0 = all)
+    think_task: str = "mental2"  # System 2: greedy, a vote and best-of on this checkable task
+    think_budget: int = 8  # the vote's and best-of's samples
+    think_limit: int = 150  # held-out questions asked (0 = all)
 
 
 @dataclass

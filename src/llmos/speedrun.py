@@ -178,14 +178,15 @@ def evaluate_all(cfg: RunConfig, ckpts) -> None:
 
 
 def system2_row(cfg: RunConfig, ckpt) -> dict:
-    """Greedy against a vote (self-consistency) on one checkable task, on the assistant:
-    CKPT/evals/think-vote-TASK.json and its plot, kept while newer than the checkpoint."""
+    """Greedy against a vote (self-consistency) and against best-of with the verifier, at the
+    same budget, on one checkable task, on the assistant: CKPT/evals/think-vote+best-of-TASK.json
+    and its plot, kept while newer than the checkpoint."""
     sr = cfg.speedrun
-    out = ckpt / "evals" / f"think-vote-{sr.think_task}.json"
+    out = ckpt / "evals" / f"think-vote+best-of-{sr.think_task}.json"
     if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
         print(f"speedrun: {out} is up to date")
         return json.loads(out.read_text())
-    result = system2.evaluate(ckpt, [sr.think_task], Think("vote", seed=0),
+    result = system2.evaluate(ckpt, [sr.think_task], Think(seed=0), ["vote", "best-of"],
                               [1, sr.think_budget], sr.think_limit or None,
                               log=lambda m: print(f"system2: {m}"))
     system2.write(result, out)

@@ -36,12 +36,11 @@ def add_eval(sub) -> None:
                    "assistant checkpoints); other tasks are scored as plain text")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     think = s.add_argument_group("System 2: accuracy against inference compute (docs/system2.md)")
-    think.add_argument("--think", metavar="STRATEGY",
-                       choices=["greedy", "vote", "best-of", "search"],
-                       help="answer each item with greedy, vote (self-consistency), best-of "
-                       "(a judge picks among samples) or search (step-level beam search); "
-                       "tasks: mental2, mental, countdown, gsm8k; writes one curve per task "
-                       "(JSON, and a PNG beside it)")
+    think.add_argument("--think", metavar="STRATEGIES",
+                       help="answer each item with vote (self-consistency), best-of (a judge "
+                       "picks among samples) or search (step-level beam search), or several "
+                       "(vote,best-of,search: compared at equal budgets); tasks: mental2, "
+                       "mental, countdown, gsm8k; writes the curves (JSON, and a PNG beside it)")
     think.add_argument("--budget", default="1,2,4,8,16", metavar="LIST",
                        help="budgets to measure, e.g. 1,2,4,8,16,32 (samples; for search, rows "
                        "per step); 1 is the greedy answer (default 1,2,4,8,16)")
@@ -82,10 +81,12 @@ def cmd_eval_think(args):
         raise ValueError("--limit must be >= 1")
     if args.temperature <= 0:
         raise ValueError("--temperature must be above 0 (budget 1 is the greedy answer)")
-    cfg = Think(args.think, temperature=args.temperature, seed=args.seed)
-    result = system2.evaluate(args.model, names, cfg, budgets, args.limit, args.judge,
-                              args.device, log=lambda m: print(m, file=sys.stderr))
-    tag = f"think-{args.think}-{'+'.join(names)}" + (f"-limit{args.limit}" if args.limit else "")
+    strategies = list(dict.fromkeys(s.strip() for s in args.think.split(",") if s.strip()))
+    cfg = Think(temperature=args.temperature, seed=args.seed)
+    result = system2.evaluate(args.model, names, cfg, strategies, budgets, args.limit,
+                              args.judge, args.device, log=lambda m: print(m, file=sys.stderr))
+    tag = (f"think-{'+'.join(strategies)}-{'+'.join(names)}"
+           + (f"-limit{args.limit}" if args.limit else ""))
     out = Path(args.out) if args.out else Path(args.model) / "evals" / f"{tag}.json"
     png = system2.write(result, out)
     print(system2.format_table(result))

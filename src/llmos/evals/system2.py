@@ -34,7 +34,7 @@ from llmos.evals.intervals import wilson
 from llmos.evals.tasks import TaskError, spread
 from llmos.infer.answers import clean_number
 from llmos.infer.strategies import think
-from llmos.infer.think import Judge, LanguageModel, Think, Thought
+from llmos.infer.think import NEEDS_JUDGE, Judge, LanguageModel, Think, Thought
 
 TASKS = ("mental2", "mental", "countdown", "gsm8k")
 COUNTDOWN_ITEMS = 300
@@ -131,22 +131,25 @@ def verifier_judge(task: Task) -> Judge:
                                            for t in texts]
 
 
-def run_curve(lm: LanguageModel, task: Task, cfg: Think, budgets: list[int],
-              limit: int | None, judge: Judge | None = None,
+def run_curve(lm: LanguageModel, task: Task, cfg: Think, strategies: list[str],
+              budgets: list[int], limit: int | None, judge: Judge | None = None,
               log: Callable[[str], None] = lambda m: None) -> dict:
-    """One task's curve: {"task", "n", "curve": [row per budget], "items": {budget: [...]}}."""
+    """One task's curve: {"n", "curve": [a row per strategy and budget], "items": {"vote:8":
+    [...], ...}}. Budget 1 is the greedy answer, run once and shared by every strategy."""
     pool = task.items()
     chosen = [pool[i] for i in spread(len(pool), limit)]
     if not chosen:
         raise TaskError(f"task {task.name} has no items")
     cfg = replace(cfg, kind=task.kind, step_stops=task.steps, max_new_tokens=task.max_new_tokens,
                   judge=judge or cfg.judge or verifier_judge(task))
+    runs = [("greedy", 1)] * (1 in budgets) + [(s, k) for k in budgets if k > 1
+                                                for s in strategies]
     curve, items = [], {}
-    for k in budgets:
+    for strategy, k in runs:
         t0 = time.perf_counter()
         rows, right, tokens = [], 0, 0
         for it in chosen:
-            thought = think(lm, it.messages, replace(cfg, budget=k))
+            thought = think(lm, it.messages, replace(cfg, strategy=strategy, budget=k))
             ok = task.correct(it, thought)
             right += ok
             tokens += thought.tokens
@@ -155,13 +158,19 @@ def run_curve(lm: LanguageModel, task: Task, cfg: Think, budgets: list[int],
                          "candidates": thought.candidates[:8]})
         seconds = time.perf_counter() - t0
         lo, hi = wilson(right, len(chosen))
-        curve.append({"budget": k, "accuracy": right / len(chosen), "ci": [lo, hi],
-                      "correct": right, "n": len(chosen), "tokens": tokens,
+        curve.append({"strategy": strategy, "budget": k, "accuracy": right / len(chosen),
+                      "ci": [lo, hi], "correct": right, "n": len(chosen), "tokens": tokens,
                       "tokens_per_item": tokens / len(chosen), "seconds": round(seconds, 2)})
-        items[str(k)] = rows
-        log(f"{task.name} {cfg.strategy} k={k}: {right}/{len(chosen)} = {right / len(chosen):.3f}"
+        items[f"{strategy}:{k}"] = rows
+        log(f"{task.name} {strategy} k={k}: {right}/{len(chosen)} = {right / len(chosen):.3f}"
             f" [{lo:.3f}, {hi:.3f}], {tokens / len(chosen):.0f} tokens/item, {seconds:.1f}s")
-    return {"task": task.name, "n": len(chosen), "curve": curve, "items": items}
+    return {"n": len(chosen), "curve": curve, "items": items}
+
+
+def lines(t: dict, strategies: list[str]) -> dict[str, list[dict]]:
+    """strategy -> its rows of a task's curve, each starting from the shared greedy row."""
+    greedy = [r for r in t["curve"] if r["strategy"] == "greedy"]
+    return {s: greedy + [r for r in t["curve"] if r["strategy"] == s] for s in strategies}
 
 
 def write(result: dict, out: Path) -> Path:
@@ -174,70 +183,83 @@ def write(result: dict, out: Path) -> Path:
 
 
 def plot(result: dict, png: Path) -> Path:
+    """Accuracy against the budget and against the tokens generated per item: one line per
+    task and strategy, with 95% intervals."""
     from llmos.plots import pyplot, save
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, t in result["tasks"].items():
-        c = t["curve"]
-        acc = [r["accuracy"] for r in c]
-        err = [[r["accuracy"] - r["ci"][0] for r in c], [r["ci"][1] - r["accuracy"] for r in c]]
-        for ax, x in zip(axes, ([r["budget"] for r in c], [r["tokens_per_item"] for r in c])):
-            ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, label=f"{name} (n={t['n']})")
-    for ax, label in zip(axes, ("budget (samples or rows per step)", "tokens generated per item")):
+        for strategy, c in lines(t, result["strategies"]).items():
+            acc = [r["accuracy"] for r in c]
+            err = [[r["accuracy"] - r["ci"][0] for r in c],
+                   [r["ci"][1] - r["accuracy"] for r in c]]
+            for ax, x in zip(axes, ([r["budget"] for r in c],
+                                    [r["tokens_per_item"] for r in c])):
+                ax.errorbar(x, acc, yerr=err, marker="o", capsize=3,
+                            label=f"{name} {strategy} (n={t['n']})")
+    for ax, label in zip(axes, ("budget (samples, or rows per step)",
+                                "tokens generated per item")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"{result['model']}: {result['strategy']}"
-                 + (f" (judge {result['judge']})" if result.get("judge") else ""))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{result['model']}: " + ", ".join(result["strategies"])
+                 + (f" (judge: {result['judge']})" if result.get("judge") else ""))
     fig.tight_layout()
     return save(fig, png)
 
 
+def label(result: dict, r: dict) -> str:
+    """'greedy', 'vote k=8', 'best-of (verifier) k=8'."""
+    if r["strategy"] == "greedy":
+        return "greedy"
+    judge = f" ({result['judge']})" if r["strategy"] in NEEDS_JUDGE and result.get("judge") else ""
+    return f"{r['strategy']}{judge} k={r['budget']}"
+
+
 def headline(result: dict) -> str:
-    """'mental2 (n=100): greedy 0.450 [0.356, 0.548] -> vote k=8 0.610 [0.512, 0.700]'."""
-    parts = []
-    for name, t in result["tasks"].items():
-        label = lambda k: "greedy" if k == 1 else f"{result['strategy']} k={k}"  # noqa: E731
-        rows = [f"{label(r['budget'])} {r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
-                for r in t["curve"]]
-        parts.append(f"{name} (n={t['n']}): " + " -> ".join(rows))
-    return "; ".join(parts)
+    """'mental2 (n=150): greedy 0.650 [0.571, 0.722], vote k=8 0.553 [0.473, 0.631], ...'."""
+    return "; ".join(f"{name} (n={t['n']}): " + ", ".join(
+        f"{label(result, r)} {r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        for r in t["curve"]) for name, t in result["tasks"].items())
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'task':<10} {'budget':>6} {'accuracy':>8}  {'95% interval':<15} {'n':>4} "
-             f"{'tokens/item':>11} {'seconds':>8}"]
+    out = [f"{'task':<10} {'strategy':<8} {'budget':>6} {'accuracy':>8}  {'95% interval':<15} "
+           f"{'n':>4} {'tokens/item':>11} {'seconds':>8}"]
     for name, t in result["tasks"].items():
         for r in t["curve"]:
-            lines.append(f"{name:<10} {r['budget']:>6} {r['accuracy']:>8.3f}  "
-                         f"{r['ci'][0]:.3f} - {r['ci'][1]:.3f}   {r['n']:>4} "
-                         f"{r['tokens_per_item']:>11.1f} {r['seconds']:>8.1f}")
-    return "\n".join(lines)
+            out.append(f"{name:<10} {r['strategy']:<8} {r['budget']:>6} {r['accuracy']:>8.3f}  "
+                       f"{r['ci'][0]:.3f} - {r['ci'][1]:.3f}   {r['n']:>4} "
+                       f"{r['tokens_per_item']:>11.1f} {r['seconds']:>8.1f}")
+    return "\n".join(out)
 
 
-def evaluate(model_dir: str, names: list[str], cfg: Think, budgets: list[int],
-             limit: int | None, judge_spec: str | None = None, device: str = "cpu",
-             log: Callable[[str], None] = print) -> dict:
-    """Load a checkpoint and run every task's curve; the result `write` stores."""
+def evaluate(model_dir: str, names: list[str], cfg: Think, strategies: list[str],
+             budgets: list[int], limit: int | None, judge_spec: str | None = None,
+             device: str = "cpu", log: Callable[[str], None] = print) -> dict:
+    """Load a checkpoint and run every task's curve for every strategy; what `write` stores."""
     from llmos import checkpoint
     from llmos import tokenizer as tokenizers_
     from llmos.infer.think import LocalModel, parse_judge
 
     tasks = parse_tasks(names)  # before the model loads: a typo fails at once
-    cfg.check()
+    for strategy in strategies:
+        replace(cfg, strategy=strategy, judge=cfg.judge or verifier_judge(tasks[0])).check()
     judge = parse_judge(judge_spec, device)
     model = checkpoint.load_model(model_dir, device).eval()
     lm = LocalModel(model, tokenizers_.load(model_dir))
     t0 = time.perf_counter()
-    result = {"model": str(model_dir), "strategy": cfg.strategy, "judge": judge_spec or (
-        "verifier" if cfg.strategy in ("best-of", "search") else None),
-        "temperature": cfg.temperature, "seed": cfg.seed, "budgets": budgets, "tasks": {}}
+    judged = any(s in NEEDS_JUDGE for s in strategies)
+    result = {"model": str(model_dir), "strategies": strategies,
+              "judge": (judge_spec or "verifier") if judged else None,
+              "temperature": cfg.temperature, "seed": cfg.seed, "budgets": budgets, "tasks": {}}
     for task in tasks:
-        result["tasks"][task.name] = run_curve(lm, task, cfg, budgets, limit, judge, log)
+        result["tasks"][task.name] = run_curve(lm, task, cfg, strategies, budgets, limit, judge,
+                                               log)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -250,7 +272,7 @@ def card_section(run: Path, names: list[str], table: Callable) -> str:
         for path in sorted((run / name / "evals").glob("think-*.json")):
             try:
                 result = json.loads(path.read_text())
-                rows = [[task, result["strategy"], r["budget"], f"{r['accuracy']:.3f}",
+                rows = [[task, r["strategy"], r["budget"], f"{r['accuracy']:.3f}",
                          f"{r['ci'][0]:.3f} - {r['ci'][1]:.3f}", r["n"],
                          f"{r['tokens_per_item']:.0f}", f"{r['seconds']:.0f} s"]
                         for task, t in result["tasks"].items() for r in t["curve"]]
