@@ -84,6 +84,28 @@ def test_web_chat_streams_answers_and_tools(web_server, page):
     page.screenshot(path=str(ARTIFACTS / "web_chat.png"), full_page=True)
 
 
+def test_a_think_setting_votes_and_shows_what_it_spent(web_server, page):
+    page.goto(web_server + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length == 2 || "
+                           "document.getElementById('status').textContent.includes('API key')")
+    if not page.locator("#settings").is_visible():
+        page.click("#toggle-settings")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelectorAll('#model option').length == 2")
+    page.fill("#temperature", "0.7")
+    page.select_option("#think", "vote")
+    page.fill("#think-n", "4")
+    page.dispatch_event("#think", "change")
+    page.click("#new-chat")
+    send(page, "Hello!")
+    assert answers(page) == ["Hello! How can I help you today?"]
+    note = page.locator(".msg.assistant").last.locator(".thought").inner_text(timeout=1000)
+    assert note.startswith("vote: 4 samples, ") and "tokens" in note
+    page.select_option("#think", "")  # the next tests chat without it
+    page.dispatch_event("#think", "change")
+
+
 def test_markdown_is_rendered_and_html_escaped(web_server, page):
     page.goto(web_server + "/")
     html = page.evaluate("""() => renderMarkdown(

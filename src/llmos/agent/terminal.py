@@ -86,9 +86,10 @@ class Session:
 
 
 def describe_thought(t: Thought) -> str:
-    """'[vote: 8 samples, 312 tokens, 0.41s; 85 x5, 86 x3]'."""
+    """'[vote: 8 samples, 312 tokens, 0.41s; 85 x5, 86 x3]', '[best-of: ...; 85 x2 (1), 86 x6
+    (0)]': each answer weighed, with its samples and (best-of, search) its best score."""
     weighed = ", ".join(f"{c['answer']} x{c['votes']}" if "votes" in c
-                        else f"{c['answer']} ({c['score']:g})" if "score" in c
+                        else f"{c['answer']} x{c['samples']} ({c['score']:g})" if "score" in c
                         else str(c['answer']) for c in t.candidates[:5])
     return (f"  [{t.strategy}: {t.samples} samples, {t.tokens} tokens, {t.seconds:.2f}s"
             + (f"; {weighed}" if weighed else "") + "]")

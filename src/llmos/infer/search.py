@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from llmos.infer.answers import extract
+from llmos.infer.best_of import weighed
 from llmos.infer.think import LanguageModel, Think, Thought, content, prompt_ids, sampling
 
 MAX_STEPS = 16
@@ -71,8 +72,7 @@ def search(lm: LanguageModel, messages: list[dict], cfg: Think) -> Thought:
     pick = max(range(len(finished)), key=lambda i: (finished[i][2], logprobs[i]))
     ids, finish, _ = finished[pick]
     text = content(lm.tok.decode(ids, skip_special_tokens=False))
-    candidates = sorted(({"answer": extract(cfg.kind, content(
-        lm.tok.decode(f[0], skip_special_tokens=False))), "score": round(f[2], 4)}
-        for f in finished), key=lambda c: -c["score"])
+    candidates = weighed([extract(cfg.kind, content(lm.tok.decode(f[0], skip_special_tokens=False)))
+                          for f in finished], [f[2] for f in finished])
     return Thought(text, extract(cfg.kind, text), "search", cfg.budget, samples, tokens,
                    finish=finish, candidates=candidates)

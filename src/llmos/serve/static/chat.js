@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["system", "temperature", "top-p", "max-tokens", "api-key"];
+const SETTINGS = ["system", "temperature", "top-p", "max-tokens", "think", "think-n", "api-key"];
 let history = [];      // the conversation, OpenAI message shape, without the system prompt
 let controller = null; // aborts the answer being streamed
 
@@ -142,6 +142,15 @@ class Answer {
     this.el.appendChild(box);
     this.segment = null;  // text after a tool goes below it
   }
+  thought(t) {  // what a System-2 answer spent and weighed
+    const note = document.createElement("div");
+    note.className = "thought";
+    const weighed = (t.candidates || []).slice(0, 5).map((c) => "votes" in c
+      ? `${c.answer} ×${c.votes}` : `${c.answer} ×${c.samples} (${c.score})`).join(", ");
+    note.textContent = `${t.strategy}: ${t.samples} samples, ${t.tokens} tokens, `
+      + `${t.seconds.toFixed(2)} s` + (weighed ? `; ${weighed}` : "");
+    this.el.appendChild(note);
+  }
   finish(reason) {
     this.el.classList.remove("streaming");
     if (reason === "length") {
@@ -190,6 +199,9 @@ function requestBody() {
   if (!isNaN(number("temperature"))) body.temperature = number("temperature");
   if (!isNaN(number("top-p"))) body.top_p = number("top-p");
   if (!isNaN(number("max-tokens"))) body.max_tokens = Math.round(number("max-tokens"));
+  if ($("think").value) {
+    body.think = {strategy: $("think").value, n: Math.round(number("think-n")) || 8};
+  }
   return body;
 }
 
@@ -210,6 +222,7 @@ async function send(text) {
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const chunk of sseEvents(response)) {
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.think) answer.thought(chunk.think);
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) continue;
       const delta = choice.delta || {};
