@@ -357,6 +357,7 @@ BAD_REQUESTS = {
     "think budget over the cap": ({**CHAT, "think": {"n": 33}}, 400, "think.n"),
     "think with n choices": ({**CHAT, "n": 2, "think": {"n": 4}}, 400, "n"),
     "think with tools": ({**CHAT, "tools": [WEATHER], "think": {"n": 4}}, 400, "think"),
+    "think with stop": ({**CHAT, "stop": "\n", "think": {"n": 4}}, 400, "stop"),
     "think with an unknown field": ({**CHAT, "think": {"n": 4, "depth": 3}}, 400, "think.depth"),
     "oversized body": ({"model": "memo", "messages": ask("x" * (1 << 20))}, 413, None),
     # Valid JSON, but no text: it cannot be encoded, tokenized or stored.

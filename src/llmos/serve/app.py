@@ -208,6 +208,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             if req.tools or force is not None:
                 raise APIError(400, "think answers without tools: leave tools and "
                                "tool_choice out.", "think")
+            if stop:
+                raise APIError(400, "think answers whole turns: leave stop out.", "stop")
             cfg = think_config(req.think, params, limits, req.ignore_eos)
             return await answer(request, req, served, Choices([
                 lambda emit, cancel: run_think(served, messages, cfg, emit, cancel)]),
