@@ -298,3 +298,21 @@ def test_eval_think_refuses_bad_input_by_name(tiny, args, message, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(tiny), *args])
     assert message in capsys.readouterr().err
+
+
+def test_best_of_with_a_reward_model_answers_with_its_top_score(tiny, tmp_path):
+    from llmos import reward_model
+
+    torch.manual_seed(0)
+    rm = reward_model.RewardModel(checkpoint.load_model(tiny))
+    torch.nn.init.normal_(rm.score.weight, std=0.5)
+    reward_model.save_reward_model(tmp_path / "rm", rm.eval(), tiny, {"note": "test"})
+    judge = parse_judge(f"reward:{tmp_path / 'rm'}")
+    model, tok = checkpoint.load_model(tiny).eval(), tk.load(tiny)
+    question = [{"role": "user", "content": "What is 48 + 37?"}]
+    thought = think(LocalModel(model, tok), question,
+                    Think("best-of", budget=6, max_new_tokens=10, seed=0, judge=judge))
+    scores = [c["score"] for c in thought.candidates]
+    assert thought.samples == 6 and scores == sorted(scores, reverse=True)
+    assert sum(c["samples"] for c in thought.candidates) == 6
+    assert judge(question, [thought.text], True)[0] == pytest.approx(scores[0], abs=1e-3)
