@@ -256,7 +256,8 @@ def evaluate(model_dir: str, names: list[str], cfg: Think, strategies: list[str]
     judged = any(s in NEEDS_JUDGE for s in strategies)
     result = {"model": str(model_dir), "strategies": strategies,
               "judge": (judge_spec or "verifier") if judged else None,
-              "temperature": cfg.temperature, "seed": cfg.seed, "budgets": budgets, "tasks": {}}
+              "temperature": cfg.temperature, "seed": cfg.seed, "budgets": budgets,
+              "limit": limit, "tasks": {}}
     for task in tasks:
         result["tasks"][task.name] = run_curve(lm, task, cfg, strategies, budgets, limit, judge,
                                                log)
