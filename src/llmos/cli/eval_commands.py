@@ -40,7 +40,8 @@ def add_eval(sub) -> None:
                        help="answer each item with vote (self-consistency), best-of (a judge "
                        "picks among samples) or search (step-level beam search), or several "
                        "(vote,best-of,search: compared at equal budgets); tasks: mental2, "
-                       "mental, countdown, gsm8k; writes the curves (JSON, and a PNG beside it)")
+                       "mental, countdown, gsm8k, humaneval; writes the curves (JSON, and a PNG "
+                       "beside it)")
     think.add_argument("--budget", default="1,2,4,8,16", metavar="LIST",
                        help="budgets to measure, e.g. 1,2,4,8,16,32 (samples; for search, rows "
                        "per step); 1 is the greedy answer (default 1,2,4,8,16)")

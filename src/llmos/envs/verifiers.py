@@ -9,6 +9,7 @@ online RL's rewards, and the System-2 strategies read the same functions.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections import Counter
@@ -147,3 +148,40 @@ def judge_working(messages: list[dict], texts: list[str], final: bool) -> list[f
     (llmos.infer.think.Judge)."""
     question = messages[-1]["content"] if messages else ""
     return [working_value(question, t, final) for t in texts]
+
+
+def function_program(head: str, answer: str) -> str:
+    """The program an answer to "complete this function" stands for: its code block, after the
+    function's own head (signature and docstring) when the block does not define it again."""
+    code = extract_code(answer)
+    name = re.findall(r"^def (\w+)\(", head, re.M)
+    if name and re.search(rf"^def {re.escape(name[-1])}\(", code, re.M):
+        return code
+    return head + code
+
+
+def docstring(code: str) -> str:
+    """The docstring of the last function `code` defines ("" when it does not parse)."""
+    try:
+        functions = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.FunctionDef)]
+    except SyntaxError:
+        return ""
+    return (ast.get_docstring(functions[-1]) or "") if functions else ""
+
+
+def doctest_value(question: str, answer: str, final: bool) -> float:
+    """Whether a completed function passes the examples its own docstring shows (the public
+    tests, as `>>>` lines; the graded tests stay hidden), run in the Python sandbox: 1.0 it
+    does, 0.0 it fails or does not run, 0.5 it runs but the docstring has no examples to check
+    (half of HumanEval's write them as prose). A partial answer is not judged (1.0). The
+    question holds the function in a ```python block."""
+    if not final:
+        return 1.0
+    head = extract_code(question)
+    program = (function_program(head, answer) + "\n\nimport doctest, sys\n"
+               f"_test = doctest.DocTestParser().get_doctest({docstring(head)!r}, globals(), "
+               "'examples', None, 0)\n"
+               "if not _test.examples:\n    sys.exit(3)\n"
+               "sys.exit(1 if doctest.DocTestRunner(verbose=False).run(_test).failed else 0)\n")
+    code = run_python(program, PythonLimits(cpu_seconds=2, wall_seconds=5)).exit_code
+    return {0: 1.0, 3: 0.5}.get(code, 0.0)

@@ -9,6 +9,9 @@ Tasks with answers that can be checked (`TASKS`):
     mental     a 2-digit and a 1-digit number, the held-out questions of builtin:assistant
     countdown  puzzles made by a solver (envs/countdown.py), checked line by line
     gsm8k      GSM8K test, asked as a user turn, the final number compared
+    humaneval  HumanEval's 164 functions to complete, asked as a user turn; graded by its
+               hidden tests in the sandbox; a vote compares programs (normalized by Python's
+               parser); the verifier runs the examples of the function's own docstring
 
 Budget 1 is the greedy answer, so a curve starts at the baseline. An item is right when the
 answer the strategy chose is: its final number equals the reference (countdown: the working
@@ -29,14 +32,14 @@ from llmos.data.builtin.arithmetic import arithmetic_practice
 from llmos.data.builtin.assistant import assistant_dataset
 from llmos.data.records import prompt_of
 from llmos.envs import countdown
-from llmos.envs.verifiers import working_value
+from llmos.envs.verifiers import doctest_value, function_program, passes_tests, working_value
 from llmos.evals.intervals import wilson
 from llmos.evals.tasks import TaskError, spread
 from llmos.infer.answers import clean_number
 from llmos.infer.strategies import think
 from llmos.infer.think import NEEDS_JUDGE, Judge, LanguageModel, Think, Thought
 
-TASKS = ("mental2", "mental", "countdown", "gsm8k")
+TASKS = ("mental2", "mental", "countdown", "gsm8k", "humaneval")
 COUNTDOWN_ITEMS = 300
 CLAUSES = (", ",)  # a step of worked arithmetic: "8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so ..."
 
@@ -46,6 +49,8 @@ class Item:
     id: str
     messages: list[dict]
     answer: str  # the reference ("" for countdown, where any valid working is right)
+    head: str = ""  # humaneval: the function's signature and docstring
+    tests: str = ""  # humaneval: the hidden tests that grade it
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Task:
     max_new_tokens: int = 64
 
     def correct(self, item: Item, thought: Thought) -> bool:
+        if self.name == "humaneval":
+            return passes_tests(function_program(item.head, thought.text), item.tests) == 1.0
         if self.name == "countdown":
             return self.verify(question(item.messages), thought.text, True) >= 1.0
         return thought.answer is not None and thought.answer == clean_number(item.answer)
@@ -100,11 +107,21 @@ def gsm8k_items() -> list[Item]:
             for d in SETS["gsm8k"].docs()]
 
 
+def humaneval_items() -> list[Item]:
+    from llmos.evals.tasks import TASKS as SETS
+
+    ask = "Complete this Python function:\n```python\n{}```"
+    return [Item(d.id, [{"role": "user", "content": ask.format(d.query)}], "", d.query, d.tests)
+            for d in SETS["humaneval"].docs()]
+
+
 REGISTRY = {
     "mental2": Task("mental2", "number", CLAUSES, mental2_items, working_value),
     "mental": Task("mental", "number", CLAUSES, mental_items, working_value),
     "countdown": Task("countdown", "number", ("\n",), countdown_items, countdown_verify),
     "gsm8k": Task("gsm8k", "number", ("\n",), gsm8k_items, working_value, max_new_tokens=192),
+    "humaneval": Task("humaneval", "code", ("\n",), humaneval_items, doctest_value,
+                      max_new_tokens=256),
 }
 
 
