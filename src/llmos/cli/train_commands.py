@@ -164,6 +164,46 @@ def cmd_rl(args):
     run_stage(rl, cfg, args, "sft")
 
 
+def add_improve(sub) -> None:
+    s = sub.add_parser("improve", help="self-improvement: sample, keep what a verifier accepts, "
+                       "finetune, repeat", description="Expert iteration (STaR) on an "
+                       "environment with a verifier: each round samples --samples answers to "
+                       "--problems training problems, keeps the verified ones (rationalizing "
+                       "unsolved problems with the answer as a hint), finetunes on them mixed "
+                       "with replayed SFT conversations, and evaluates the held-out problems "
+                       "(greedy, pass@1, pass@k) and every held-out assistant task. Writes "
+                       "OUT/round-R checkpoints and OUT/rounds.jsonl; run it again to go on "
+                       "after a stop. docs/system2.md.")
+    s.add_argument("--model", required=True, help="starting checkpoint (e.g. runs/cpu-tiny/sft)")
+    s.add_argument("--env", default="arithmetic", choices=["arithmetic"],
+                   help="the environment: arithmetic (two-digit sums without the calculator)")
+    s.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    s.add_argument("--out", required=True, help="output directory (e.g. runs/improve)")
+    s.add_argument("--samples", type=int, default=8, help="answers per problem (default 8)")
+    s.add_argument("--problems", type=int, default=400, help="problems per round (default 400)")
+    s.add_argument("--steps", type=int, default=150,
+                   help="finetuning steps per round (default 150)")
+    s.add_argument("--lr", type=float, default=3e-4,
+                   help="finetuning learning rate per round (default 3e-4, a tenth of SFT's)")
+    s.add_argument("--replay", type=float, default=1.0,
+                   help="SFT conversations replayed per kept answer (default 1.0; 0 = none)")
+    s.add_argument("--heldout", type=int, default=200,
+                   help="held-out problems evaluated per round (default 200)")
+    s.add_argument("--seed", type=int, default=0)
+    add_config_args(s, naming=False)
+    s.set_defaults(func=cmd_improve)
+
+
+def cmd_improve(args):
+    from llmos.train import improve
+
+    opts = improve.ImproveOptions(env=args.env, rounds=args.rounds, samples=args.samples,
+                                  problems=args.problems, steps=args.steps, lr=args.lr,
+                                  replay=args.replay,
+                                  heldout=args.heldout, seed=args.seed)
+    improve.run(resolve_config(args), args.model, args.out, opts)
+
+
 def add_reward(sub) -> None:
     s = stage_parser(sub, "reward", "train a reward model on comparisons (Bradley-Terry)",
                      "Reward modelling: the SFT model with a scalar head on the last token, "

@@ -1,0 +1,203 @@
+"""`llmos improve`: self-improvement where a reward can be computed (AlphaGo's loop, as expert
+iteration / STaR, Zelikman et al. 2022). Each round:
+
+1. sample k answers to each of a round's training problems of the environment;
+2. keep the answers its *training* verifier accepts (for arithmetic: the exact result with true
+   working, `envs.verifiers.exact_number`); for a problem no sample solved, ask again with the
+   answer given as a hint and keep a verified answer to the question without the hint
+   (rationalization); answers that break the format (a tool call, no number, cut off) are
+   rejected and counted;
+3. finetune on the kept answers mixed with as many conversations of the SFT set (replay, so the
+   rest of what the assistant knows is rehearsed), from the previous round's checkpoint;
+4. evaluate: the environment's held-out problems with a *separate* held-out check (the final
+   number equals the reference; greedy, pass@1 and pass@k of k samples) and every held-out
+   assistant task, so a specialist that forgot the rest is seen.
+
+Each round writes OUT/round-R (a checkpoint), OUT/round-R.jsonl (what it trained on) and a row
+of OUT/rounds.jsonl (round 0: the starting model). A run stopped between rounds picks up at the
+next one; one stopped inside a round's finetuning resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.config import RunConfig
+from llmos.data.builtin.assistant import assistant_dataset
+from llmos.envs.prompts import Prompt, builtin_task, verify
+from llmos.evals import assistant_tasks
+from llmos.evals.intervals import wilson
+from llmos.evals.tasks import spread
+from llmos.infer.answers import extract_number
+from llmos.infer.think import LocalModel, Think, content, prompt_ids, sampling
+from llmos.train import sft
+
+ENVS = {"arithmetic": "builtin:arithmetic"}
+
+
+@dataclass
+class ImproveOptions:
+    env: str = "arithmetic"
+    rounds: int = 3
+    samples: int = 8  # k answers per problem
+    problems: int = 400  # training problems per round
+    keep: int = 2  # distinct verified answers kept per problem
+    replay: float = 1.0  # SFT conversations mixed in per kept answer
+    steps: int = 150  # finetuning steps per round
+    lr: float = 3e-4  # a tenth of SFT's: each round nudges a finished assistant
+    heldout: int = 200  # held-out problems evaluated per round
+    assistant_items: int = 200  # held-out assistant questions asked per round (all tasks)
+    temperature: float = 0.8
+    seed: int = 0
+
+
+def hinted(p: Prompt) -> list[dict]:
+    messages = [dict(m) for m in p.messages]
+    messages[-1]["content"] += f" (Hint: the answer is {p.answer}.)"
+    return messages
+
+
+def broken(text: str, finish: str) -> bool:
+    """An answer outside the format: a tool call, no number at all, or cut off."""
+    return finish != "stop" or "<tool_call>" in text or extract_number(text) is None
+
+
+def collect(lm: LocalModel, problems: list[Prompt], opts: ImproveOptions) -> tuple[list, dict]:
+    """(kept conversations, counts) from sampling every problem `opts.samples` times."""
+    cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
+    params = sampling(lm.tok, cfg, greedy=False)
+    kept, counts = [], {"problems": len(problems), "solved": 0, "rationalized": 0,
+                        "format_rejected": 0, "kept": 0}
+    for p in problems:
+        found: list[str] = []
+        for attempt in (p.messages, hinted(p)):
+            prompt = prompt_ids(lm.tok, attempt)
+            for c in lm.complete([prompt] * opts.samples, params):
+                text = content(c.text)
+                if broken(c.text, c.finish):
+                    counts["format_rejected"] += 1
+                elif verify(p, text) >= 1.0 and text not in found:
+                    found.append(text)
+            if found:
+                counts["solved" if attempt is p.messages else "rationalized"] += 1
+                break
+        for text in found[:opts.keep]:  # always trained on the question without the hint
+            kept.append({"messages": p.messages + [{"role": "assistant", "content": text}],
+                         "task": "improve"})
+    counts["kept"] = len(kept)
+    return kept, counts
+
+
+def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt]) -> dict:
+    """The environment's held-out accuracy (a check separate from training's: the final number
+    equals the reference) and every held-out assistant task."""
+    model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
+    lm = LocalModel(model, tok)
+    cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
+    greedy_ok = sampled_ok = any_ok = 0
+    for p in heldout:
+        prompt = prompt_ids(tok, p.messages)
+        (first,) = lm.complete([prompt], sampling(tok, cfg, greedy=True))
+        greedy_ok += extract_number(content(first.text)) == p.answer
+        hits = [extract_number(content(c.text)) == p.answer
+                for c in lm.complete([prompt] * opts.samples, sampling(tok, cfg, greedy=False))]
+        sampled_ok += sum(hits)
+        any_ok += any(hits)
+    n = len(heldout)
+    _, assistant_heldout = assistant_dataset()
+    tasks = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
+    tasks = tasks["summary"]
+    return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
+            "env_pass@1": sampled_ok / (n * opts.samples),
+            f"env_pass@{opts.samples}": any_ok / n, "env_n": n,
+            "tasks": {k: v for k, v in tasks.items() if k.endswith(("_acc", "_n"))}}
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_row(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOptions,
+        log: Callable[[str], None] = print) -> list[dict]:
+    if opts.env not in ENVS:
+        raise ValueError(f"unknown environment {opts.env!r}; one of {', '.join(ENVS)}")
+    if min(opts.rounds, opts.samples, opts.problems, opts.steps, opts.heldout, opts.keep) < 1:
+        raise ValueError("--rounds, --samples, --problems, --steps, --heldout and --keep must "
+                         "be >= 1")
+    train, heldout_all = builtin_task(ENVS[opts.env])
+    heldout = [heldout_all[i] for i in spread(len(heldout_all), opts.heldout)]
+    replay_pool, _ = assistant_dataset()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rounds.jsonl"
+    rows = read_rows(rows_path)
+    parent = Path(model_dir)
+    if not rows:
+        log(f"improve: round 0 (the starting model {parent}): evaluating")
+        rows.append({"round": 0, "checkpoint": str(parent), **evaluate(parent, opts, heldout)})
+        append_row(rows_path, rows[-1])
+        log(f"improve: round 0: {describe(rows[-1])}")
+    for r in range(1, opts.rounds + 1):
+        ckpt = out / f"round-{r}"
+        done = next((row for row in rows if row["round"] == r), None)
+        if done and checkpoint.read_info(ckpt).get("final"):
+            log(f"improve: round {r} is done: {describe(done)}")
+            parent = ckpt
+            continue
+        data = out / f"round-{r}.jsonl"
+        counts = {}
+        if not data.exists():
+            rng = random.Random(f"{opts.seed}:{r}")
+            problems = rng.sample(train, min(opts.problems, len(train)))
+            model, tok = checkpoint.load_model(parent).eval(), tokenizers_.load(parent)
+            kept, counts = collect(LocalModel(model, tok), problems, opts)
+            if not kept:
+                log(f"improve: round {r}: no answer to any of {len(problems)} problems passed "
+                    f"the verifier, even with the answer as a hint ({counts}); nothing to "
+                    "learn from, so the rounds stop here")
+                return rows
+            replay = rng.sample(replay_pool, min(len(replay_pool), int(len(kept) * opts.replay)))
+            lines = kept + [c.to_dict() for c in replay]
+            rng.shuffle(lines)
+            tmp = data.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+            tmp.replace(data)
+            (out / f"round-{r}-counts.json").write_text(json.dumps(counts))
+            log(f"improve: round {r}: {counts}, +{len(replay)} replayed -> {data}")
+        else:
+            counts = json.loads((out / f"round-{r}-counts.json").read_text())
+        train_cfg = replace(cfg.sft.train, max_steps=opts.steps, lr=opts.lr, eval_every=0,
+                            warmup_steps=min(cfg.sft.train.warmup_steps, opts.steps // 5))
+        round_cfg = replace(cfg, sft=replace(cfg.sft, sources=[str(data)], eval_items=0,
+                                             train=train_cfg))
+        info = checkpoint.read_info(ckpt)
+        sft.run(round_cfg, parent, ckpt, resume=bool(info) and not info.get("final"))
+        row = {"round": r, "checkpoint": str(ckpt), **counts, **evaluate(ckpt, opts, heldout)}
+        rows.append(row)
+        append_row(rows_path, row)
+        log(f"improve: round {r}: {describe(row)}")
+        parent = ckpt
+    return rows
+
+
+def describe(row: dict) -> str:
+    lo, hi = row["env_greedy_ci"]
+    tasks = ", ".join(f"{k.removesuffix('_acc')} {v:.3f}" for k, v in row["tasks"].items()
+                      if k.endswith("_acc"))
+    passk = next(k for k in row if k.startswith("env_pass@") and k != "env_pass@1")
+    return (f"held-out greedy {row['env_greedy']:.3f} [{lo:.3f}, {hi:.3f}], pass@1 "
+            f"{row['env_pass@1']:.3f}, {passk.removeprefix('env_')} {row[passk]:.3f} "
+            f"(n={row['env_n']}); tasks: {tasks}")

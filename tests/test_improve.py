@@ -1,0 +1,127 @@
+"""`llmos improve`: what a round keeps (verified answers, rationalized ones asked without their
+hint, format breaks counted) over a scripted model, and a real run of rounds on a tiny
+checkpoint that picks up at the next round when run again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmos import checkpoint
+from llmos import tokenizer as tk
+from llmos.config import ModelConfig, load_config
+from llmos.envs.prompts import Prompt
+from llmos.infer.sampling import Completion
+from llmos.model import Transformer
+from llmos.train import improve
+
+
+class Scripted:
+    """Answers each prompt with the given texts in turn; a hinted prompt gets `with_hint`."""
+
+    def __init__(self, tok, plain: list[str], with_hint: list[str]):
+        self.tok, self.plain, self.with_hint = tok, plain, with_hint
+
+    def complete(self, prompts, params, stops=(), keep_stop=False):
+        text = self.tok.decode(list(prompts[0]), skip_special_tokens=False)
+        answers = self.with_hint if "Hint: the answer is" in text else self.plain
+        return [Completion(a, [1] * 5, "length" if a.endswith("...") else "stop")
+                for a in answers[:len(prompts)]]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tk.train_bpe(["What is 48 + 37? 8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so 85.\n" * 50],
+                        300)
+
+
+QUESTION = Prompt([{"role": "user", "content": "What is 48 + 37? No calculator."}], "85")
+RIGHT = "8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so 48 + 37 = 85."
+
+
+def test_a_round_keeps_verified_answers_and_counts_format_breaks(tok):
+    opts = improve.ImproveOptions(samples=4, keep=2)
+    lm = Scripted(tok, [RIGHT, RIGHT, "8 + 7 = 15, so 48 + 37 = 86.", "so 48 + 37 = ..."], [])
+    kept, counts = improve.collect(lm, [QUESTION], opts)
+    assert counts == {"problems": 1, "solved": 1, "rationalized": 0, "format_rejected": 1,
+                      "kept": 1}  # the same right text twice is kept once; the cut one broke
+    assert kept[0]["messages"][-1] == {"role": "assistant", "content": RIGHT}
+
+
+def test_an_unsolved_problem_is_rationalized_without_its_hint(tok):
+    opts = improve.ImproveOptions(samples=2)
+    lm = Scripted(tok, ["so 48 + 37 = 86.", '<tool_call>\n{"name": "calculator"}'], [RIGHT])
+    kept, counts = improve.collect(lm, [QUESTION], opts)
+    assert counts["rationalized"] == 1 and counts["solved"] == 0
+    assert counts["format_rejected"] == 1  # the tool call
+    assert "Hint" not in json.dumps(kept)  # trained on the question as it will be asked
+    assert kept[0]["messages"][0]["content"] == QUESTION.messages[0]["content"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("improve")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=400, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      max_seq_len=256, tie_embeddings=False)
+    texts = ["Without a calculator, what is 92 + 78? 2 + 8 = 10, carry 1: 9 + 7 + 1 = 17, so "
+             "92 + 78 = 170.\n" * 30]
+    tk.save(tk.train_bpe(texts, 400), root / "tok", max_len=256)
+    checkpoint.save(root / "ckpt", Transformer(cfg).eval(), root / "tok", {"stage": "test"})
+    return root / "ckpt"
+
+
+def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, tmp_path,
+                                                                        monkeypatch):
+    # A random model solves nothing: its samples are replaced by the worked answers (what a
+    # round keeps is tested above); the finetuning, evaluation, files and resuming are real.
+    from llmos.data.builtin.arithmetic import mental_working
+
+    def solved(lm, problems, opts):
+        kept = [{"messages": p.messages + [{"role": "assistant", "content": mental_working(
+            *worked(p))}]} for p in problems]
+        return kept, {"problems": len(problems), "solved": len(problems), "rationalized": 0,
+                      "format_rejected": 0, "kept": len(kept)}
+
+    monkeypatch.setattr(improve, "collect", solved)
+    cfg = load_config("cpu-tiny", ["sft.train.batch_size=2", "sft.train.compile=false",
+                                   "sft.train.eval_tokens=256"])
+    opts = improve.ImproveOptions(rounds=1, samples=2, problems=3, steps=2, heldout=3,
+                                  assistant_items=8)
+    out = tmp_path / "improve"
+    rows = improve.run(cfg, tiny, out, opts, log=lambda m: None)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["problems"] == 3 and rows[1]["checkpoint"] == str(out / "round-1")
+    for key in ("env_greedy", "env_pass@1", "env_pass@2", "env_n", "tasks"):
+        assert key in rows[1]
+    assert rows[1]["env_n"] == 3 and 0 <= rows[1]["env_greedy_ci"][0] <= rows[1]["env_greedy"]
+    assert checkpoint.read_info(out / "round-1")["final"]
+    trained = (out / "round-1.jsonl").read_text().splitlines()
+    assert len(trained) == rows[1]["kept"] + max(0, int(rows[1]["kept"] * opts.replay))
+    # Stopped after round 1 (as a Ctrl-C between rounds leaves it): asked for 2 rounds, it
+    # keeps round 1 and trains only round 2.
+    said = []
+    rows = improve.run(cfg, tiny, out, improve.ImproveOptions(**{**opts.__dict__, "rounds": 2}),
+                       log=said.append)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert any("round 1 is done" in m for m in said)
+    assert [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()] == [
+        0, 1, 2]
+
+
+def worked(p: Prompt) -> tuple[int, str, int]:
+    """(a, op, b) of a builtin:arithmetic question."""
+    import re
+
+    a, op, b = re.search(r"(\d+) ?([-+]|plus|minus) ?(\d+)", p.messages[-1]["content"]).groups()
+    return int(a), {"plus": "+", "minus": "-"}.get(op, op), int(b)
+
+
+def test_bad_options_are_refused():
+    cfg = load_config("cpu-tiny")
+    with pytest.raises(ValueError, match="unknown environment 'chess'"):
+        improve.run(cfg, "x", "y", improve.ImproveOptions(env="chess"))
+    with pytest.raises(ValueError, match=">= 1"):
+        improve.run(cfg, "x", "y", improve.ImproveOptions(rounds=0))
