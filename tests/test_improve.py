@@ -103,12 +103,20 @@ def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, 
     # Stopped after round 1 (as a Ctrl-C between rounds leaves it): asked for 2 rounds, it
     # keeps round 1 and trains only round 2.
     said = []
-    rows = improve.run(cfg, tiny, out, improve.ImproveOptions(**{**opts.__dict__, "rounds": 2}),
-                       log=said.append)
+    two = improve.ImproveOptions(**{**opts.__dict__, "rounds": 2})
+    rows = improve.run(cfg, tiny, out, two, log=said.append)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert any("round 1 is done" in m for m in said)
     assert [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()] == [
         0, 1, 2]
+    # Stopped while round 2 was being evaluated: its checkpoint is final but its row missing.
+    # Run again, it evaluates round 2 without training it again.
+    lines = (out / "rounds.jsonl").read_text().splitlines()
+    (out / "rounds.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    trained = (out / "round-2" / "model.safetensors").stat().st_mtime_ns
+    rows = improve.run(cfg, tiny, out, two, log=lambda m: None)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert (out / "round-2" / "model.safetensors").stat().st_mtime_ns == trained
 
 
 def worked(p: Prompt) -> tuple[int, str, int]:

@@ -172,10 +172,10 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
             replay = rng.sample(replay_pool, min(len(replay_pool), int(len(kept) * opts.replay)))
             lines = kept + [c.to_dict() for c in replay]
             rng.shuffle(lines)
-            tmp = data.with_suffix(".tmp")
+            (out / f"round-{r}-counts.json").write_text(json.dumps(counts))
+            tmp = data.with_suffix(".tmp")  # the data file last: its presence means "collected"
             tmp.write_text("".join(json.dumps(x) + "\n" for x in lines))
             tmp.replace(data)
-            (out / f"round-{r}-counts.json").write_text(json.dumps(counts))
             log(f"improve: round {r}: {counts}, +{len(replay)} replayed -> {data}")
         else:
             counts = json.loads((out / f"round-{r}-counts.json").read_text())
@@ -184,7 +184,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         round_cfg = replace(cfg, sft=replace(cfg.sft, sources=[str(data)], eval_items=0,
                                              train=train_cfg))
         info = checkpoint.read_info(ckpt)
-        sft.run(round_cfg, parent, ckpt, resume=bool(info) and not info.get("final"))
+        if not info.get("final"):  # a round stopped while it was evaluated is not trained again
+            sft.run(round_cfg, parent, ckpt, resume=bool(info))
         row = {"round": r, "checkpoint": str(ckpt), **counts, **evaluate(ckpt, opts, heldout)}
         rows.append(row)
         append_row(rows_path, row)
