@@ -75,6 +75,24 @@ def write_jsonl(path, rows):
     return path
 
 
+def random_checkpoint(root, texts: list[str], vocab: int, max_seq_len: int):
+    """A checkpoint with random weights (dim 32, 2 layers, grouped-query attention) and a BPE
+    tokenizer trained on `texts`: real files for code that reads checkpoints, not for quality."""
+    import torch
+
+    from llmos import checkpoint
+    from llmos import tokenizer as tk
+    from llmos.config import ModelConfig
+    from llmos.model import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      max_seq_len=max_seq_len, tie_embeddings=False)
+    tk.save(tk.train_bpe(texts, vocab), root / "tok", max_len=max_seq_len)
+    return checkpoint.save(root / "ckpt", Transformer(cfg).eval(), root / "tok",
+                           {"stage": "test"})
+
+
 def pretrained_tiny(tmp_path_factory, corpus, name: str, max_steps: int = 3,
                     max_seq_len: int = 64):
     """(config, checkpoint) of a tiny model pretrained a few steps: a parent for later stages."""

