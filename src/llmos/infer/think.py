@@ -20,7 +20,7 @@ run inside a strategy (a tool call is text like any other).
 
     lm = LocalModel(model, tok)
     thought = strategies.think(lm, [{"role": "user", "content": "What is 48 + 37?"}],
-                    Think("vote", budget=8, kind="number"))
+                               Think("vote", budget=8, kind="number"))
     thought.text, thought.answer, thought.spent()
 """
 
