@@ -60,18 +60,23 @@ class Task:
     steps: tuple[str, ...]  # what ends a step of a search
     items: Callable[[], list[Item]]
     verify: Callable[[str, str, bool], float]  # (question, answer, final) -> 0..1, no reference
+    correct: Callable[[Item, Thought], bool] = lambda item, thought: (  # noqa: E731
+        thought.answer is not None and thought.answer == clean_number(item.answer))
     max_new_tokens: int = 64
-
-    def correct(self, item: Item, thought: Thought) -> bool:
-        if self.name == "humaneval":
-            return passes_tests(function_program(item.head, thought.text), item.tests) == 1.0
-        if self.name == "countdown":
-            return self.verify(question(item.messages), thought.text, True) >= 1.0
-        return thought.answer is not None and thought.answer == clean_number(item.answer)
 
 
 def question(messages: list[dict]) -> str:
     return messages[-1]["content"]
+
+
+def reaches_target(item: Item, thought: Thought) -> bool:
+    """Countdown: any working that reaches the target by the rules is right."""
+    return countdown_verify(question(item.messages), thought.text, True) >= 1.0
+
+
+def passes_hidden_tests(item: Item, thought: Thought) -> bool:
+    """HumanEval: the completed function passes the set's own (hidden) tests."""
+    return passes_tests(function_program(item.head, thought.text), item.tests) == 1.0
 
 
 def mental2_items() -> list[Item]:
@@ -118,10 +123,11 @@ def humaneval_items() -> list[Item]:
 REGISTRY = {
     "mental2": Task("mental2", "number", CLAUSES, mental2_items, working_value),
     "mental": Task("mental", "number", CLAUSES, mental_items, working_value),
-    "countdown": Task("countdown", "number", ("\n",), countdown_items, countdown_verify),
+    "countdown": Task("countdown", "number", ("\n",), countdown_items, countdown_verify,
+                      reaches_target),
     "gsm8k": Task("gsm8k", "number", ("\n",), gsm8k_items, working_value, max_new_tokens=192),
     "humaneval": Task("humaneval", "code", ("\n",), humaneval_items, doctest_value,
-                      max_new_tokens=256),
+                      passes_hidden_tests, max_new_tokens=256),
 }
 
 

@@ -94,7 +94,8 @@ def collect(lm: LocalModel, problems: list[Prompt], opts: ImproveOptions) -> tup
     return kept, counts
 
 
-def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt]) -> dict:
+def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
+             assistant_heldout: list) -> dict:
     """The environment's held-out accuracy (a check separate from training's: the final number
     equals the reference) and every held-out assistant task."""
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
@@ -110,7 +111,6 @@ def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt]) -> di
         sampled_ok += sum(hits)
         any_ok += any(hits)
     n = len(heldout)
-    _, assistant_heldout = assistant_dataset()
     tasks = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
     tasks = tasks["summary"]
     return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
@@ -139,7 +139,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
                          "be >= 1")
     train, heldout_all = builtin_task(ENVS[opts.env])
     heldout = [heldout_all[i] for i in spread(len(heldout_all), opts.heldout)]
-    replay_pool, _ = assistant_dataset()
+    replay_pool, assistant_heldout = assistant_dataset()  # built once, read every round
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rounds.jsonl"
@@ -147,7 +147,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     parent = Path(model_dir)
     if not rows:
         log(f"improve: round 0 (the starting model {parent}): evaluating")
-        rows.append({"round": 0, "checkpoint": str(parent), **evaluate(parent, opts, heldout)})
+        row = evaluate(parent, opts, heldout, assistant_heldout)
+        rows.append({"round": 0, "checkpoint": str(parent), **row})
         append_row(rows_path, rows[-1])
         log(f"improve: round 0: {describe(rows[-1])}")
     for r in range(1, opts.rounds + 1):
@@ -186,7 +187,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         info = checkpoint.read_info(ckpt)
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))
-        row = {"round": r, "checkpoint": str(ckpt), **counts, **evaluate(ckpt, opts, heldout)}
+        row = {"round": r, "checkpoint": str(ckpt), **counts,
+               **evaluate(ckpt, opts, heldout, assistant_heldout)}
         rows.append(row)
         append_row(rows_path, row)
         log(f"improve: round {r}: {describe(row)}")
