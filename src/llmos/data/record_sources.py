@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos.data.records import BadConversation, ConversationSkips
-from llmos.data.sources import SourceError, _walk_sorted, hf_records, iter_jsonl
+from llmos.data.sources import SourceError, walk_sorted, hf_records, iter_jsonl
 
 FILE_SUFFIXES = {".jsonl", ".json"}
 
@@ -61,7 +61,7 @@ def _iter_folder(root: Path, skips: ConversationSkips) -> Iterator[tuple[str, ob
     def skip_dir(name: str) -> bool:
         return name.startswith(".") or name == "__pycache__"
 
-    for path in _walk_sorted(root, skip_dir):
+    for path in walk_sorted(root, skip_dir):
         if path.suffix.lower() in FILE_SUFFIXES:
             yield from _read_file(path, str(path), skips)
         else:

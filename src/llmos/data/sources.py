@@ -96,7 +96,7 @@ class SkipReport:
 # --- reading single files -------------------------------------------------------------------
 
 
-def _decode_text(data: bytes, where: str, report: SkipReport) -> str | None:
+def decode_text(data: bytes, where: str, report: SkipReport) -> str | None:
     """Bytes -> text, or None after counting why the bytes are not usable text."""
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
         report.add("binary", where)
@@ -130,7 +130,7 @@ def _read_text_file(path: Path, where: str, report: SkipReport) -> Iterator[Docu
     except OSError:  # PermissionError included
         report.add("unreadable", where)
         return
-    text = _decode_text(data, where, report)
+    text = decode_text(data, where, report)
     if text is not None:
         yield Document(text=text, source=where)
 
@@ -228,7 +228,7 @@ def _read_file(path: Path, where: str, report: SkipReport) -> Iterator[Document]
 # --- sources ----------------------------------------------------------------------------------
 
 
-def _walk_sorted(root: Path, skip_dir) -> list[Path]:
+def walk_sorted(root: Path, skip_dir) -> list[Path]:
     """All non-directory entries under root, sorted, pruning folders for which skip_dir is true.
 
     Symlinked folders are not followed, so a link cycle cannot make the walk endless.
@@ -242,19 +242,19 @@ def _walk_sorted(root: Path, skip_dir) -> list[Path]:
 
 def _iter_stdlib(report: SkipReport) -> Iterator[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    for path in _walk_sorted(root, lambda d: d in STDLIB_SKIP_DIRS):
+    for path in walk_sorted(root, lambda d: d in STDLIB_SKIP_DIRS):
         if path.suffix == ".py":
             rel = path.relative_to(root).as_posix()
             yield from _read_text_file(path, f"builtin:stdlib:{rel}", report)
 
 
-def _skip_user_dir(name: str) -> bool:
+def skip_user_dir(name: str) -> bool:
     # Hidden folders (.git, .venv, .cache) hold tooling, not corpus text, and can be huge.
     return name.startswith(".") or name == "__pycache__"
 
 
 def _iter_folder(root: Path, report: SkipReport) -> Iterator[Document]:
-    for path in _walk_sorted(root, _skip_user_dir):
+    for path in walk_sorted(root, skip_user_dir):
         where = str(path)
         if path.is_symlink() and not path.exists():
             report.add("broken_symlink", where)

@@ -15,7 +15,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.data.sources import STDLIB_SKIP_DIRS, _walk_sorted
+from llmos.data.sources import STDLIB_SKIP_DIRS, walk_sorted
 
 MAX_SUMMARY_CHARS = 200
 MAX_SIGNATURE_CHARS = 200
@@ -163,7 +163,7 @@ def stdlib_api() -> tuple[ApiEntry, ...]:
     in sorted file order. Parsing takes about two seconds, so the result is kept."""
     root = Path(sysconfig.get_paths()["stdlib"])
     entries: list[ApiEntry] = []
-    for path in _walk_sorted(root, lambda d: d in STDLIB_SKIP_DIRS):
+    for path in walk_sorted(root, lambda d: d in STDLIB_SKIP_DIRS):
         if path.suffix != ".py":
             continue
         parts = list(path.relative_to(root).with_suffix("").parts)

@@ -1,0 +1,129 @@
+"""`llmos knowledge`: knowledge bases (the LLM OS's disk) built from files and searched."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from llmos.cli.flags import RAW
+
+DB_HELP = "database: a SQLite path or postgresql://... (default llmos.db)"
+
+
+def add_knowledge(sub) -> None:
+    s = sub.add_parser("knowledge", help="build and search knowledge bases for retrieval",
+                       description="Knowledge bases: files cut into chunks, stored in the "
+                       "database and found by keywords (BM25) and by meaning (sentence "
+                       "embeddings), fused. The search_knowledge tool reads them "
+                       "(docs/llm-os.md).")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    a = verbs.add_parser("add", help="read sources into a knowledge base (made if missing)",
+                         formatter_class=RAW,
+                         description="Read SOURCES into knowledge base NAME. A source is a file "
+                         "(.txt .md .rst .py .html .pdf),\na folder (its files of those kinds) "
+                         "or builtin:stdlib (the running Python's standard library).\nOnly "
+                         "sources that are new or changed since the last add are read again.")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("sources", nargs="+", metavar="SOURCE")
+    a.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+    a.set_defaults(func=cmd_knowledge_add)
+
+    q = verbs.add_parser("search", help="the best chunks for a query",
+                         description="Print the K best chunks for QUERY (or for each line of "
+                         "--queries FILE, one JSON line of hits per query).")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("query", nargs="?", metavar="QUERY")
+    q.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
+    q.add_argument("--queries", metavar="FILE", help="one query a line; prints JSON lines")
+    q.add_argument("--json", action="store_true", help="print {\"hits\": [...]} as JSON")
+    q.add_argument("--mode", default="hybrid", choices=["hybrid", "keyword", "dense"],
+                   help="fused (default), BM25 only or embeddings only")
+    q.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+    q.set_defaults(func=cmd_knowledge_search)
+
+    ls = verbs.add_parser("list", help="the knowledge bases, or one base's sources")
+    ls.add_argument("name", nargs="?", metavar="NAME")
+    ls.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+    ls.set_defaults(func=cmd_knowledge_list)
+
+    rm = verbs.add_parser("remove", help="remove sources from a base, or a whole base",
+                          description="Remove the named SOURCES (as `list NAME` shows them) "
+                          "from NAME, or with --all the whole knowledge base.")
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("sources", nargs="*", metavar="SOURCE")
+    rm.add_argument("--all", action="store_true", help="remove the whole knowledge base")
+    rm.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+    rm.set_defaults(func=cmd_knowledge_remove)
+
+
+def cmd_knowledge_add(args):
+    from llmos.agent.knowledge import KnowledgeBase, print_progress
+
+    kb = KnowledgeBase.open(args.db, args.name, create=True)
+    stats = kb.add(args.sources, progress=print_progress)
+    if stats["read"]:
+        print(file=sys.stderr)
+    skipped = sum(stats["skipped"].get("counts", {}).values()) if stats["skipped"] else 0
+    print(f"knowledge base {args.name!r}: {stats['sources']} sources ({stats['read']} read, "
+          f"{stats['unchanged']} unchanged, {skipped} skipped), {stats['chunks']} new chunks, "
+          f"{kb.count()} in all, {stats['seconds']} s")
+
+
+def _print_hits(hits) -> None:
+    for n, h in enumerate(hits, 1):
+        first = h.text.splitlines()[0] if h.text else ""
+        print(f"{n}. {h.cite}  {h.title}  (score {h.score:.4f})")
+        print(f"   {first[:160]}")
+
+
+def cmd_knowledge_search(args):
+    from llmos.agent.knowledge import KnowledgeBase
+
+    if (args.query is None) == (args.queries is None):
+        raise ValueError("give a QUERY or --queries FILE (one of them)")
+    kb = KnowledgeBase.open(args.db, args.name)
+    if args.queries:
+        with open(args.queries, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    hits = kb.search(line.strip(), args.k, args.mode)
+                    print(json.dumps({"query": line.strip(),
+                                      "hits": [h.to_dict() for h in hits]}), flush=True)
+        return
+    hits = kb.search(args.query, args.k, args.mode)
+    if args.json:
+        print(json.dumps({"query": args.query, "hits": [h.to_dict() for h in hits]}, indent=1))
+    elif not hits:
+        print("no matching chunks")
+    else:
+        _print_hits(hits)
+
+
+def cmd_knowledge_list(args):
+    from llmos.agent.knowledge import KnowledgeBase, describe_bases
+    from llmos.serve import db
+
+    if args.name:
+        for s in KnowledgeBase.open(args.db, args.name).sources():
+            print(f"{s['chunks']:6d}  {s['name']}")
+        return
+    rows = describe_bases(db.open_database(args.db))
+    if not rows:
+        print("no knowledge bases (make one: llmos knowledge add NAME SOURCES...)")
+    for r in rows:
+        print(f"{r['name']:24s} {r['sources']:6d} sources {r['chunks']:8d} chunks  "
+              f"({r['embedder']})")
+
+
+def cmd_knowledge_remove(args):
+    from llmos.agent.knowledge import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.db, args.name)
+    if args.all == bool(args.sources):
+        raise ValueError("name the SOURCES to remove, or --all for the whole base (not both)")
+    if args.all:
+        kb.drop()
+        print(f"removed knowledge base {args.name!r}")
+    else:
+        print(f"removed {len(args.sources)} sources ({kb.remove(args.sources)} chunks) "
+              f"from {args.name!r}")
