@@ -25,8 +25,8 @@ import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
-from llmos.agent.chunking import Chunk, Source, chunk_source, iter_sources
 from llmos.agent.embedding import DEFAULT_MODEL, Embedder
+from llmos.data.chunking import Chunk, Source, chunk_source, iter_sources
 from llmos.data.sources import SkipReport
 from llmos.serve import db
 

@@ -19,7 +19,9 @@ def add_eval(sub) -> None:
     s.add_argument("--tasks", required=True, metavar="LIST",
                    help="comma-separated: mmlu, mmlu_mc, arc_easy, arc_challenge, hellaswag, "
                    "boolq, piqa, winogrande, openbookqa, commonsenseqa, gsm8k, triviaqa, "
-                   "humaneval, mbpp, assistant, bpb (the run's validation shards), bpb:SOURCE "
+                   "humaneval, mbpp, assistant, knowledge[:NAME] (docstring questions with and "
+                   "without retrieval from a knowledge base), bpb (the run's validation "
+                   "shards), bpb:SOURCE "
                    "(any `llmos data` source), hf:NAME[:CONFIG][@SPLIT] (network)")
     s.add_argument("--limit", type=int, metavar="N",
                    help="at most N items per task, spread evenly over the set "
@@ -35,6 +37,8 @@ def add_eval(sub) -> None:
                    help="ask gsm8k and triviaqa as a user turn in the chat format (for "
                    "assistant checkpoints); other tasks are scored as plain text")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    s.add_argument("--db", default="llmos.db", metavar="URL",
+                   help="the knowledge task's database (default llmos.db)")
     think = s.add_argument_group("System 2: accuracy against inference compute (docs/system2.md)")
     think.add_argument("--think", metavar="STRATEGIES",
                        help="answer each item with vote (self-consistency), best-of (a judge "
@@ -64,7 +68,7 @@ def cmd_eval(args):
         raise ValueError("--batch-size and --limit must be >= 1, --shots >= 0")
     result = harness.evaluate(args.model, names, shots=args.shots, limit=args.limit,
                               batch_size=args.batch_size, device=args.device, chat=args.chat,
-                              log=lambda m: print(m, file=sys.stderr))
+                              log=lambda m: print(m, file=sys.stderr), db=args.db)
     out = Path(args.out) if args.out else harness.default_out(args.model, names, args.shots,
                                                               args.limit, args.chat)
     harness.write(result, out)

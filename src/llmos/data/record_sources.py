@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmos.data.records import BadConversation, ConversationSkips
-from llmos.data.sources import SourceError, walk_sorted, hf_records, iter_jsonl
+from llmos.data.sources import SourceError, hf_records, iter_jsonl, walk_sorted
 
 FILE_SUFFIXES = {".jsonl", ".json"}
 

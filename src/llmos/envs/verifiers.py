@@ -15,9 +15,10 @@ import re
 from collections import Counter
 
 from llmos.agent.sandbox import PythonLimits, run_python
+from llmos.data.builtin.lookup import strip_citations
 
 F1_THRESHOLD = 0.5
-FREE_TEXT_TASKS = ("docstring", "followup", "chat")  # scored by word F1, passed at F1_THRESHOLD
+FREE_TEXT_TASKS = ("docstring", "followup", "lookup", "chat")  # scored by word F1, passed at F1_THRESHOLD
 
 
 def words(text: str) -> list[str]:
@@ -52,6 +53,8 @@ def score(task: str, expected: str, answer: str) -> float:
         return float(expected in answer)
     if task == "identity":
         return float("llmos" in answer.lower())
+    if task == "lookup":  # the citation is checked on its own (evals/knowledge_qa.py)
+        answer = strip_citations(answer)
     return word_f1(answer, expected)
 
 

@@ -57,16 +57,24 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
 
 # Asked with no tools offered: the question rules the calculator out.
 NO_TOOL_TASKS = ("mental", "mental2")
+# Asked only where their tool is offered: a lookup needs a knowledge base (evals/knowledge_qa.py).
+TOOL_TASKS = {"lookup": "search_knowledge"}
 
 
-def plan(heldout: list[Conversation], limit: int) -> list[Conversation]:
+def plan(heldout: list[Conversation], limit: int,
+         tools: dict | None = None) -> list[Conversation]:
     """The items `evaluate` asks, in its order: up to `limit` spread evenly over the tasks
-    (at least one of each), the tool tasks first, then those asked without tools. A question
+    (at least one of each), the tool tasks first, then those asked without tools; a task whose
+    tool is not in `tools` (default: the built-in ones) is left out. A question
     is asked once: the held-out identity items are a few questions each answered several ways,
     and counting one question many times would let it outweigh the rest."""
+    tools = BUILTIN_TOOLS if tools is None else tools
     by_task: dict[str, list[Conversation]] = defaultdict(list)
     asked = set()
     for c in heldout:
+        needed = TOOL_TASKS.get(c.task)
+        if needed and needed not in tools:
+            continue
         question = json.dumps(prompt_of(c), sort_keys=True)
         if c.answer and question not in asked:
             asked.add(question)
@@ -76,13 +84,16 @@ def plan(heldout: list[Conversation], limit: int) -> list[Conversation]:
     return [c for task in order for c in by_task[task][:per_task]]
 
 
-def evaluate(model, tok, heldout: list[Conversation], limit: int = 200) -> dict:
+def evaluate(model, tok, heldout: list[Conversation], limit: int = 200,
+             tools: dict | None = None) -> dict:
     """Task accuracy on up to `limit` held-out items (spread evenly over tasks), arithmetic
-    without the calculator included. Returns {"summary": {...}, "items": [...]}."""
+    without the calculator included; `tools` default to the built-in ones. Returns
+    {"summary": {...}, "items": [...]}."""
     t0 = time.perf_counter()
-    chosen = plan(heldout, limit)
+    tools = BUILTIN_TOOLS if tools is None else tools
+    chosen = plan(heldout, limit, tools)
     items = run_items(model, tok, [c for c in chosen if c.task not in NO_TOOL_TASKS],
-                      tools=BUILTIN_TOOLS)
+                      tools=tools)
     # Format and tool-call quality are measured where the tools exist (without them, every
     # calculator call is "unknown tool" by design).
     turns = sum(r["turns"] for r in items)

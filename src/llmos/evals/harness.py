@@ -9,6 +9,9 @@ Task names (comma-separated in --tasks):
     gsm8k, triviaqa    greedy answers, answer extracted and matched (em)
     humaneval, mbpp    greedy code run against the set's tests in the sandbox (pass@1)
     assistant          the held-out built-in assistant tasks (evals/assistant_tasks.py)
+    knowledge[:NAME]   held-out docstring questions from memory and with search_knowledge over
+                       knowledge base NAME (default stdlib) in the --db database
+                       (evals/knowledge_qa.py)
     bpb[:SOURCE]       bits per byte on a text source (llmos.data.sources), or with no source on
                        the run's own validation shards (the number pretraining reports)
     hf:NAME[:CONFIG][@SPLIT]  a multiple-choice set from the Hugging Face hub (opt-in, network)
@@ -47,8 +50,8 @@ def parse_tasks(spec: str) -> list[str]:
     if not names:
         raise TaskError(f"no tasks given; valid tasks: {tasks_.valid_names()}")
     for name in names:
-        known = (name in tasks_.TASKS or name in ("assistant", "bpb")
-                 or name.startswith(("bpb:", "hf:")))
+        known = (name in tasks_.TASKS or name in ("assistant", "bpb", "knowledge")
+                 or name.startswith(("bpb:", "hf:", "knowledge:")))
         if not known:
             raise TaskError(f"unknown task {name!r}; valid tasks: {tasks_.valid_names()}")
     return list(dict.fromkeys(names))
@@ -147,6 +150,29 @@ def run_assistant(model, tok, limit: int | None) -> dict:
     return {"metrics": metrics, "items": result["items"]}
 
 
+def run_knowledge(model, tok, base: str, db: str, limit: int | None) -> dict:
+    from llmos.agent.knowledge import KnowledgeBase, KnowledgeError
+    from llmos.agent.knowledge_tool import knowledge_tool
+    from llmos.data.builtin.lookup import PASSAGE_CHARS
+    from llmos.evals import knowledge_qa
+
+    try:
+        kb = KnowledgeBase.open(db, base)
+    except KnowledgeError as e:
+        raise TaskError(f"task knowledge: {e} (in the database {db}; --db names another)") from e
+    _, heldout = assistant_dataset()
+    # One passage of the size the assistant learned to read (cpu-tiny's context holds one).
+    tool = knowledge_tool([kb], k=1, max_chars=PASSAGE_CHARS)
+    r = knowledge_qa.evaluate(model, tok, tool, heldout, limit or 200)
+    plain, looked = r["plain"], r["retrieval"]
+    metrics = {"acc": looked["accuracy"]["rate"], "chance": 0.0,
+               "acc_plain": plain["accuracy"]["rate"], "f1": looked["mean_f1"],
+               "f1_plain": plain["mean_f1"], "searched": looked["searched"]["rate"],
+               "found": looked["found"]["rate"], "cited": looked["cited"]["rate"],
+               "cited_right": looked["cited_right"]["rate"], "items": r["n"]}
+    return {"metrics": metrics, "items": r["items"], "table": knowledge_qa.format_table(r)}
+
+
 def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
             batch_size: int) -> dict:
     seq_len = model.cfg.max_seq_len
@@ -197,7 +223,11 @@ def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
 
 
 def run_task(name: str, model, tok, model_dir: Path, shots: int, limit: int | None,
-             batch_size: int, chat: bool = False) -> dict:
+             batch_size: int, chat: bool = False, db: str = "llmos.db") -> dict:
+    if name == "knowledge" or name.startswith("knowledge:"):
+        base = name[len("knowledge:"):] or "stdlib"
+        return {"kind": "knowledge", "primary": "acc",
+                **run_knowledge(model, tok, base, db, limit)}
     if name == "assistant":
         return {"kind": "assistant", "primary": "acc", **run_assistant(model, tok, limit)}
     if name == "bpb" or name.startswith("bpb:"):
@@ -222,7 +252,8 @@ def centered(result: dict) -> float | None:
 
 
 def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = None,
-             batch_size: int = 32, device: str = "cpu", chat: bool = False, log=print) -> dict:
+             batch_size: int = 32, device: str = "cpu", chat: bool = False, log=print,
+             db: str = "llmos.db") -> dict:
     model_dir = Path(model_dir)
     model = checkpoint.load_model(model_dir, device).eval()
     tok = tokenizers_.load(model_dir)
@@ -230,7 +261,7 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
     results = {}
     for name in names:
         t = time.perf_counter()
-        r = run_task(name, model, tok, model_dir, shots, limit, batch_size, chat)
+        r = run_task(name, model, tok, model_dir, shots, limit, batch_size, chat, db)
         m = r["metrics"]  # n: items; bpb: documents, or tokens on the run's shards
         r["n"] = m.get("documents", m.get("tokens", m.get("items", len(r["items"]))))
         r["seconds"] = round(time.perf_counter() - t, 1)

@@ -37,6 +37,7 @@ from llmos.data.builtin.arithmetic import (
     mental2_items,
     mental_items,
 )
+from llmos.data.builtin.lookup import lookup_items
 from llmos.data.builtin.python_questions import python_items
 from llmos.data.builtin.stdlib_api import ApiEntry, describe, stdlib_api
 from llmos.data.builtin.turns import SEED, assistant, conversation, is_heldout, user
@@ -170,7 +171,8 @@ def assistant_dataset(max_items: int | None = None
     the total before splitting: a fixed shuffle is cut, so the task mix stays the same."""
     stdlib = stdlib_items(stdlib_api())
     total = len(stdlib) / (1 - sum(TOOL_SHARES.values()))
-    items = (stdlib + calculator_items(round(total * TOOL_SHARES["arithmetic"]))
+    # Lookups come on top: the shares of the other tasks stay those they were tuned at.
+    items = (stdlib + lookup_items(stdlib_api(), _doc_question) + calculator_items(round(total * TOOL_SHARES["arithmetic"]))
              + python_items(round(total * TOOL_SHARES["python"]))
              + identity_items(round(total * TOOL_SHARES["identity"]))
              + mental_items() + mental2_items(MENTAL2_ITEMS))

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmos.agent.readable import readable_html
+from llmos.data.readable import readable_html
 from llmos.data.sources import (
     STDLIB_SKIP_DIRS,
     SkipReport,
@@ -142,6 +142,13 @@ def chunk_source(source: Source, skips: SkipReport) -> list[Chunk]:
     return _number(source.name, _sections(text, source.path.name, style))
 
 
+def passage(cite: str, title: str, text: str, max_chars: int) -> str:
+    """A chunk as a model reads it in a tool result: "[cite] title: text", whitespace
+    collapsed, cut to max_chars."""
+    shown = f"[{cite}] {title}: {' '.join(text.split())}"
+    return shown if len(shown) <= max_chars else shown[: max_chars - 3].rstrip() + "..."
+
+
 def _number(source: str, pieces: list[tuple[str, str]]) -> list[Chunk]:
     return [Chunk(source, i, title, text) for i, (title, text) in enumerate(pieces)]
 
@@ -155,8 +162,8 @@ def _cut(text: str, limit: int = MAX_CHUNK_CHARS) -> str:
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-def _definition_text(node, lines: list[str], qualname: str) -> str:
-    """The def/class line(s), the docstring, then the first lines of the body's code."""
+def _definition_text(node, lines: list[str]) -> str:
+    """The docstring, the def/class line(s), then the first lines of the body's code."""
     doc = ast.get_docstring(node) or ""
     first = node.body[0]
     has_doc = bool(doc) and isinstance(first, ast.Expr)
@@ -171,9 +178,10 @@ def _definition_text(node, lines: list[str], qualname: str) -> str:
         code.extend(lines[b.lineno - 1: b.end_lineno])
         if len(code) >= CODE_LINES:
             break
-    parts = [f"{qualname}: {head}"]
-    if doc:
-        parts.append(doc)
+    # The docstring first: a reader shown only the start of a chunk (a small model's context)
+    # gets what the definition is for before its code.
+    parts = [doc] if doc else []
+    parts.append(head)
     if code:
         parts.append("\n".join(_dedent(code[:CODE_LINES])))
     return _cut("\n".join(parts))
@@ -192,13 +200,13 @@ def python_chunks(source: str, module: str, text: str) -> list[Chunk]:
     module = module or Path(source).stem
     doc = ast.get_docstring(tree)
     intro = doc if doc else "\n".join(lines[:CODE_LINES])
-    pieces = [(module, _cut(f"{module}: module {source}\n{intro}"))]
+    pieces = [(module, _cut(intro))]
 
     def visit(body, prefix: str):
         for node in body:
             if isinstance(node, _DEFS):
                 qual = f"{prefix}.{node.name}"
-                pieces.append((qual, _definition_text(node, lines, qual)))
+                pieces.append((qual, _definition_text(node, lines)))
                 if isinstance(node, ast.ClassDef):
                     visit(node.body, qual)
 
