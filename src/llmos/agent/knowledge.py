@@ -119,7 +119,8 @@ class KnowledgeBase:
                                          f"(make one with: llmos knowledge add {name} SOURCES)")
                 now = time.time()
                 base_id = c.execute(sa.insert(bases).values(
-                    name=name, embedder=DEFAULT_MODEL, created=now, updated=now)).inserted_primary_key[0]
+                    name=name, embedder=DEFAULT_MODEL, created=now, updated=now)
+                ).inserted_primary_key[0]
                 return cls(engine, base_id, name, DEFAULT_MODEL)
         return cls(engine, row.id, name, row.embedder)
 

@@ -18,7 +18,8 @@ from llmos.agent.sandbox import PythonLimits, run_python
 from llmos.data.builtin.lookup import strip_citations
 
 F1_THRESHOLD = 0.5
-FREE_TEXT_TASKS = ("docstring", "followup", "lookup", "chat")  # scored by word F1, passed at F1_THRESHOLD
+# Scored by word F1, passed at F1_THRESHOLD.
+FREE_TEXT_TASKS = ("docstring", "followup", "lookup", "chat")
 
 
 def words(text: str) -> list[str]:

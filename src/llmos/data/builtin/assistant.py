@@ -172,7 +172,8 @@ def assistant_dataset(max_items: int | None = None
     stdlib = stdlib_items(stdlib_api())
     total = len(stdlib) / (1 - sum(TOOL_SHARES.values()))
     # Lookups come on top: the shares of the other tasks stay those they were tuned at.
-    items = (stdlib + lookup_items(stdlib_api(), _doc_question) + calculator_items(round(total * TOOL_SHARES["arithmetic"]))
+    items = (stdlib + lookup_items(stdlib_api(), _doc_question)
+             + calculator_items(round(total * TOOL_SHARES["arithmetic"]))
              + python_items(round(total * TOOL_SHARES["python"]))
              + identity_items(round(total * TOOL_SHARES["identity"]))
              + mental_items() + mental2_items(MENTAL2_ITEMS))
