@@ -31,6 +31,7 @@ bench: $(BIN)/llmos  ## the benchmarks, one JSON line each
 	$(BIN)/python benchmarks/decode_speed.py  # llama.cpp rows need llama-cpp-python
 	$(BIN)/python benchmarks/matvec_kernels.py
 	$(BIN)/python benchmarks/think_cost.py
+	$(BIN)/python benchmarks/knowledge_search.py
 	$(BIN)/python benchmarks/assistant_quality.py  # needs runs/cpu-tiny/sft (make speedrun)
 
 clean:

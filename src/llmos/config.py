@@ -189,6 +189,7 @@ class SpeedrunConfig:
     think_task: str = "mental2"  # System 2: greedy, a vote and best-of on this checkable task
     think_budget: int = 8  # the vote's and best-of's samples
     think_limit: int = 150  # held-out questions asked (0 = all)
+    knowledge_limit: int = 200  # held-out docstring questions asked with and without retrieval
 
 
 @dataclass

@@ -8,10 +8,12 @@ import time
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
+from llmos.agent import embedding
+from llmos.agent.knowledge import KnowledgeBase, print_progress
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import autoarena, harness, report, system2, tasks
+from llmos.evals import autoarena, harness, knowledge_qa, report, system2, tasks
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.think import Think
@@ -46,6 +48,7 @@ class StageTimer:
 def run(cfg: RunConfig) -> None:
     # A missing evaluation package is found before half an hour of training, not after it.
     tasks.check_installed(cfg.speedrun.eval_tasks)
+    embedding.check_installed()
     timer = StageTimer(cfg.run_dir / "timings.json")
     base = cfg.run_dir / "base"
     with timer("pretrain"):
@@ -84,14 +87,17 @@ def run(cfg: RunConfig) -> None:
         evaluate_all(cfg, [base, assistant, tuned["dpo"]])
     with timer("system2"):
         thinking = system2_row(cfg, assistant)
+    with timer("knowledge"):
+        looked_up = knowledge_row(cfg, assistant)
     with timer("arena"):
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, thinking, samples, chats, card, page, timer)
+    summary(cfg, base, assistant, tuned, thinking, looked_up, samples, chats, card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, thinking, samples, chats, card, page, timer) -> None:
+def summary(cfg, base, assistant, tuned, thinking, looked_up, samples, chats, card, page,
+            timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -111,6 +117,7 @@ def summary(cfg, base, assistant, tuned, thinking, samples, chats, card, page, t
                           if k in STAGE_FIGURES.get(name, ()) and isinstance(v, float))
         print(f"{name:<16}{out}  ({shown})")
     print(f"system 2        {system2.headline(thinking)}")
+    print(f"knowledge       {knowledge_qa.headline(looked_up)}")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
@@ -192,6 +199,31 @@ def system2_row(cfg: RunConfig, ckpt) -> dict:
     result = system2.evaluate(ckpt, [sr.think_task], Think(seed=0), ["vote", "best-of"],
                               budgets, limit, log=lambda m: print(f"system2: {m}"))
     system2.write(result, out)
+    return result
+
+
+def knowledge_row(cfg: RunConfig, ckpt) -> dict:
+    """The LLM OS's disk: the standard library as knowledge base `stdlib` in RUN/llmos.db (only
+    changed sources are read again), then the assistant's held-out docstring questions from
+    memory and with search_knowledge over it: CKPT/evals/knowledge.json."""
+    db = cfg.run_dir / "llmos.db"
+    kb = KnowledgeBase.open(str(db), "stdlib", create=True)
+    stats = kb.add(["builtin:stdlib"], progress=print_progress)
+    if stats["read"]:
+        print()
+    print(f"speedrun: knowledge base stdlib: {stats['read']} sources read, "
+          f"{stats['unchanged']} unchanged, {kb.count()} chunks ({stats['seconds']} s)")
+    out = ckpt / "evals" / "knowledge.json"
+    limit = cfg.speedrun.knowledge_limit or None
+    if (out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime
+            and not stats["read"]):
+        kept = json.loads(out.read_text())
+        if kept.get("limit") == limit:
+            print(f"speedrun: {out} is up to date")
+            return kept
+    result = harness.evaluate(ckpt, ["knowledge:stdlib"], limit=limit, db=str(db),
+                              log=lambda m: print(f"knowledge: {m}"))
+    harness.write(result, out)
     return result
 
 

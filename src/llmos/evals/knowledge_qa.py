@@ -88,3 +88,48 @@ def format_table(result: dict) -> str:
              f"    searched {pct(r['searched'])}, right passage first {pct(r['found'])}",
              f"    cited {pct(r['cited'])}, cited the right chunk {pct(r['cited_right'])}"]
     return "\n".join(lines)
+
+
+def _metrics(result: dict) -> dict | None:
+    """The knowledge task's metrics out of an `llmos eval` result file, or None."""
+    r = next((v for k, v in result.get("results", {}).items()
+              if k == "knowledge" or k.startswith("knowledge:")), None)
+    return r["metrics"] if r else None
+
+
+def headline(result: dict) -> str:
+    """One line for the speedrun summary."""
+    m = _metrics(result)
+    if not m:
+        return "-"
+    return (f"docstring questions (n={m['items']}): from memory {m['acc_plain']:.3f}, with "
+            f"retrieval {m['acc']:.3f} (cited the right chunk {m['cited_right']:.3f})")
+
+
+def card_section(run, names: list[str], table) -> str:
+    """The report card's rows: every checkpoint's evals/knowledge*.json, memory against
+    retrieval with 95% intervals ("" when there are none)."""
+    import json
+
+    rows = []
+    for name in names:
+        for path in sorted((run / name / "evals").glob("knowledge*.json")):
+            try:
+                m = _metrics(json.loads(path.read_text()))
+                n = m["items"]
+                cells = [(m["acc_plain"], n), (m["acc"], n), (m["cited_right"], n)]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a file being written, or from another version
+            shown = []
+            for rate, k in cells:
+                lo, hi = wilson(round(rate * k), k)
+                shown.append(f"{rate:.3f} ({lo:.3f} - {hi:.3f})")
+            rows.append([name, n, *shown, f"{m['found']:.3f}"])
+    if not rows:
+        return ""
+    return table(["checkpoint", "n", "from memory", "with retrieval", "cited the right chunk",
+                  "right passage found"], rows) + (
+        "\n\nHeld-out docstring questions (subjects never finetuned on), word F1 >= 0.5 "
+        "against the docstring's first sentence; with retrieval the assistant calls "
+        "search_knowledge over the stdlib knowledge base (docs/llm-os.md). 95% Wilson "
+        "intervals.")

@@ -26,7 +26,7 @@ import torch
 
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
-from llmos.evals import ratings, system2
+from llmos.evals import knowledge_qa, ratings, system2
 from llmos.scaling import card as scaling_card
 
 STAGE_ORDER = ["pretrain", "sft", "reward", "dpo", "rl"]
@@ -218,6 +218,9 @@ def markdown(run: Path) -> str:
     thinking = system2.card_section(run, [name for name, _ in ckpts], table)
     if thinking:
         parts += ["## System 2: accuracy against inference compute", "", thinking, ""]
+    looked_up = knowledge_qa.card_section(run, [name for name, _ in ckpts], table)
+    if looked_up:
+        parts += ["## Knowledge: answers from retrieval", "", looked_up, ""]
     parts += ["## Arena", "", arena_section(run), ""]
     scaling = scaling_card.section(run, table)
     if scaling:

@@ -1,7 +1,8 @@
 """Knowledge bases (`llmos knowledge`): named bases, the source files read into each (with a
 fingerprint, so an unchanged file is not read again), and their chunks with an embedding vector.
 The keyword index is SQLite FTS5 over the chunks (kept in step by triggers), or on PostgreSQL a
-generated tsvector column with a GIN index.
+generated tsvector column with a GIN index (a title's dots and underscores read as spaces, as
+FTS5 reads them, so "json.dumps" is found by "dumps").
 
 Revision ID: 0004_knowledge
 Revises: 0001_base
@@ -48,7 +49,7 @@ def upgrade() -> None:
         sa.Column("vector", sa.LargeBinary, nullable=True))  # float16, unit length
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE knowledge_chunks ADD COLUMN search tsvector GENERATED ALWAYS AS "
-                   "(setweight(to_tsvector('english', title), 'A') || "
+                   "(setweight(to_tsvector('english', translate(title, '._', '  ')), 'A') || "
                    "to_tsvector('english', text)) STORED")
         op.execute("CREATE INDEX knowledge_chunks_search ON knowledge_chunks USING GIN (search)")
     else:
