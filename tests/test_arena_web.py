@@ -14,9 +14,9 @@ from conftest import ARTIFACTS
 from sqlalchemy import inspect, select
 from test_serve import run_server
 
+from llmos import db
 from llmos.agent.peers import parse_peer
 from llmos.evals import battles
-from llmos.serve import db
 
 memorised = test_serve.memorised  # the session's tiny model that recites its conversations
 HELLO_ANSWER = "Hello! How can I help you today?"

@@ -296,7 +296,7 @@ def test_hf_records_are_read_like_lines(monkeypatch):
 # --- the built-in set ----------------------------------------------------------------------------
 
 TASKS = {"docstring", "signature", "followup", "identity", "arithmetic", "python", "mental",
-         "mental2"}
+         "mental2", "lookup"}
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +360,8 @@ def test_builtin_tool_messages_follow_a_matching_call(builtin):
                 prev = c.messages[i - 1]
                 names = [t["function"]["name"] for t in prev.get("tool_calls", [])]
                 assert prev["role"] == "assistant" and names == [m["name"]]
-                assert m["name"] == {"arithmetic": "calculator", "python": "python"}[c.task]
+                assert m["name"] == {"arithmetic": "calculator", "python": "python",
+                                     "lookup": "search_knowledge"}[c.task]
 
 
 def test_builtin_arithmetic_is_right(builtin):

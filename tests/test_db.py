@@ -6,7 +6,7 @@ import threading
 
 from sqlalchemy import inspect, text
 
-from llmos.serve import db
+from llmos import db
 
 
 def test_open_database_migrates_every_branch_and_is_idempotent(database_url):

@@ -310,8 +310,8 @@ def test_llmos_serve_with_a_database_has_the_labeling_pages(database_url):
 
 
 def test_cli_label_user_and_export(tmp_path, capsys, monkeypatch):
+    from llmos import db
     from llmos.cli import build_parser, main
-    from llmos.serve import db
 
     url = str(tmp_path / "labels.db")
     monkeypatch.setenv("LLMOS_LABEL_PASSWORD", PASSWORD)
@@ -367,7 +367,7 @@ def test_the_tables_match_their_migration(database_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from llmos.serve import db
+    from llmos import db
 
     engine = db.open_database(database_url)
     with engine.connect() as c:

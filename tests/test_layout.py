@@ -16,7 +16,8 @@ MAX_LINES = 600
 # A prefix names a package ("llmos.train") or a module ("llmos.cli").
 FORBIDDEN = [
     *((low, high) for low in ("llmos.data", "llmos.model", "llmos.config", "llmos.tokenizer",
-                              "llmos.chat_format", "llmos.runtime", "llmos.checkpoint")
+                              "llmos.chat_format", "llmos.runtime", "llmos.checkpoint",
+                              "llmos.db")
       for high in ("llmos.train", "llmos.evals", "llmos.serve", "llmos.agent", "llmos.infer",
                    "llmos.envs", "llmos.export", "llmos.safety", "llmos.reward_model")),
     *(("llmos.infer", high) for high in ("llmos.train", "llmos.evals", "llmos.serve",

@@ -58,17 +58,18 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def build_memorised_checkpoint(out, steps: int = 120):
-    """A 2-layer, dim-64 model trained to recite MEMORISED (about 5 s on one CPU core)."""
+def build_memorised_checkpoint(out, steps: int = 120, memorised=MEMORISED):
+    """A 2-layer, dim-64 model trained to recite `memorised` [(conversation, client tools)]
+    (about 5 s on one CPU core)."""
     torch.manual_seed(0)
-    texts = [chat_format.render_text(c, t)[0] for c, t in MEMORISED]
+    texts = [chat_format.render_text(c, t)[0] for c, t in memorised]
     filler = "The quick brown fox jumps over the lazy dog. Hello there, how are you? " * 20
     tok = tk.train_bpe(texts * 20 + [filler], 600)
     tok_dir = out.parent / f"{out.name}-tokenizer"
     tk.save(tok, tok_dir, max_len=2048)
     model = Transformer(ModelConfig(vocab_size=tok.get_vocab_size(), dim=64, n_layers=2,
                                     n_heads=4, n_kv_heads=2, max_seq_len=2048))
-    rows = [chat_format.render(tok, c, t) for c, t in MEMORISED]
+    rows = [chat_format.render(tok, c, t) for c, t in memorised]
     T = max(len(r.ids) for r in rows)
     x = torch.tensor([r.ids[:-1] + [0] * (T - len(r.ids)) for r in rows])
     y = torch.tensor([[t if m else -100 for t, m in zip(r.ids[1:], r.mask[1:])]

@@ -25,10 +25,10 @@ import sqlalchemy as sa
 import torch
 from sqlalchemy.engine import Engine
 
+from llmos import db
 from llmos.agent.embedding import DEFAULT_MODEL, Embedder
 from llmos.data.chunking import Chunk, Source, chunk_source, iter_sources
 from llmos.data.sources import SkipReport
-from llmos.serve import db
 
 RRF_K = 60
 CANDIDATES = 50  # from each ranking, before fusion

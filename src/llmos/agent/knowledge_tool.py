@@ -52,4 +52,5 @@ def knowledge_tool(bases: list[KnowledgeBase], k: int = 3, max_chars: int = 1500
             "query": {"type": "string", "description": "What to look for: a name or a question"}},
             "required": ["query"], "additionalProperties": False},
         run=run,
+        capability="read-knowledge",
     )

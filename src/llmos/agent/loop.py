@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from llmos import chat_format
 from llmos import tokenizer as tokenizers_
+from llmos.agent.context import ContextBudget, fit
 from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
 from llmos.infer.engine import SamplingParams, TextStream
 
@@ -50,11 +51,14 @@ def forced_call(name: str) -> str:
 
 def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingParams,
             tools: dict[str, Tool] | None = None, declared: list[dict] | None = None,
-            max_rounds: int = 4, force: str | None = None) -> Iterator[Event]:
+            max_rounds: int = 4, force: str | None = None, window: ContextBudget | None = None,
+            summarize=None) -> Iterator[Event]:
     """Answer the conversation. `tools` run here (built-in); `declared` are OpenAI function
     schemas the caller runs itself: a call to one of them ends the loop with finish_reason
     "tool_calls". Generated tokens count against params.max_new_tokens across all rounds.
-    `force` ("" for any tool, else a name) starts the first turn as a tool call."""
+    `force` ("" for any tool, else a name) starts the first turn as a tool call. With a
+    `window` budget, each round's prompt is fitted to the context window (agent/context.py) and what
+    gave way is told in a "context" event."""
     tools = BUILTIN_TOOLS if tools is None else tools
     # Only the caller's functions are described in the prompt. The built-in ones are part of
     # what the assistant learned in finetuning: their schemas would fill most of a small
@@ -65,8 +69,17 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
     budget = params.max_new_tokens
     params = replace(params, stop_tokens=list(params.stop_tokens) + stop_ids(tok))
     finish = "stop"
+    told: list[str] = []
     for _round in range(max_rounds):
-        prompt = chat_format.render(tok, history, schemas or None, add_generation_prompt=True).ids
+        shown = history
+        if window is not None:
+            fitted = fit(tok, history, window, summarize, schemas or None)
+            shown = fitted.messages
+            if fitted.notes and fitted.notes != told:
+                told = fitted.notes
+                yield Event("context", "; ".join(fitted.notes),
+                            data={"notes": fitted.notes, "tokens": fitted.tokens})
+        prompt = chat_format.render(tok, shown, schemas or None, add_generation_prompt=True).ids
         text, stream, used, stopped = "", TextStream(tok), 0, False
         if force is not None and _round == 0:
             text = forced_call(force)  # written for the model, which goes on from there
@@ -114,6 +127,31 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
             finish = "length"
             break
     yield Event("done", data={"finish_reason": finish, "messages": history[len(messages):]})
+
+
+def model_summarizer(generate: TokenStream, tok, context: int):
+    """A `summarize` for agent/context.py: the model itself, asked greedily for one sentence
+    about the turns that give way (their newest part, when all of them would not fit)."""
+    from llmos.agent.context import SUMMARY_TOKENS
+
+    def summarize(older: list[dict]) -> str:
+        lines = [f"{m['role']}: {m.get('content') or ''}" for m in older
+                 if m["role"] in ("user", "assistant") and m.get("content")]
+        ids = tok.encode("\n".join(lines), add_special_tokens=False).ids
+        room = max(8, context - SUMMARY_TOKENS - 48)  # the request's own words and format
+        ask = [{"role": "user", "content": "Summarize this conversation in one sentence:\n"
+                + tok.decode(ids[-room:])}]
+        prompt = chat_format.render(tok, ask, add_generation_prompt=True).ids
+        params = SamplingParams(max_new_tokens=SUMMARY_TOKENS, temperature=0.0,
+                                stop_tokens=stop_ids(tok))
+        stream, text = TextStream(tok), ""
+        for token in generate(prompt, params):
+            if token == STOP:
+                break
+            text += stream.push(token)
+        return chat_format.parse_assistant(text).message().get("content", "") or text
+
+    return summarize
 
 
 def engine_stream(engine) -> TokenStream:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.agent.loop import describe_call, engine_stream, respond
+from llmos.agent.context import ContextBudget
+from llmos.agent.loop import describe_call, engine_stream, model_summarizer, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.strategies import think
@@ -26,15 +27,24 @@ HELP = "commands: /reset  /save [FILE]  /system TEXT  /quit"
 
 class Session:
     def __init__(self, model_dir: str, system: str = "", params: SamplingParams | None = None,
-                 tools: bool = True, out=sys.stdout, thinking: Think | None = None):
+                 tools: bool | dict = True, out=None, thinking: Think | None = None,
+                 summarize: bool = False, prepare=None):
         self.tok = tokenizers_.load(Path(model_dir))
         model = checkpoint.load_model(model_dir)
         self.generate = engine_stream(Engine(model))
         self.thinking = thinking.check() if thinking else None
         self.lm = LocalModel(model, self.tok) if thinking else None
         self.params = params or SamplingParams(max_new_tokens=256, temperature=0.7, top_p=0.95)
-        self.tools = BUILTIN_TOOLS if tools else {}
-        self.system, self.messages, self.out = system, [], out
+        # The context window as RAM: each turn's prompt fits it, keeping a quarter (at most the
+        # answer's length) for the answer; what gives way is printed.
+        context = model.cfg.max_seq_len
+        self.budget = ContextBudget(context, min(self.params.max_new_tokens, context // 4))
+        self.summarize = model_summarizer(self.generate, self.tok, context) if summarize else None
+        # True: the built-in tools; False: none; a dict: those (a profile's, agent/profiles.py).
+        self.tools = tools if isinstance(tools, dict) else BUILTIN_TOOLS if tools else {}
+        self.system, self.messages, self.out = system, [], out or sys.stdout
+        # messages -> what the model is shown (a profile's memories); the chat keeps the rest
+        self.prepare = prepare or (lambda messages: messages)
 
     def reset(self) -> None:
         self.messages = []
@@ -53,8 +63,9 @@ class Session:
             return thought.text
         hiding = False  # the raw <tool_call> markup is shown formatted instead
         printed = False  # whether this turn wrote any text (a pure tool call writes none)
-        for event in respond(self.generate, self.tok, self.conversation(), self.params,
-                             tools=self.tools):
+        for event in respond(self.generate, self.tok, self.prepare(self.conversation()),
+                             self.params,
+                             tools=self.tools, window=self.budget, summarize=self.summarize):
             if event.kind == "text" and not hiding:
                 before, tag, _ = event.text.partition(chat_format.TOOL_CALL)
                 self.write(before)
@@ -69,6 +80,8 @@ class Session:
                 self.write(f"  [tool result] {event.text.strip()}\n")
             elif event.kind == "error":
                 self.write(f"  [tool error] {event.text}\n")
+            elif event.kind == "context":
+                self.write(f"  [context: {event.text}]\n")
             elif event.kind == "done":
                 self.messages += event.data["messages"]
                 if event.data["finish_reason"] != "stop":

@@ -30,6 +30,9 @@ class Tool:
     description: str
     parameters: dict  # JSON schema of the arguments object
     run: Callable[[dict], str]
+    # What it touches, for a profile's grant (agent/profiles.py): compute, read-knowledge,
+    # network, read-memory, write-memory, call-model.
+    capability: str = "compute"
 
     def schema(self) -> dict:
         return {"type": "function", "function": {

@@ -100,8 +100,8 @@ def cmd_knowledge_search(args):
 
 
 def cmd_knowledge_list(args):
+    from llmos import db
     from llmos.agent.knowledge import KnowledgeBase, describe_bases
-    from llmos.serve import db
 
     if args.name:
         for s in KnowledgeBase.open(args.db, args.name).sources():
@@ -127,3 +127,44 @@ def cmd_knowledge_remove(args):
     else:
         print(f"removed {len(args.sources)} sources ({kb.remove(args.sources)} chunks) "
               f"from {args.name!r}")
+
+
+def add_memory(sub) -> None:
+    s = sub.add_parser("memory", help="the facts profiles remembered about a user",
+                       description="What the remember tool saved for a user (OpenAI's `user` "
+                       "field in `llmos serve`, --user in `llmos chat`): list, add, forget.")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_ in (("list", "the user's memories, newest first"),
+                        ("add", "save a memory by hand"),
+                        ("forget", "delete memories by id (as list shows them)"),
+                        ("clear", "delete all of the user's memories")):
+        v = verbs.add_parser(verb, help=help_)
+        if verb == "add":
+            v.add_argument("text", metavar="TEXT")
+        if verb == "forget":
+            v.add_argument("ids", nargs="+", type=int, metavar="ID")
+        v.add_argument("--user", default="default", help="whose memories (default: default)")
+        v.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+        v.set_defaults(func=cmd_memory)
+
+
+def cmd_memory(args):
+    from llmos.agent.memory import MemoryStore
+
+    store = MemoryStore.open(args.db)
+    if args.verb == "list":
+        saved = store.list(args.user)
+        for m in saved:
+            print(f"{m['id']:6d}  {m['text']}")
+        if not saved:
+            print(f"no memories for {args.user!r}")
+    elif args.verb == "add":
+        print(f"saved as {store.add(args.user, args.text)}")
+    elif args.verb == "forget":
+        missing = [i for i in args.ids if not store.forget(args.user, i)]
+        if missing:
+            raise ValueError(f"no memory {', '.join(map(str, missing))} for {args.user!r}; "
+                             "`llmos memory list` shows them")
+        print(f"forgot {len(args.ids)}")
+    else:
+        print(f"forgot {store.clear(args.user)} memories of {args.user!r}")

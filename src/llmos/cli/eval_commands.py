@@ -219,7 +219,8 @@ def cmd_arena_battle(args):
 
 
 def cmd_arena_export(args):
-    from llmos.serve import arena, db
+    from llmos import db
+    from llmos.serve import arena
 
     engine = db.open_database(args.db)
     if args.out in (None, "-"):

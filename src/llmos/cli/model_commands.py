@@ -49,12 +49,24 @@ def add_chat(sub) -> None:
                        description="A terminal chat with streaming answers, history and the "
                        "built-in tools (calculator, Python). Inside: /reset, /save [FILE], "
                        "/system TEXT, /quit.")
-    s.add_argument("--model", required=True, help="checkpoint directory (e.g. runs/cpu-tiny/sft)")
-    s.add_argument("--system", help="system prompt")
+    s.add_argument("--model", help="checkpoint directory (e.g. runs/cpu-tiny/sft); required "
+                   "unless --profile names one")
+    s.add_argument("--profile", metavar="NAME|FILE",
+                   help="a custom GPT: its instructions, knowledge bases, tools, model and "
+                   "sampling (profiles/*.toml, e.g. stdlib-helper; docs/llm-os.md); flags given "
+                   "here override its model and sampling")
+    s.add_argument("--db", metavar="URL",
+                   help="the database of the profile's knowledge bases (default: the profile's)")
+    s.add_argument("--user", default="default",
+                   help="whose memories a profile with remember/recall uses (default: default)")
+    s.add_argument("--system", help="system prompt (after a profile's instructions)")
     s.add_argument("-m", "--message", action="append",
                    help="answer this message and exit (repeatable: a multi-turn script)")
     add_sampling_flags(s, 256, 0.7, "most tokens per answer, tool rounds included")
     s.add_argument("--no-tools", action="store_true", help="run no tools the model calls")
+    s.add_argument("--summarize", action="store_true",
+                   help="when the conversation outgrows the context window, have the model "
+                   "summarise the oldest turns (default: leave them out, saying so)")
     s.add_argument("--save", default="chat.jsonl",
                    help="file that /save appends to (default chat.jsonl)")
     s.add_argument("--think", choices=["greedy", "vote", "best-of", "search"],
@@ -72,6 +84,37 @@ def add_chat(sub) -> None:
     s.set_defaults(func=cmd_chat)
 
 
+CHAT_SAMPLING = {"max_new_tokens": 256, "temperature": 0.7, "top_p": 0.95}  # the flags' defaults
+
+
+def _chat_profile(args):
+    """(model, system prompt, tools, prepare) from --profile; sampling flags left at their
+    defaults take the profile's values; a profile with memory tools gets --user's."""
+    from pathlib import Path
+
+    from llmos.agent import profiles
+
+    p = profiles.load(args.profile)
+    model = args.model or p.model
+    if not Path(model).is_dir():
+        raise ValueError(f"profile {p.name!r}: model {model!r} not found (train it, e.g. make "
+                         "speedrun, or give --model DIR)")
+    for key, value in p.sampling.items():
+        attr = "max_new_tokens" if key == "max_tokens" else key
+        if getattr(args, attr) == CHAT_SAMPLING[attr]:
+            setattr(args, attr, int(value) if attr == "max_new_tokens" else float(value))
+    tools = {} if args.no_tools else p.build_tools(args.db)
+    system = "\n\n".join(x for x in (p.instructions, args.system or "") if x)
+    prepare = None
+    if p.uses_memory and not args.no_tools:
+        store = p.memory_store(args.db)
+        tools, _ = p.with_user(tools, [], store, args.user)
+
+        def prepare(messages):  # the user's memories as they are now, every turn
+            return p.with_user({}, messages, store, args.user)[1]
+    return model, system, tools, prepare
+
+
 def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
 
@@ -84,8 +127,13 @@ def cmd_chat(args):
         thinking = Think(args.think, args.budget, args.answer_kind, p.temperature or 0.8,
                          max_new_tokens=p.max_new_tokens, top_p=p.top_p, seed=p.seed,
                          judge=parse_judge(args.judge) or judge_working)
-    session = Session(args.model, args.system or "", sampling_params(args),
-                      tools=not args.no_tools, thinking=thinking)
+    model, system, tools, prepare = args.model, args.system or "", not args.no_tools, None
+    if args.profile:
+        model, system, tools, prepare = _chat_profile(args)
+    if not model:
+        raise ValueError("give --model DIR, or a --profile that names a model")
+    session = Session(model, system, sampling_params(args), tools=tools, thinking=thinking,
+                      summarize=args.summarize, prepare=prepare)
     if args.message:  # one-shot: answer each message in turn, then exit
         for text in args.message:
             print(f"you> {text}\nassistant> ", end="", flush=True)
@@ -99,9 +147,13 @@ def add_serve(sub) -> None:
                        description="Serve checkpoints over HTTP: /v1/chat/completions (streaming, "
                        "tools), /v1/completions, /v1/models, /health, and a web chat at /. "
                        "Concurrent requests to a model decode together in one batch.")
-    s.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+    s.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
                    help="checkpoint to serve (repeatable); its name in the API is the folder's "
                    "name (with parent folders when two would clash) unless given as NAME=DIR")
+    s.add_argument("--profile", action="append", default=[], metavar="NAME|FILE",
+                   help="a custom GPT to serve as a model of its own name (repeatable): its "
+                   "instructions, knowledge bases and tools around its checkpoint "
+                   "(profiles/*.toml, e.g. stdlib-helper; docs/llm-os.md)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
@@ -119,7 +171,8 @@ def add_serve(sub) -> None:
                    help="run no built-in tools (calculator, python) for the model")
     s.add_argument("--db", metavar="URL",
                    help="database for the arena pages at /arena and the labeling pages at "
-                   "/label (a SQLite path or postgresql://...); without it there are neither")
+                   "/label (a SQLite path or postgresql://...; without it there are neither), "
+                   "and of the profiles' knowledge bases (default: each profile's own)")
     s.add_argument("--arena-contestant", action="append", metavar="SPEC",
                    help="another arena contestant besides the served models (repeatable): "
                    "NAME=openai:BASE_URL#MODEL[;key=ENV] or [NAME=]DIR")
@@ -131,7 +184,8 @@ def cmd_serve(args):
 
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
           max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
-          tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant)
+          tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant,
+          profiles=args.profile)
 
 
 def add_import(sub) -> None:

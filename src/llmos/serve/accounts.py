@@ -16,7 +16,7 @@ import time
 from sqlalchemy import Float, ForeignKey, Integer, String, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmos.serve.db import Base
+from llmos.db import Base
 
 COOKIE = "llmos_label"
 SESSION_DAYS = 30

@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmos.agent.memory import DEFAULT_USER
 from llmos.agent.peers import parse_peers
 from llmos.serve.arena import mount_arena
 from llmos.serve.labeling import mount_labeling
@@ -46,7 +47,7 @@ from llmos.serve.openai_schema import (
     validation_error,
 )
 from llmos.serve.responses import answer
-from llmos.serve.served import ServedModel, load_models, model_card
+from llmos.serve.served import ServedModel, add_profiles, load_models, model_card, schedulers
 from llmos.serve.thinking import run_think, think_config
 from llmos.serve.workers import Choices, Job, run_chat, run_completion
 
@@ -115,7 +116,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                limits: Limits | None = None, builtin_tools: dict | None = None,
                database=None, contestants: list | None = None) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
-    BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from serve/db.py) adds the
+    BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from db.py) adds the
     arena pages (serve/arena.py): the served models plus `contestants` (agent/peers.py),
     and the labeling pages (serve/labeling.py)."""
     limits = limits or Limits()
@@ -124,8 +125,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        for m in models.values():
-            m.scheduler.close()
+        for scheduler in schedulers(models):
+            scheduler.close()
 
     app = FastAPI(title="llmos", description=__doc__.split("\n")[0], lifespan=lifespan)
     app.state.models = models
@@ -183,8 +184,13 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         max_tokens = req.max_completion_tokens or req.max_tokens
         params, stop = check_sampling(req, limits, served, max_tokens)
         messages = [m.to_chat() for m in req.messages]
+        if served.profile is not None:  # a custom GPT: its instructions come first
+            messages = served.profile.messages(messages)
         declared = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
-        tools = builtin_tools
+        tools = builtin_tools if served.tools is None else served.tools
+        if served.memory is not None:  # the user's memories and memory tools (OpenAI's `user`)
+            tools, messages = served.profile.with_user(tools, messages, served.memory,
+                                                       req.user or DEFAULT_USER)
         force = None  # "required" and a named function: the answer starts as that call
         if req.tool_choice == "none":
             declared, tools = None, {}
@@ -272,7 +278,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_keys: list[str] | None = None, max_tokens: int = 2048, max_batch: int = 16,
           device: str = "auto", tools: bool = True, database: str | None = None,
-          arena_contestants: list[str] | None = None) -> None:
+          arena_contestants: list[str] | None = None, profiles: list[str] | None = None
+          ) -> None:
     import torch
     import uvicorn
 
@@ -281,6 +288,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if arena_contestants and not database:
         raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
     models = load_models(specs, device, max_batch)
+    add_profiles(models, profiles or [], device, max_batch, database)
+    if not models:
+        raise ValueError("nothing to serve: give checkpoints, or --profile")
     builtin = None if tools else {}
     extra = None
     if arena_contestants:

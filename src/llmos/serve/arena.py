@@ -39,11 +39,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Boolean, Float, Integer, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from llmos import db
 from llmos.agent.peers import Peer, StreamPeer, visible_text
 from llmos.evals import battles as battles_
 from llmos.evals import ratings
 from llmos.infer.engine import SamplingParams
-from llmos.serve import db
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "llmos_arena_voter"

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from llmos.serve.db import Base
+from llmos.db import Base
 
 KINDS = ("write", "compare")
 MAX_PROMPT_CHARS = 20_000

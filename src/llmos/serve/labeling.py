@@ -42,10 +42,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from llmos import chat_format
+from llmos import chat_format, db
 from llmos.agent.loop import final_text, respond
 from llmos.infer.engine import SamplingParams
-from llmos.serve import accounts, db
+from llmos.serve import accounts
 from llmos.serve import label_store as store
 from llmos.serve.served import load_models
 

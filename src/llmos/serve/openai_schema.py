@@ -191,6 +191,7 @@ class ChatRequest(Sampling):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
     think: ThinkRequest | None = None
+    user: str | None = Field(None, min_length=1, max_length=128)  # whose memories a profile uses
 
 
 class CompletionRequest(Sampling):

@@ -25,6 +25,9 @@ class ServedModel:
     scheduler: Scheduler
     context: int  # max_seq_len: prompt + answer
     created: int = field(default_factory=lambda: int(time.time()))
+    profile: Any = None  # a custom GPT (agent/profiles.py) answering through this model
+    tools: dict | None = None  # the profile's tools, built; None: the server's built-in ones
+    memory: Any = None  # the profile's MemoryStore (agent/memory.py) when it grants memory tools
 
 
 def model_names(specs: list[str]) -> dict[str, Path]:
@@ -57,10 +60,49 @@ def load_models(specs: list[str], device: str = "cpu", max_batch: int = 16
     for name, path in model_names(specs).items():
         model = checkpoint.load_model(path, device)
         sched = Scheduler(model, max_batch=max_batch, name=name)
+        sched.path = Path(path).resolve()  # a profile of the same folder shares it
         served[name] = ServedModel(name, tk.load(path), sched, model.cfg.max_seq_len)
     return served
 
 
+def add_profiles(served: dict[str, ServedModel], specs: list[str], device: str = "cpu",
+                 max_batch: int = 16, database: str | None = None) -> None:
+    """Serve each profile (agent/profiles.py) as a model of its own name. Its checkpoint is
+    shared with a served model of the same folder, else loaded once for it."""
+    from llmos.agent import profiles
+
+    by_path = {}
+    for m in served.values():
+        if m.profile is None and getattr(m.scheduler, "path", None):
+            by_path[m.scheduler.path] = m
+    for spec in specs:
+        p = profiles.load(spec)
+        if p.name in served:
+            raise ValueError(f"profile {p.name!r} has the name of a model already served")
+        path = Path(p.model).resolve()
+        if not path.is_dir():
+            raise ValueError(f"profile {p.name!r}: model {p.model!r} not found")
+        base = by_path.get(path)
+        if base is None:
+            model = checkpoint.load_model(path, device)
+            sched = Scheduler(model, max_batch=max_batch, name=p.name)
+            sched.path = path
+            base = ServedModel(p.name, tk.load(path), sched, model.cfg.max_seq_len)
+            by_path[path] = base
+        served[p.name] = ServedModel(p.name, base.tok, base.scheduler, base.context,
+                                     profile=p, tools=p.build_tools(database),
+                                     memory=p.memory_store(database) if p.uses_memory else None)
+
+
+def schedulers(served: dict[str, ServedModel]) -> list[Scheduler]:
+    """Each scheduler once (profiles share their checkpoint's)."""
+    return list({id(m.scheduler): m.scheduler for m in served.values()}.values())
+
+
 def model_card(m: ServedModel) -> dict:
-    return {"id": m.name, "object": "model", "created": m.created, "owned_by": "llmos",
+    card = {"id": m.name, "object": "model", "created": m.created, "owned_by": "llmos",
             "max_model_len": m.context}
+    if m.profile is not None:
+        card["llmos_profile"] = {"description": m.profile.description,
+                                 "knowledge": m.profile.knowledge, "tools": m.profile.tools}
+    return card

@@ -1,4 +1,4 @@
-"""Alembic's entry point for llmos.serve.db: runs the migrations on the connection that
+"""Alembic's entry point for llmos.db: runs the migrations on the connection that
 `db.migrate` passes in (or on the configured URL when Alembic's own command line is used)."""
 
 from alembic import context

@@ -1,13 +1,14 @@
-"""The database behind the web pages (arena battles, labeling projects): SQLAlchemy over a
-SQLite file by default or PostgreSQL by URL, with the schema kept by Alembic migrations.
+"""llmos's database (arena battles, labeling projects, knowledge bases, memories): SQLAlchemy
+over a SQLite file by default or PostgreSQL by URL, with the schema kept by Alembic migrations.
 
     engine = db.open_database("sqlite:///llmos.db")   # creates / upgrades the schema
     with db.session(engine) as s: ...                  # one transaction, committed on success
 
-Each part of the app owns a branch of migrations (`versions/`, branch labels `arena`,
-`labels`, ...) that starts from the shared base revision, so the parts grow their tables
-independently and `upgrade heads` brings every branch up to date. A SQLite file runs in WAL
-mode with a busy timeout, so two writers at once wait for each other instead of failing.
+Each part owns a branch of migrations (`migrations/versions/`, branch labels `arena`,
+`labels`, `knowledge`, `memory`) that starts from the shared base revision, so the parts grow
+their tables independently and `upgrade heads` brings every branch up to date. A SQLite file
+runs in WAL mode with a busy timeout, so two writers at once wait for each other instead of
+failing.
 """
 
 from __future__ import annotations

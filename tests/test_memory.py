@@ -1,0 +1,109 @@
+"""Memory: facts saved per user in the database (SQLite and PostgreSQL), the remember / recall
+tools, and end to end through `llmos serve`: a fact the model saved survives a server restart,
+and a deleted one is gone from the next answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import test_serve
+from test_serve import run_server
+
+from llmos.agent.memory import MemoryStore, memory_tools, with_memories
+from llmos.agent.tools import call_tool
+from llmos.cli import main
+
+FACT = "The user's name is Ada."
+
+
+def test_store_tools_and_restart(database_url):
+    store = MemoryStore.open(database_url)
+    first = store.add("ada", "Likes  green tea.")
+    assert store.add("ada", "Likes green tea.") == first  # saved once
+    store.add("ada", FACT)
+    store.add("bob", "Owns a kettle.")
+    assert [m["text"] for m in store.list("ada")] == [FACT, "Likes green tea."]
+
+    tools = memory_tools(MemoryStore.open(database_url), "ada")  # a restart: a new connection
+    assert call_tool("recall", {"query": "what tea"}, tools) == "- Likes green tea."
+    assert call_tool("recall", {"query": "kettle"}, tools) == "nothing saved about that"
+    assert call_tool("remember", {"fact": "Lives in Leeds."}, tools) == "saved"
+    assert call_tool("remember", {"fact": " "}, tools) == "error: an empty memory"
+    assert "at most 500" in call_tool("remember", {"fact": "x" * 501}, tools)
+
+    assert not store.forget("bob", first)  # one user cannot delete another's
+    assert store.forget("ada", first)
+    assert [m["text"] for m in store.list("ada")] == ["Lives in Leeds.", FACT]
+    assert store.clear("ada") == 2 and store.list("ada") == []
+    assert [m["text"] for m in store.list("bob")] == ["Owns a kettle."]
+
+
+def test_memories_join_the_system_message():
+    saved = [{"text": FACT}]
+    ask = [{"role": "user", "content": "Hi"}]
+    assert with_memories(ask, saved)[0] == {
+        "role": "system", "content": f"What you know about the user:\n- {FACT}"}
+    own = with_memories([{"role": "system", "content": "Be brief."}, *ask], saved)
+    assert own[0]["content"] == f"Be brief.\n\nWhat you know about the user:\n- {FACT}"
+    assert with_memories(ask, []) == ask
+
+
+def test_memory_command(tmp_path, capsys):
+    db = str(tmp_path / "m.db")
+    main(["memory", "add", FACT, "--user", "ada", "--db", db])
+    main(["memory", "list", "--user", "ada", "--db", db])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.endswith(FACT)
+    with pytest.raises(SystemExit):
+        main(["memory", "forget", "999", "--user", "ada", "--db", db])
+    assert "no memory 999" in capsys.readouterr().err
+    main(["memory", "forget", line.split()[0], "--user", "ada", "--db", db])
+    main(["memory", "list", "--user", "ada", "--db", db])
+    assert "no memories for 'ada'" in capsys.readouterr().out
+
+
+def test_a_saved_fact_survives_a_restart_and_a_deleted_one_is_gone(tmp_path):
+    from openai import OpenAI
+
+    from llmos.serve.app import create_app
+    from llmos.serve.served import add_profiles
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "remember", "arguments": {"fact": FACT}}}
+    tell = [{"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "saved"},
+            {"role": "assistant", "content": "I will remember that."}]
+    known = [{"role": "system", "content": f"What you know about the user:\n- {FACT}"},
+             {"role": "user", "content": "What is my name?"},
+             {"role": "assistant", "content": "Your name is Ada."}]
+    unknown = [{"role": "user", "content": "What is my name?"},
+               {"role": "assistant", "content": "I do not know your name."}]
+    model, loss = test_serve.build_memorised_checkpoint(
+        tmp_path / "memo", steps=150, memorised=[(tell, None), (known, None), (unknown, None)])
+    assert loss < 0.05, f"the test model did not memorise its conversations (loss {loss})"
+    db = str(tmp_path / "llmos.db")
+    profile = tmp_path / "pal.toml"
+    profile.write_text(f'name = "pal"\nmodel = {json.dumps(str(model))}\n'
+                       f'database = {json.dumps(db)}\ntools = ["remember", "recall"]\n')
+
+    def ask(text: str, user: str = "ada") -> str:
+        models: dict = {}
+        add_profiles(models, [str(profile)], max_batch=2)  # a fresh server each time
+        with run_server(create_app(models)) as url:
+            client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+            r = client.chat.completions.create(
+                model="pal", messages=[{"role": "user", "content": text}], temperature=0,
+                user=user)
+        for m in models.values():
+            m.scheduler.close()
+        return r.choices[0].message.content
+
+    assert ask("What is my name?") == "I do not know your name."
+    assert ask("My name is Ada.") == "I will remember that."  # the model called remember
+    assert [m["text"] for m in MemoryStore.open(db).list("ada")] == [FACT]
+    assert ask("What is my name?") == "Your name is Ada."  # after a restart
+    assert ask("What is my name?", user="bob") == "I do not know your name."
+    main(["memory", "clear", "--user", "ada", "--db", db])
+    assert ask("What is my name?") == "I do not know your name."
