@@ -43,13 +43,35 @@ def questions() -> list:
     return mixed
 
 
-def run(model, tok, items, budget: ContextBudget | None, times: float) -> dict:
+def run(model, tok, items, budget: ContextBudget | None, times: float,
+        conversations: int) -> dict:
+    """`conversations` chats, each going on until it holds `times` contexts."""
+    rows, notes, errors, lengths = [], 0, 0, []
+    start = 0
+    for _ in range(conversations):
+        r, n, e, length, used = one_chat(model, tok, items[start:], budget, times)
+        rows, notes, errors = rows + r, notes + n, errors + e
+        lengths.append(length)
+        start += used
+    out = {"conversations": conversations, "turns": len(rows), "errors": errors,
+           "context_events": notes, "min_conversation_tokens": min(lengths),
+           "finish_length": sum(r["finish"] == "length" for r in rows)}
+    for key, outgrown in (("before", False), ("after", True)):
+        oks = [r["ok"] for r in rows if r["outgrown"] == outgrown]
+        lo, hi = wilson(sum(oks), len(oks))
+        out[key] = {"accuracy": round(sum(oks) / max(1, len(oks)), 3), "n": len(oks),
+                    "ci": [round(lo, 3), round(hi, 3)]}
+    return out
+
+
+def one_chat(model, tok, items, budget: ContextBudget | None, times: float):
     generate = engine_stream(Engine(model))
     params = SamplingParams(max_new_tokens=64, temperature=0.0)
     context = model.cfg.max_seq_len
     history: list[dict] = []
-    rows, notes, errors = [], 0, 0
+    rows, notes, errors, used = [], 0, 0, 0
     for conv in items:
+        used += 1
         history.append(prompt_of(conv)[0])
         length = len(chat_format.render(tok, history).ids)
         try:
@@ -68,29 +90,23 @@ def run(model, tok, items, budget: ContextBudget | None, times: float) -> dict:
             conv.task, score(conv.task, conv.answer, answer)), "finish": done["finish_reason"]})
         if length > times * context:
             break
-    out = {"turns": len(rows), "errors": errors, "context_events": notes,
-           "conversation_tokens": len(chat_format.render(tok, history).ids),
-           "finish_length": sum(r["finish"] == "length" for r in rows)}
-    for key, outgrown in (("before", False), ("after", True)):
-        oks = [r["ok"] for r in rows if r["outgrown"] == outgrown]
-        lo, hi = wilson(sum(oks), len(oks))
-        out[key] = {"accuracy": round(sum(oks) / max(1, len(oks)), 3), "n": len(oks),
-                    "ci": [round(lo, 3), round(hi, 3)]}
-    return out
+    return rows, notes, errors, len(chat_format.render(tok, history).ids), used
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="runs/cpu-tiny/sft")
     ap.add_argument("--times", type=float, default=4.0, help="conversation length in contexts")
+    ap.add_argument("--conversations", type=int, default=10, help="chats (default 10)")
     args = ap.parse_args(argv)
     model = checkpoint.load_model(args.model).eval()
     tok = tk.load(args.model)
     items = questions()
     context = model.cfg.max_seq_len
     t0 = time.perf_counter()
-    fitted = run(model, tok, items, ContextBudget(context, context // 4), args.times)
-    cut = run(model, tok, items, None, args.times)
+    fitted = run(model, tok, items, ContextBudget(context, context // 4), args.times,
+                 args.conversations)
+    cut = run(model, tok, items, None, args.times, args.conversations)
     print(json.dumps({"bench": "long_conversation", "model": args.model, "context": context,
                       "times": args.times, "with_budget": fitted, "engine_truncation": cut,
                       "seconds": round(time.perf_counter() - t0, 1)}))

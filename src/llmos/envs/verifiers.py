@@ -47,7 +47,7 @@ def contains_number(text: str, number: str) -> bool:
 def score(task: str, expected: str, answer: str) -> float:
     """1.0 / 0.0 for exact tasks; the F1 for free-text ones (thresholded by the caller)."""
     expected = expected.strip()
-    numeric = task in ("arithmetic", "mental", "mental2")
+    numeric = task in ("arithmetic", "mental", "mental2", "session")
     if numeric or (task == "python" and NUMBER.fullmatch(expected)):
         return float(contains_number(answer, expected))
     if task in ("python", "signature"):

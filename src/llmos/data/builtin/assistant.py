@@ -39,6 +39,7 @@ from llmos.data.builtin.arithmetic import (
 )
 from llmos.data.builtin.lookup import lookup_items
 from llmos.data.builtin.python_questions import python_items
+from llmos.data.builtin.sessions import session_items
 from llmos.data.builtin.stdlib_api import ApiEntry, describe, stdlib_api
 from llmos.data.builtin.turns import SEED, assistant, conversation, is_heldout, user
 from llmos.data.records import Conversation
@@ -177,6 +178,7 @@ def assistant_dataset(max_items: int | None = None
              + python_items(round(total * TOOL_SHARES["python"]))
              + identity_items(round(total * TOOL_SHARES["identity"]))
              + mental_items() + mental2_items(MENTAL2_ITEMS))
+    items += session_items(items)
     random.Random(f"{SEED}:order").shuffle(items)
     if max_items is not None:
         items = items[:max(0, max_items)]
