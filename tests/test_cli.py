@@ -24,7 +24,8 @@ TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", f"{stage}.train.seq_len=64", "--set", f"{stage}.eval_pairs=8")] + [
     "--set", "dpo.eval_items=4", "--set", "speedrun.eval_tasks=bpb,arc_easy",
     "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
-    "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3"]
+    "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3",
+    "--set", "speedrun.knowledge_limit=3"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -100,7 +101,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         {"role": "assistant", "content": f"The beta of gamma {i}."}]}) + "\n" for i in range(12)))
     cmd = [sys.executable, "-m", "llmos", "speedrun", "--name", "sr", "--runs-dir",
            str(tmp_path), "--source", str(corpus_dir), *TINY, *TINY_SFT, *TINY_PAIRS,
-           "--set", f"sft.sources={chats}"]
+           "--set", f"sft.sources={chats}", "--set", f"speedrun.knowledge_sources={corpus_dir}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "=== speedrun summary ===" in out.stdout and "bits/byte" in out.stdout
@@ -130,7 +131,11 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
-                             "eval", "system2", "arena", "report"]
+                             "eval", "system2", "knowledge", "arena", "report"]
+    assert "knowledge       docstring questions (n=3): from memory " in out.stdout
+    assert "## Knowledge: answers from retrieval" in card
+    served = (run / "knowledge.md").read_text()  # the profile, asked through a real server
+    assert served.count("**user:**") == 3 and "## The stdlib helper, served" in card
     assert "report card" in out.stdout
     # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -477,3 +477,22 @@ def test_conversation_and_skips_shapes():
     for i in range(5):
         skips.add("overlong", f"f.jsonl:{i}")
     assert skips.summary() == "skipped overlong=5 (f.jsonl:0, f.jsonl:1, f.jsonl:2, ...)"
+
+
+def test_builtin_sessions_chain_questions_from_one_side_of_the_split(builtin):
+    from llmos.data.builtin.turns import is_heldout
+
+    train, heldout = builtin
+    asked = {}
+    for c in train + heldout:
+        if c.task != "session" and c.messages[0]["role"] == "user":
+            asked.setdefault(c.messages[0]["content"], set()).add(is_heldout(c.subject))
+    sessions = [(c, side) for side, split in ((False, train), (True, heldout))
+                for c in split if c.task == "session"]
+    assert len(sessions) > 1000
+    for c, side in sessions:
+        questions = [m["content"] for m in c.messages if m["role"] == "user"]
+        assert 2 <= len(questions) <= 3
+        # every question comes from the same side of the split as the session
+        assert all(asked.get(q, {side}) == {side} for q in questions)
+        assert c.answer in c.messages[-1]["content"]  # the last answer holds its number

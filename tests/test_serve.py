@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ from llmos import chat_format, checkpoint
 from llmos import tokenizer as tk
 from llmos.config import ModelConfig
 from llmos.model import Transformer
+from llmos.serve.background import run_in_background
 
 API_KEY = "sk-test-key"
 WEATHER = {"type": "function", "function": {
@@ -85,26 +85,7 @@ def build_memorised_checkpoint(out, steps: int = 120, memorised=MEMORISED):
     return out, loss.item()
 
 
-@contextlib.contextmanager
-def run_server(app):
-    """uvicorn on a free loopback port in a background thread; yields the base URL."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+run_server = run_in_background  # the other server tests import it from here
 
 
 @pytest.fixture(scope="session")

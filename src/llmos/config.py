@@ -190,6 +190,8 @@ class SpeedrunConfig:
     think_budget: int = 8  # the vote's and best-of's samples
     think_limit: int = 150  # held-out questions asked (0 = all)
     knowledge_limit: int = 200  # held-out docstring questions asked with and without retrieval
+    # what the run's knowledge base "stdlib" (RUN/llmos.db) is built from
+    knowledge_sources: list[str] = field(default_factory=lambda: ["builtin:stdlib"])
 
 
 @dataclass

@@ -89,15 +89,17 @@ def run(cfg: RunConfig) -> None:
         thinking = system2_row(cfg, assistant)
     with timer("knowledge"):
         looked_up = knowledge_row(cfg, assistant)
+        helper = serve_helper(cfg, assistant)
     with timer("arena"):
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, thinking, looked_up, samples, chats, card, page, timer)
+    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, chats, card, page,
+            timer)
 
 
-def summary(cfg, base, assistant, tuned, thinking, looked_up, samples, chats, card, page,
-            timer) -> None:
+def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, chats, card,
+            page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -118,6 +120,7 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, samples, chats, ca
         print(f"{name:<16}{out}  ({shown})")
     print(f"system 2        {system2.headline(thinking)}")
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
+    print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API)")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
@@ -203,12 +206,12 @@ def system2_row(cfg: RunConfig, ckpt) -> dict:
 
 
 def knowledge_row(cfg: RunConfig, ckpt) -> dict:
-    """The LLM OS's disk: the standard library as knowledge base `stdlib` in RUN/llmos.db (only
-    changed sources are read again), then the assistant's held-out docstring questions from
+    """The LLM OS's disk: the standard library (speedrun.knowledge_sources) as knowledge base
+    `stdlib` in RUN/llmos.db (only changed sources are read again), then the assistant's held-out docstring questions from
     memory and with search_knowledge over it: CKPT/evals/knowledge.json."""
     db = cfg.run_dir / "llmos.db"
     kb = KnowledgeBase.open(str(db), "stdlib", create=True)
-    stats = kb.add(["builtin:stdlib"], progress=print_progress)
+    stats = kb.add(cfg.speedrun.knowledge_sources, progress=print_progress)
     if stats["read"]:
         print()
     print(f"speedrun: knowledge base stdlib: {stats['read']} sources read, "
@@ -225,6 +228,54 @@ def knowledge_row(cfg: RunConfig, ckpt) -> dict:
                               log=lambda m: print(f"knowledge: {m}"))
     harness.write(result, out)
     return result
+
+
+def serve_helper(cfg: RunConfig, ckpt, questions: int = 3):
+    """The stdlib helper profile on this run's assistant and knowledge base, served by a real
+    server on loopback and asked held-out docstring questions through /v1/chat/completions:
+    RUN/knowledge.md, what it searched, read and answered."""
+    import dataclasses
+
+    import httpx
+
+    from llmos.agent import profiles
+    from llmos.data.builtin.assistant import assistant_dataset
+    from llmos.serve.app import create_app
+    from llmos.serve.background import run_in_background
+    from llmos.serve.served import add_profiles, schedulers
+
+    db = cfg.run_dir / "llmos.db"
+    helper = dataclasses.replace(profiles.load("stdlib-helper"), model=str(ckpt),
+                                 database=str(db))
+    models: dict = {}
+    add_profiles(models, [helper])
+    asked = knowledge_qa.questions(assistant_dataset()[1], questions)
+    lines = ["# The stdlib helper, served", "",
+             f"`llmos serve --profile stdlib-helper --model {ckpt} --db {db}`, asked held-out "
+             "docstring questions through `/v1/chat/completions` (model `stdlib-helper`):", ""]
+    try:
+        with run_in_background(create_app(models)) as url:
+            for conv in asked:
+                question = [m for m in conv.messages if m["role"] == "user"][-1]["content"]
+                r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
+                    "model": "stdlib-helper", "temperature": 0,
+                    "messages": [{"role": "user", "content": question}]})
+                lines += [f"**user:** {question}", ""]
+                if r.status_code != 200:  # shown, not raised: e.g. a context too small
+                    lines += [f"(the server answered {r.status_code}: {r.text[:300]})", ""]
+                    continue
+                message = r.json()["choices"][0]["message"]
+                for e in message.get("llmos_tool_events", []):
+                    shown = e.get("arguments") if e["type"] == "tool_call" else e.get("content")
+                    lines.append(f"> {e['type']} `{e.get('name', '')}`: {shown}")
+                lines += ["", f"**stdlib-helper:** {message['content']}", "",
+                          f"(docstring: {conv.answer})", ""]
+    finally:
+        for scheduler in schedulers(models):
+            scheduler.close()
+    path = cfg.run_dir / "knowledge.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def arena(cfg: RunConfig, ckpts) -> None:

@@ -226,7 +226,8 @@ def markdown(run: Path) -> str:
     if scaling:
         parts += ["## Scaling laws", "", scaling, ""]
     for title, file in (("Samples from the base model", "samples.md"),
-                        ("Conversations with the assistant", "conversations.md")):
+                        ("Conversations with the assistant", "conversations.md"),
+                        ("The stdlib helper, served", "knowledge.md")):
         if (run / file).exists():
             body = (run / file).read_text().split("\n", 1)[-1]  # drop the file's own title
             parts += [f"## {title}", "", body.strip(), ""]

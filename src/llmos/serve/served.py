@@ -65,9 +65,10 @@ def load_models(specs: list[str], device: str = "cpu", max_batch: int = 16
     return served
 
 
-def add_profiles(served: dict[str, ServedModel], specs: list[str], device: str = "cpu",
+def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu",
                  max_batch: int = 16, database: str | None = None) -> None:
-    """Serve each profile (agent/profiles.py) as a model of its own name. Its checkpoint is
+    """Serve each profile (agent/profiles.py: a file, a shipped name or a Profile) as a model
+    of its own name. Its checkpoint is
     shared with a served model of the same folder, else loaded once for it."""
     from llmos.agent import profiles
 
@@ -76,7 +77,7 @@ def add_profiles(served: dict[str, ServedModel], specs: list[str], device: str =
         if m.profile is None and getattr(m.scheduler, "path", None):
             by_path[m.scheduler.path] = m
     for spec in specs:
-        p = profiles.load(spec)
+        p = spec if isinstance(spec, profiles.Profile) else profiles.load(spec)
         if p.name in served:
             raise ValueError(f"profile {p.name!r} has the name of a model already served")
         path = Path(p.model).resolve()
