@@ -207,8 +207,9 @@ def system2_row(cfg: RunConfig, ckpt) -> dict:
 
 def knowledge_row(cfg: RunConfig, ckpt) -> dict:
     """The LLM OS's disk: the standard library (speedrun.knowledge_sources) as knowledge base
-    `stdlib` in RUN/llmos.db (only changed sources are read again), then the assistant's held-out docstring questions from
-    memory and with search_knowledge over it: CKPT/evals/knowledge.json."""
+    `stdlib` in RUN/llmos.db (only changed sources are read again), then the assistant's
+    held-out docstring questions from memory and with search_knowledge over it:
+    CKPT/evals/knowledge.json."""
     db = cfg.run_dir / "llmos.db"
     kb = KnowledgeBase.open(str(db), "stdlib", create=True)
     stats = kb.add(cfg.speedrun.knowledge_sources, progress=print_progress)
