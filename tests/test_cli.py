@@ -116,7 +116,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         assert info["stage"] == stage and info["parent"] == str(run / parent) and info["final"]
     for ckpt in ("base", "sft", "dpo"):  # the same evaluation on each, for the report card
         evals = [p for p in (run / ckpt / "evals").glob("*.json")
-                 if not p.name.startswith("think-")]
+                 if not p.name.startswith(("think-", "knowledge"))]
         assert len(evals) == 1 and set(json.loads(evals[0].read_text())["results"]) == {
             "bpb", "arc_easy"}
     battles = (run / "arena" / "battles.jsonl").read_text().splitlines()
