@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmos", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="llmos: make an LLM end to end: data -> pretrain -> sft -> reward, dpo, rl "
         "-> eval, arena, report -> chat, serve, export.",
-        epilog="Quick start: `llmos speedrun` (cpu-tiny preset, about 30 minutes on 2 cores).")
+        epilog="Quick start: `llmos speedrun` (cpu-tiny preset, 25-40 minutes on 2 cores).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
