@@ -191,3 +191,28 @@ def test_a_tool_outside_the_grant_is_refused_with_a_reason():
     assert "browse (network) is not allowed" in call_tool("browse", {"url": "x"}, tools)
     assert {t.capability for t in tools.values()} >= {"compute", "network", "read-knowledge",
                                                       "call-model", "write-memory"}
+
+
+def test_a_profile_fits_a_long_chat_where_a_plain_model_refuses(tea_profile):
+    import httpx
+
+    from llmos.serve.app import create_app
+    from llmos.serve.served import add_profiles, load_models
+
+    path, model = tea_profile
+    models = load_models([f"memo={model}"], max_batch=2)
+    add_profiles(models, [str(path)], max_batch=2)
+    long = [{"role": "user", "content": "tea leaves " * 1500},  # beyond the 2,048-token window
+            {"role": "assistant", "content": "I do not know."},
+            {"role": "user", "content": QUESTION}]
+    with run_server(create_app(models)) as url:
+        plain = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "memo", "messages": long, "max_tokens": 20})
+        assert plain.status_code == 400
+        assert plain.json()["error"]["code"] == "context_length_exceeded"
+        fitted = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "model": "tea-helper", "messages": long, "max_tokens": 60, "temperature": 0})
+        assert fitted.status_code == 200, fitted.text
+        events = fitted.json()["choices"][0]["message"]["llmos_tool_events"]
+        assert events[0] == {"type": "context",
+                             "content": "dropped the 1 oldest turn (2 messages)"}

@@ -85,9 +85,10 @@ def fit(tok, messages: list[dict], budget: ContextBudget,
         msgs = _merge_system(msgs[:head] + [_note_message(older, summarize)] + keep)
         n = count(msgs)
     # 3. the newest messages alone are too long: keep the end of the last user message
-    if n > budget.prompt:
-        i = max(i for i, m in enumerate(msgs) if m["role"] == "user")
-        text = msgs[i]["content"] or ""
+    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
+    if n > budget.prompt and users and isinstance(msgs[users[-1]].get("content"), str):
+        i = users[-1]
+        text = msgs[i]["content"]
         ids = tok.encode(text, add_special_tokens=False).ids
         cut = max(1, len(ids) - (n - budget.prompt))
         msgs[i]["content"] = tok.decode(ids[-cut:])

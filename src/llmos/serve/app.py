@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmos.agent.context import ContextBudget
 from llmos.agent.memory import DEFAULT_USER
 from llmos.agent.peers import parse_peers
 from llmos.serve.arena import mount_arena
@@ -220,9 +221,15 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             return await answer(request, req, served, Choices([
                 lambda emit, cancel: run_think(served, messages, cfg, emit, cancel)]),
                 chat_api=True)
+        # A custom GPT is an llmos front end: its chats outgrow the window gracefully (the
+        # LLM OS's RAM); a plain model keeps OpenAI's behaviour, a 400 for a prompt too long.
+        window = None
+        if served.profile is not None:
+            window = ContextBudget(served.context, min(params.max_new_tokens,
+                                                       served.context // 4))
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
-            declared, limits.tool_rounds, emit, cancel, force) for i in range(req.n)]
+            declared, limits.tool_rounds, emit, cancel, force, window) for i in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=True)
 
     @app.post("/v1/completions", dependencies=auth)

@@ -82,11 +82,13 @@ def finish_reason(loop_reason: str) -> str:
 
 def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[dict] | None,
              max_rounds: int, emit: Emit, cancel: threading.Event,
-             force: str | None = None) -> None:
+             force: str | None = None, window=None) -> None:
+    """One choice of a chat answer. With a `window` (agent/context.py) the conversation is
+    fitted to the context instead of refused, and what gave way is a "context" tool event."""
     counted = Counted(job, emit, cancel)
     declared_names = {d["function"]["name"] for d in declared or []}
     events = respond(counted, job.served.tok, messages, job.params, tools=tools,
-                     declared=declared, max_rounds=max_rounds, force=force)
+                     declared=declared, max_rounds=max_rounds, force=force, window=window)
     turn, stops = TurnText(), StopText(job.stop)
     said = said_this_turn = False  # content so far: the answer, this round
     reason, calls = "stop", []
@@ -109,9 +111,13 @@ def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[
         return False
 
     try:
+        held_context: list[dict] = []  # told once the prompt is accepted ("started")
         for ev in events:
             if cancel.is_set():
                 return
+            if held_context and counted.calls and ev.kind != "context":
+                emit(("delta", {"llmos_tool_events": held_context}))
+                held_context = []
             if ev.kind == "text" and pieces(turn.push(ev.text)):
                 break
             elif ev.kind == "turn":
@@ -132,6 +138,8 @@ def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[
                      "name": ev.data.get("name"), "content": ev.text}]}))
             elif ev.kind == "error":
                 emit(("delta", {"llmos_tool_events": [{"type": "error", "content": ev.text}]}))
+            elif ev.kind == "context":
+                held_context.append({"type": "context", "content": ev.text})
             elif ev.kind == "done":
                 reason = finish_reason(ev.data["finish_reason"])
         else:

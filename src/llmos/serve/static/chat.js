@@ -131,6 +131,7 @@ class Answer {
     const summary = document.createElement("summary");
     if (ev.type === "tool_call") summary.textContent = `${ev.name}(${ev.arguments})`;
     else if (ev.type === "tool_result") summary.textContent = `${ev.name} returned`;
+    else if (ev.type === "context") summary.textContent = "context window: " + ev.content;
     else summary.textContent = "error: " + ev.content;
     box.appendChild(summary);
     if (ev.type === "tool_result") {
