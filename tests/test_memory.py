@@ -107,3 +107,36 @@ def test_a_saved_fact_survives_a_restart_and_a_deleted_one_is_gone(tmp_path):
     assert ask("What is my name?", user="bob") == "I do not know your name."
     main(["memory", "clear", "--user", "ada", "--db", db])
     assert ask("What is my name?") == "I do not know your name."
+
+
+def test_the_memory_page_lists_and_deletes(tmp_path, browser):
+    """/memory in headless Chromium: one user's memories, and a delete that reaches the
+    database; the API routes behind it refuse what is not there."""
+    import httpx
+
+    from llmos.serve.app import create_app
+
+    db = str(tmp_path / "llmos.db")
+    store = MemoryStore.open(db)
+    store.add("ada", FACT)
+    store.add("ada", "Likes green tea.")
+    store.add("bob", "Owns a kettle.")
+    with run_server(create_app({}, database=db)) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/memory")
+        page.fill("#user", "ada")
+        page.click("#who button[type=submit]")
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".startsWith('2 memories')")
+        assert page.locator("#memories .text").all_inner_texts() == ["Likes green tea.", FACT]
+        page.locator("#memories li", has_text="green tea").get_by_role("button").click()
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".startsWith('1 memory for ada')")
+        assert [m["text"] for m in store.list("ada")] == [FACT]
+        assert [m["text"] for m in store.list("bob")] == ["Owns a kettle."]
+        page.close()
+        r = httpx.delete(f"{url}/v1/llmos/memories/999", params={"user": "ada"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "memory_not_found"
+    with run_server(create_app({})) as url:  # no database, no profile with memory
+        r = httpx.get(f"{url}/v1/llmos/memories")
+        assert r.status_code == 404 and "keeps no memories" in r.json()["error"]["message"]

@@ -35,6 +35,7 @@ from llmos.agent.memory import DEFAULT_USER
 from llmos.agent.peers import parse_peers
 from llmos.serve.arena import mount_arena
 from llmos.serve.labeling import mount_labeling
+from llmos.serve.memory_pages import memory_store, mount_memory
 from llmos.serve.openai_schema import (
     APIError,
     ChatRequest,
@@ -265,6 +266,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         return await answer(request, req, served, Choices(workers, req.n), chat_api=False,
                             echo=echo)
 
+    mount_memory(app, memory_store(models, database), auth)
     if database is not None:
         mount_arena(app, database, models, contestants, builtin_tools)
         mount_labeling(app, app.state.database, models)  # the engine the arena opened
