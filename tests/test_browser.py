@@ -116,3 +116,10 @@ def test_profiles_grant_browse_with_hosts():
         profiles.parse({"name": "web", "model": "m", "tools": ["browse"]})
     with pytest.raises(profiles.ProfileError, match="go together"):
         profiles.parse({"name": "web", "model": "m", "browse": {"hosts": ["x.org"]}})
+
+
+def test_an_allow_list_entry_must_be_a_host():
+    for bad in (":8080", "https://docs.python.org", "evil.com."):
+        with pytest.raises(profiles.ProfileError, match="hosts are names like"):
+            profiles.parse({"name": "web", "model": "m", "tools": ["browse"],
+                            "browse": {"hosts": [bad]}})

@@ -105,3 +105,20 @@ def test_the_loop_fits_every_round_and_says_so(tok):
     context = [e for e in events if e.kind == "context"]
     assert len(context) == 1 and "oldest turns" in context[0].text
     assert events[-1].data["finish_reason"] == "stop"
+
+
+def test_a_lone_system_message_and_a_long_tool_result_of_this_turn(tok):
+    alone = [{"role": "system", "content": " ".join(WORDS * 40)}]
+    fitted = fit(tok, alone, ContextBudget(64, reserve=16))  # returns, nothing to give way
+    assert fitted.messages == alone
+    call = {"id": "c", "type": "function",
+            "function": {"name": "browse", "arguments": {"url": "http://x"}}}
+    msgs = [{"role": "user", "content": "What is 48 + 7?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": " ".join(WORDS * 40)}]
+    budget = ContextBudget(200, reserve=16)
+    assert size(tok, msgs) > budget.prompt
+    fitted = fit(tok, msgs, budget)
+    assert fitted.tokens <= budget.prompt and fitted.messages[0] == msgs[0]  # the question whole
+    assert fitted.messages[2]["content"] == STUB
+    assert fitted.notes == ["dropped 1 tool output of this turn"]

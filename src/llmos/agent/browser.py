@@ -24,7 +24,7 @@ TEXT_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "text/markdown
 @dataclass(frozen=True)
 class BrowseLimits:
     max_bytes: int = 2_000_000  # read at most this much of a page
-    timeout: float = 10.0  # seconds, connecting and reading each hop
+    timeout: float = 10.0  # seconds for each hop, connecting and reading all of it
     max_redirects: int = 5
     max_chars: int = 4000  # of text returned to the model
     max_links: int = 20
@@ -47,9 +47,12 @@ def host_allowed(url: str, allowed: list[str]) -> bool:
 def fetch(url: str, allowed: list[str], limits: BrowseLimits = BrowseLimits()
           ) -> tuple[str, str, str]:
     """(final URL, content type, text) of a page, following allowed redirects."""
+    import time
+
     import httpx
 
     for _hop in range(limits.max_redirects + 1):
+        deadline = time.monotonic() + limits.timeout
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ToolError(f"not a web address: {url!r} (http:// or https:// only)")
@@ -69,6 +72,8 @@ def fetch(url: str, allowed: list[str], limits: BrowseLimits = BrowseLimits()
                     raise ToolError(f"{url} is {kind}, not a page of text")
                 body = bytearray()
                 for chunk in r.iter_bytes():
+                    if time.monotonic() > deadline:  # a trickle must not hold a worker
+                        raise httpx.ReadTimeout("the page took too long", request=r.request)
                     body += chunk
                     if len(body) >= limits.max_bytes:
                         del body[limits.max_bytes:]

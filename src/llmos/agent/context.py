@@ -11,7 +11,8 @@ The policy, in order, until the prompt fits `context - reserve` tokens:
    it asked);
 2. the oldest turns (never the system message, never the last user message) are summarised by
    the model itself when a `summarize` function is given, else dropped, into one system note;
-3. if the newest messages alone are still too long, the last user message keeps its end.
+3. then this turn's own tool outputs (a long page or passage read just now);
+4. if the newest messages alone are still too long, the last user message keeps its end.
 The conversation itself is never changed: each turn is fitted anew from all of it.
 """
 
@@ -73,7 +74,7 @@ def fit(tok, messages: list[dict], budget: ContextBudget,
     head = 1 if msgs and msgs[0]["role"] == "system" else 0
     room = SUMMARY_TOKENS if summarize else 0
     older, keep = [], msgs[head:]
-    while n + room > budget.prompt and _first_turn_end(keep) <= _last_user(keep):
+    while n + room > budget.prompt and keep and 0 < _first_turn_end(keep) <= _last_user(keep):
         end = _first_turn_end(keep)
         older, keep = older + keep[:end], keep[end:]
         n = count(_merge_system(msgs[:head] + [_note_message(older, None)] + keep))
@@ -84,7 +85,17 @@ def fit(tok, messages: list[dict], budget: ContextBudget,
                      f"({len(older)} messages)")
         msgs = _merge_system(msgs[:head] + [_note_message(older, summarize)] + keep)
         n = count(msgs)
-    # 3. the newest messages alone are too long: keep the end of the last user message
+    # 3. this turn's own tool outputs, when they alone overflow (a long page, a long passage)
+    last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=len(msgs))
+    turn_tools = [i for i in range(last_user + 1, len(msgs))
+                  if msgs[i]["role"] == "tool" and msgs[i].get("content") != STUB]
+    if n > budget.prompt and turn_tools:
+        for i in turn_tools:
+            msgs[i] = {**msgs[i], "content": STUB}
+        n = count(msgs)
+        notes.append(f"dropped {len(turn_tools)} tool output{'s' * (len(turn_tools) > 1)} "
+                     "of this turn")
+    # 4. the newest messages alone are too long: keep the end of the last user message
     users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
     if n > budget.prompt and users and isinstance(msgs[users[-1]].get("content"), str):
         i = users[-1]

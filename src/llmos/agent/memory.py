@@ -46,13 +46,20 @@ class MemoryStore:
             raise ValueError("an empty memory")
         if len(text) > MAX_FACT_CHARS:
             raise ValueError(f"a memory is at most {MAX_FACT_CHARS} characters")
-        with self.engine.begin() as c:
-            old = c.execute(sa.select(memories.c.id).where(
-                memories.c.owner == user, memories.c.text == text)).scalar()
-            if old is not None:
-                return old
-            return c.execute(sa.insert(memories).values(
-                owner=user, text=text, created=time.time())).inserted_primary_key[0]
+        if len(user) > 128:
+            raise ValueError("a user name is at most 128 characters")
+        for _attempt in range(2):  # a twin saved at the same moment wins; return its id
+            try:
+                with self.engine.begin() as c:
+                    old = c.execute(sa.select(memories.c.id).where(
+                        memories.c.owner == user, memories.c.text == text)).scalar()
+                    if old is not None:
+                        return old
+                    return c.execute(sa.insert(memories).values(
+                        owner=user, text=text, created=time.time())).inserted_primary_key[0]
+            except sa.exc.IntegrityError:
+                continue
+        raise ValueError("the memory could not be saved")
 
     def list(self, user: str) -> list[dict]:
         """The user's memories, newest first."""
@@ -72,8 +79,8 @@ class MemoryStore:
             return c.execute(sa.delete(memories).where(memories.c.owner == user)).rowcount
 
     def search(self, user: str, query: str, k: int = 5) -> list[dict]:
-        """The user's memories sharing the most words with the query (all, newest first, for
-        an empty query)."""
+        """The user's k memories sharing the most words with the query (the k newest for an
+        empty query)."""
         words = set(re.findall(r"\w+", query.lower()))
         found = self.list(user)
         if not words:

@@ -45,6 +45,8 @@ CAPABILITIES = {"calculator": "compute", "python": "compute", KNOWLEDGE_TOOL: "r
                 BROWSE_TOOL: "network", ASK_TOOL: "call-model", "remember": "write-memory",
                 "recall": "read-memory"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*(:\d{{1,5}})?$")  # a host name or IPv4, a port
 _KEYS = {"name", "description", "model", "database", "instructions", "knowledge", "tools",
          "search", "sampling", "browse", "peers"}
 _SAMPLING = {"temperature", "top_p", "max_tokens"}
@@ -144,6 +146,9 @@ class Profile:
                     peers = parse_peers(self.peers)
                 except ValueError as e:
                     raise ProfileError(f"profile {self.name!r}: {e}") from e
+                for peer in peers:  # a checkpoint asked runs only the tools granted here
+                    if hasattr(peer, "tools"):
+                        peer.tools = {k: t for k, t in BUILTIN_TOOLS.items() if k in self.tools}
                 tools[name] = ask_model_tool(peers)
             else:
                 tools[name] = BUILTIN_TOOLS[name]
@@ -207,6 +212,10 @@ def parse(data: dict, where: str = "profile") -> Profile:
     if (hosts is None or set(browse) - {"hosts"} or not isinstance(hosts, list)
             or not all(isinstance(h, str) and h.strip() for h in hosts)):
         raise ProfileError(f"{where}: [browse] takes hosts, a list of host names")
+    bad_hosts = [h for h in hosts if not _HOST.match(h.strip())]
+    if bad_hosts:
+        raise ProfileError(f"{where}: [browse] hosts are names like docs.python.org or "
+                           f"127.0.0.1:8123 (a name allows every port), not {bad_hosts[0]!r}")
     if (BROWSE_TOOL in lists["tools"]) != bool(hosts):
         raise ProfileError(f"{where}: the browse tool and [browse] hosts go together: list the "
                            "hosts it may fetch from, and browse in tools")

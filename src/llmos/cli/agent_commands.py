@@ -58,7 +58,10 @@ def add_knowledge(sub) -> None:
 
 def cmd_knowledge_add(args):
     from llmos.agent.knowledge import KnowledgeBase, print_progress
+    from llmos.data.chunking import iter_sources
+    from llmos.data.sources import SkipReport
 
+    list(iter_sources(args.sources, SkipReport()))  # a bad source fails before a base is made
     kb = KnowledgeBase.open(args.db, args.name, create=True)
     stats = kb.add(args.sources, progress=print_progress)
     if stats["read"]:

@@ -101,7 +101,9 @@ def iter_sources(specs: list[str], skips: SkipReport) -> Iterator[Source]:
         if path.is_dir():
             found = []
             for f in walk_sorted(path, skip_user_dir):
-                if f.suffix.lower() in SUFFIXES:
+                if not f.is_file():  # a broken symlink, a FIFO: nothing to read
+                    skips.add("unreadable", str(f))
+                elif f.suffix.lower() in SUFFIXES:
                     found.append(Source(str(f), f, _module_name(f.relative_to(path))))
                 else:
                     skips.add("unsupported_type", str(f))
@@ -111,6 +113,8 @@ def iter_sources(specs: list[str], skips: SkipReport) -> Iterator[Source]:
         else:
             raise SourceError(f"knowledge source {spec!r}: unsupported file type; supported: "
                               + " ".join(sorted(SUFFIXES)))
+    if any(s.path.suffix.lower() == ".pdf" for sources in resolved for s in sources):
+        _need_pypdf()  # before anything is written, not halfway through a build
     for sources in resolved:
         yield from sources
 
@@ -274,12 +278,17 @@ def _sections(text: str, name: str, style: str) -> list[tuple[str, str]]:
     return pieces
 
 
-def _pdf_chunks(source: Source, skips: SkipReport) -> list[Chunk]:
+def _need_pypdf():
     try:
         import pypdf
     except ModuleNotFoundError as e:
         raise SourceError("reading PDF files needs the pypdf package: "
                           "pip install 'llmos[knowledge]'") from e
+    return pypdf
+
+
+def _pdf_chunks(source: Source, skips: SkipReport) -> list[Chunk]:
+    pypdf = _need_pypdf()
     try:
         reader = pypdf.PdfReader(str(source.path))
         pages = [page.extract_text() or "" for page in reader.pages]

@@ -54,7 +54,7 @@ class _Reader(HTMLParser):
         self.current = [prefix] if prefix else []
 
     def handle_starttag(self, tag, attrs):
-        if tag == "title":
+        if tag == "title" and not self.title:  # the page's, first in <head>; not an SVG's
             self.in_title = True
         if tag in _SKIPPED:
             if tag not in _VOID:

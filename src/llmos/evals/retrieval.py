@@ -64,6 +64,8 @@ def questions(n: int | None = None, seed: int = 0) -> list[Question]:
 
 def recall(kb, items: list[Question], k: int = 5, mode: str = "hybrid") -> dict:
     """recall@k per question kind with its 95% interval, and search time per query."""
+    if not items:
+        raise ValueError("no questions to ask")
     found: dict[str, list[bool]] = {}
     times = []
     misses = []

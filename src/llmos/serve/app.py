@@ -28,10 +28,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos.agent.context import ContextBudget
-from llmos.agent.memory import DEFAULT_USER
 from llmos.agent.peers import parse_peers
 from llmos.serve.arena import mount_arena
 from llmos.serve.labeling import mount_labeling
@@ -114,6 +114,15 @@ def _not_text(body: bytes, content_type: bytes) -> str | None:
 # ---- the app ----------------------------------------------------------------------------------
 
 
+def profile_sampling(req, sampling: dict, max_tokens: int | None):
+    """The request with the profile's sampling where the request gave none."""
+    fill = {k: v for k, v in sampling.items() if k in ("temperature", "top_p")
+            and getattr(req, k) is None}
+    if max_tokens is None and "max_tokens" in sampling:
+        max_tokens = int(sampling["max_tokens"])
+    return (req.model_copy(update=fill) if fill else req), max_tokens
+
+
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
                limits: Limits | None = None, builtin_tools: dict | None = None,
                database=None, contestants: list | None = None) -> FastAPI:
@@ -184,15 +193,17 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             raise APIError(400, f"{len(req.messages)} messages, above this server's limit of "
                            f"{limits.max_messages}.", "messages")
         max_tokens = req.max_completion_tokens or req.max_tokens
+        if served.profile is not None:  # what the request leaves out, the profile says
+            req, max_tokens = profile_sampling(req, served.profile.sampling, max_tokens)
         params, stop = check_sampling(req, limits, served, max_tokens)
         messages = [m.to_chat() for m in req.messages]
         if served.profile is not None:  # a custom GPT: its instructions come first
             messages = served.profile.messages(messages)
         declared = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
         tools = builtin_tools if served.tools is None else served.tools
-        if served.memory is not None:  # the user's memories and memory tools (OpenAI's `user`)
-            tools, messages = served.profile.with_user(tools, messages, served.memory,
-                                                       req.user or DEFAULT_USER)
+        if served.memory is not None and req.user:  # memories are kept for a named user only
+            tools, messages = await run_in_threadpool(
+                served.profile.with_user, tools, messages, served.memory, req.user)
         force = None  # "required" and a named function: the answer starts as that call
         if req.tool_choice == "none":
             declared, tools = None, {}
@@ -301,6 +312,10 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if not models:
         raise ValueError("nothing to serve: give checkpoints, or --profile")
     builtin = None if tools else {}
+    if not tools:  # --no-tools holds for the profiles too
+        for m in models.values():
+            if m.profile is not None:
+                m.tools, m.memory = {}, None
     extra = None
     if arena_contestants:
         extra = parse_peers(arena_contestants, device, noun="contestant")
