@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from llmos.agent.memory import DEFAULT_USER, MemoryStore
@@ -42,7 +43,7 @@ def mount_memory(app: FastAPI, store: MemoryStore | None, auth: list) -> None:
         return {"user": user, "data": need().list(user)}
 
     @app.delete("/v1/llmos/memories/{memory_id}", dependencies=auth)
-    def forget_memory(memory_id: int,
+    def forget_memory(memory_id: int = PathParam(ge=1, le=2**63 - 1),  # a database integer
                       user: str = Query(DEFAULT_USER, min_length=1, max_length=128)):
         if not need().forget(user, memory_id):
             raise APIError(404, f"No memory {memory_id} for user {user!r}.", "memory_id",
