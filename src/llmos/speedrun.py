@@ -257,7 +257,7 @@ def serve_helper(cfg: RunConfig, ckpt, questions: int = 3):
     try:
         with run_in_background(create_app(models)) as url:
             for conv in asked:
-                question = [m for m in conv.messages if m["role"] == "user"][-1]["content"]
+                question = knowledge_qa.question_of(conv)
                 r = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
                     "model": "stdlib-helper", "temperature": 0,
                     "messages": [{"role": "user", "content": question}]})

@@ -82,7 +82,7 @@ _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
 
 
 def keywords(query: str) -> list[str]:
-    words = [w for w in re.findall(r"[^\W_]+", query.lower())]
+    words = re.findall(r"[^\W_]+", query.lower())
     kept = [w for w in words if w not in _STOPWORDS]
     return list(dict.fromkeys(kept or words))
 

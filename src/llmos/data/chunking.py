@@ -14,7 +14,6 @@ along blank lines. A chunk is cited as ``source#position``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 import sysconfig
 from collections.abc import Iterator
@@ -60,9 +59,6 @@ class Chunk:
     @property
     def cite(self) -> str:
         return f"{self.source}#{self.position}"
-
-    def digest(self) -> str:
-        return hashlib.sha256(f"{self.title}\n{self.text}".encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- sources

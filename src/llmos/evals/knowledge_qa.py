@@ -10,12 +10,13 @@ and how often it cited the subject's own chunk.
 
 from __future__ import annotations
 
+import json
 import time
 
 from llmos.agent.knowledge_tool import NAME as TOOL_NAME
 from llmos.agent.tools import BUILTIN_TOOLS, Tool
 from llmos.data.builtin.lookup import cited, lookup_messages, stdlib_passages
-from llmos.data.records import Conversation
+from llmos.data.records import Conversation, prompt_of
 from llmos.envs.verifiers import passed
 from llmos.evals.assistant_tasks import run_items
 from llmos.evals.intervals import wilson
@@ -37,9 +38,13 @@ def questions(heldout: list[Conversation], limit: int) -> list[Conversation]:
     return out[:limit]
 
 
+def question_of(c: Conversation) -> str:
+    """The docstring question itself, without the system prompt some items start with."""
+    return prompt_of(c)[-1]["content"]
+
+
 def as_lookup(c: Conversation) -> Conversation:
-    question = [m for m in c.messages if m["role"] == "user"][-1]["content"]
-    return Conversation(messages=lookup_messages(question), source=c.source, task="lookup",
+    return Conversation(messages=lookup_messages(question_of(c)), source=c.source, task="lookup",
                         subject=c.subject, answer=c.answer)
 
 
@@ -109,8 +114,6 @@ def headline(result: dict) -> str:
 def card_section(run, names: list[str], table) -> str:
     """The report card's rows: every checkpoint's evals/knowledge*.json, memory against
     retrieval with 95% intervals ("" when there are none)."""
-    import json
-
     rows = []
     for name in names:
         for path in sorted((run / name / "evals").glob("knowledge*.json")):
