@@ -13,7 +13,13 @@ from llmos.agent.knowledge import KnowledgeBase, KnowledgeError
 from llmos.agent.knowledge_tool import knowledge_tool
 from llmos.agent.tools import call_tool
 from llmos.cli import main
-from llmos.data.chunking import chunk_source, iter_sources, python_chunks
+from llmos.data.chunking import (
+    PYDOCS,
+    builtin_available,
+    chunk_source,
+    iter_sources,
+    python_chunks,
+)
 from llmos.data.readable import readable_html
 from llmos.data.sources import SkipReport, SourceError
 
@@ -84,6 +90,45 @@ def test_readable_html_keeps_structure_and_links():
     assert page.title == "Trains"
     assert "# Steam engines" in page.text and "- Boiler" in page.text
     assert page.links == [("more", "http://site.test/more.html")]
+
+
+SPHINX = """<html><head><title>tea — Tea making — Docs 1.0</title></head><body>
+<div class="related" role="navigation"><ul><li><a href="index.html">index</a></li></ul></div>
+<div class="body"><h1>tea — Tea making<a class="headerlink" href="#tea">¶</a></h1>
+<p>Steep green tea for three minutes.</p>
+<pre><span>&gt;&gt;&gt; </span>steep(2)
+6</pre>
+<div role="navigation"><div><p>previous page</p></div></div><p>Serve hot.</p></div>
+<div class="sphinxsidebar" role="navigation"><h3>Quick search</h3></div></body></html>"""
+
+
+def test_documentation_pages_read_without_their_chrome():
+    text = readable_html(SPHINX).text
+    assert text.splitlines()[0] == "# tea — Tea making"  # no pilcrow, no navigation bar
+    assert ">>> steep(2)\n6" in text  # an example keeps its lines
+    assert "Serve hot." in text  # the text after a nested navigation block is read
+    assert "index" not in text and "previous" not in text and "Quick search" not in text
+
+
+def test_a_file_named_two_ways_is_one_source(docs, monkeypatch):
+    monkeypatch.chdir(docs.parent)
+    names = {s.name for spec in ("docs/garden.md", "./docs/garden.md", str(docs / "garden.md"),
+                                 "docs/../docs/garden.md")
+             for s in iter_sources([spec], SkipReport())}
+    assert names == {"docs/garden.md"}
+    assert "docs/garden.md" in {s.name for s in iter_sources(["./docs"], SkipReport())}
+
+
+@pytest.mark.skipif(not builtin_available(PYDOCS), reason="Debian's python3.X-doc is not "
+                    "installed (.ci/run installs it)")
+def test_the_python_documentation_is_a_source():
+    skips = SkipReport()
+    pages = {s.name: s for s in iter_sources([PYDOCS], skips)}
+    assert len(pages) > 200 and "pydocs/json.html" in pages
+    chunks = chunk_source(pages["pydocs/json.html"], skips)
+    basic = [c for c in chunks if c.title == "json.html > Basic Usage"]
+    assert basic and "json.dump(obj, fp" in basic[0].text
+    assert not any("¶" in c.title or "modules |" in c.text for c in chunks)
 
 
 def test_pdf_pages_are_read(tmp_path):

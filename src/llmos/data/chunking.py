@@ -1,7 +1,8 @@
 """Knowledge sources cut into chunks a search can return and a model can read.
 
-A source spec is a file, a folder (every readable file in it), or ``builtin:stdlib`` (every module
-of the running Python's standard library, its tests left out). Python files are cut along their
+A source spec is a file, a folder (every readable file in it), ``builtin:stdlib`` (every module
+of the running Python's standard library, its tests left out) or ``builtin:pydocs`` (the Library
+Reference's HTML pages, where Debian's python3.X-doc package is installed). Python files are cut along their
 definitions with `ast` (the module docstring, then each function, class and method with its
 signature, docstring and the start of its code), Markdown and reStructuredText along their
 headings, HTML into its readable text (`readable_html`), PDF page by page (`pypdf`), other text
@@ -14,7 +15,9 @@ along blank lines. A chunk is cited as ``source#position``.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ CODE_LINES = 12  # lines of a definition's body kept after its docstring
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".py", ".html", ".htm"}
 SUFFIXES = TEXT_SUFFIXES | {".pdf"}
 STDLIB = "builtin:stdlib"
+PYDOCS = "builtin:pydocs"
+# The Library Reference as HTML, from Debian's python3.X-doc package: prose written by people.
+PYDOCS_DIR = Path(f"/usr/share/doc/python3.{sys.version_info.minor}/html/library")
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,28 @@ def stdlib_sources() -> list[Source]:
     return out
 
 
+def pydocs_sources(root: Path = PYDOCS_DIR) -> list[Source]:
+    if not root.is_dir():
+        raise SourceError(f"{PYDOCS} reads the Python documentation from {root}, which is not "
+                          f"there: apt-get install python3.{sys.version_info.minor}-doc")
+    return [Source(f"pydocs/{p.name}", p, p.stem) for p in sorted(root.glob("*.html"))]
+
+
+def builtin_available(spec: str) -> bool:
+    """Whether a builtin: source can be read on this machine (pydocs needs a Debian package)."""
+    return spec != PYDOCS or PYDOCS_DIR.is_dir()
+
+
+def source_name(path: Path) -> str:
+    """How a file is cited: relative to the current folder when inside it, else absolute, so
+    `a.md`, `./a.md` and `$PWD/a.md` are one source, not three."""
+    full = Path(os.path.abspath(path))  # normalised, symlinks kept as the user named them
+    try:
+        return full.relative_to(os.getcwd()).as_posix()
+    except ValueError:
+        return full.as_posix()
+
+
 def iter_sources(specs: list[str], skips: SkipReport) -> Iterator[Source]:
     """The files the specs name, in order; a missing path or an unsupported single file is a
     SourceError (said before anything is read), files in a folder that cannot be read are
@@ -89,8 +117,11 @@ def iter_sources(specs: list[str], skips: SkipReport) -> Iterator[Source]:
         if spec == STDLIB:
             resolved.append(stdlib_sources())
             continue
+        if spec == PYDOCS:
+            resolved.append(pydocs_sources())
+            continue
         if spec.startswith("builtin:"):
-            raise SourceError(f"unknown knowledge source {spec!r}; built in: {STDLIB}")
+            raise SourceError(f"unknown knowledge source {spec!r}; built in: {STDLIB}, {PYDOCS}")
         path = Path(spec).expanduser()
         if not path.exists():
             raise SourceError(f"knowledge source {spec!r}: no such file or folder")
@@ -100,12 +131,12 @@ def iter_sources(specs: list[str], skips: SkipReport) -> Iterator[Source]:
                 if not f.is_file():  # a broken symlink, a FIFO: nothing to read
                     skips.add("unreadable", str(f))
                 elif f.suffix.lower() in SUFFIXES:
-                    found.append(Source(str(f), f, _module_name(f.relative_to(path))))
+                    found.append(Source(source_name(f), f, _module_name(f.relative_to(path))))
                 else:
                     skips.add("unsupported_type", str(f))
             resolved.append(found)
         elif path.suffix.lower() in SUFFIXES:
-            resolved.append([Source(spec, path, path.stem)])
+            resolved.append([Source(source_name(path), path, path.stem)])
         else:
             raise SourceError(f"knowledge source {spec!r}: unsupported file type; supported: "
                               + " ".join(sorted(SUFFIXES)))
@@ -137,7 +168,7 @@ def chunk_source(source: Source, skips: SkipReport) -> list[Chunk]:
             pass
     if suffix in (".html", ".htm"):
         page = readable_html(text)
-        return _number(source.name, _sections(page.text, page.title or source.path.name, "md"))
+        return _number(source.name, _sections(page.text, source.path.name, "md"))
     style = {".md": "md", ".markdown": "md", ".rst": "rst"}.get(suffix, "")
     return _number(source.name, _sections(text, source.path.name, style))
 

@@ -21,6 +21,10 @@ _BLOCKS = {"p", "div", "section", "article", "main", "header", "aside", "br", "h
            "dd", "tr", "table", "ul", "ol", "dl", "pre", "blockquote", "h1", "h2", "h3", "h4",
            "h5", "h6", "figcaption", "caption", "td", "th"}
 _HEADINGS = {"h1": "#", "h2": "##", "h3": "###", "h4": "####", "h5": "#####", "h6": "######"}
+# ARIA landmarks of page chrome (Sphinx's sidebars and "related" bars are divs marked so), and
+# the pilcrow anchors documentation generators put after every heading.
+_CHROME_ROLES = {"navigation", "search", "banner", "contentinfo"}
+_CHROME_CLASSES = {"headerlink"}
 _VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source",
          "track", "wbr"}
 
@@ -39,6 +43,7 @@ class _Reader(HTMLParser):
         self.lines: list[str] = []
         self.current: list[str] = []
         self.skip_depth = 0
+        self.hidden: tuple[str, int] | None = None  # (tag, nesting) of a chrome element
         self.pre_depth = 0
         self.title: list[str] = []
         self.in_title = False
@@ -56,11 +61,20 @@ class _Reader(HTMLParser):
     def handle_starttag(self, tag, attrs):
         if tag == "title" and not self.title:  # the page's, first in <head>; not an SVG's
             self.in_title = True
+        if self.hidden:
+            if tag == self.hidden[0]:
+                self.hidden = (tag, self.hidden[1] + 1)
+            return
         if tag in _SKIPPED:
             if tag not in _VOID:
                 self.skip_depth += 1
             return
         if self.skip_depth:
+            return
+        attributes = dict(attrs)
+        if tag not in _VOID and (attributes.get("role") in _CHROME_ROLES or _CHROME_CLASSES
+                                 & set((attributes.get("class") or "").split())):
+            self.hidden = (tag, 1)
             return
         if tag in _BLOCKS:
             self._break(_HEADINGS.get(tag, "") + (" " if tag in _HEADINGS else "")
@@ -68,13 +82,17 @@ class _Reader(HTMLParser):
         if tag == "pre":
             self.pre_depth += 1
         if tag == "a":
-            href = dict(attrs).get("href")
+            href = attributes.get("href")
             if href and not href.startswith(("javascript:", "mailto:", "#")):
                 self.link = (urljoin(self.base_url, href), [])
 
     def handle_endtag(self, tag):
         if tag == "title":
             self.in_title = False
+        if self.hidden:
+            if tag == self.hidden[0]:
+                self.hidden = (tag, self.hidden[1] - 1) if self.hidden[1] > 1 else None
+            return
         if tag in _SKIPPED:
             self.skip_depth = max(0, self.skip_depth - 1)
             return
@@ -86,15 +104,15 @@ class _Reader(HTMLParser):
             if label:
                 self.links.append((label, url))
             self.link = None
+        if tag in _BLOCKS:
+            self._break()  # before leaving <pre>: its line keeps its line breaks
         if tag == "pre":
             self.pre_depth = max(0, self.pre_depth - 1)
-        if tag in _BLOCKS:
-            self._break()
 
     def handle_data(self, data):
         if self.in_title:
             self.title.append(data)
-        if self.skip_depth:
+        if self.skip_depth or self.hidden:
             return
         self.current.append(data)
         if self.link:
