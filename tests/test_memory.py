@@ -63,12 +63,10 @@ def test_memory_command(tmp_path, capsys):
     assert "no memories for 'ada'" in capsys.readouterr().out
 
 
-def test_a_saved_fact_survives_a_restart_and_a_deleted_one_is_gone(tmp_path):
-    from openai import OpenAI
-
-    from llmos.serve.app import create_app
-    from llmos.serve.served import add_profiles
-
+@pytest.fixture(scope="module")
+def pal_model(tmp_path_factory):
+    """A checkpoint that learned three conversations by heart: told a name, it calls remember;
+    asked for it, it answers from its memories or says it does not know."""
     call = {"id": "call_1", "type": "function",
             "function": {"name": "remember", "arguments": {"fact": FACT}}}
     tell = [{"role": "user", "content": "My name is Ada."},
@@ -81,16 +79,31 @@ def test_a_saved_fact_survives_a_restart_and_a_deleted_one_is_gone(tmp_path):
     unknown = [{"role": "user", "content": "What is my name?"},
                {"role": "assistant", "content": "I do not know your name."}]
     model, loss = test_serve.build_memorised_checkpoint(
-        tmp_path / "memo", steps=150, memorised=[(tell, None), (known, None), (unknown, None)])
+        tmp_path_factory.mktemp("memo") / "memo", steps=150,
+        memorised=[(tell, None), (known, None), (unknown, None)])
     assert loss < 0.05, f"the test model did not memorise its conversations (loss {loss})"
+    return model
+
+
+def pal_profile(tmp_path, model) -> tuple[str, str]:
     db = str(tmp_path / "llmos.db")
     profile = tmp_path / "pal.toml"
     profile.write_text(f'name = "pal"\nmodel = {json.dumps(str(model))}\n'
                        f'database = {json.dumps(db)}\ntools = ["remember", "recall"]\n')
+    return str(profile), db
+
+
+def test_a_saved_fact_survives_a_restart_and_a_deleted_one_is_gone(tmp_path, pal_model):
+    from openai import OpenAI
+
+    from llmos.serve.app import create_app
+    from llmos.serve.served import add_profiles
+
+    profile, db = pal_profile(tmp_path, pal_model)
 
     def ask(text: str, user: str = "ada") -> str:
         models: dict = {}
-        add_profiles(models, [str(profile)], max_batch=2)  # a fresh server each time
+        add_profiles(models, [profile], max_batch=2)  # a fresh server each time
         with run_server(create_app(models)) as url:
             client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
             r = client.chat.completions.create(
@@ -140,3 +153,53 @@ def test_the_memory_page_lists_and_deletes(tmp_path, browser):
     with run_server(create_app({})) as url:  # no database, no profile with memory
         r = httpx.get(f"{url}/v1/llmos/memories")
         assert r.status_code == 404 and "keeps no memories" in r.json()["error"]["message"]
+
+
+def test_the_web_chat_asks_before_a_memory_is_saved(tmp_path, pal_model, browser):
+    """A tool with side effects waits for the user in the web chat: declined, nothing is
+    saved; allowed, the memory is saved and the answer goes on from the tool's result."""
+    import httpx
+
+    from llmos.serve.app import create_app
+    from llmos.serve.served import add_profiles
+
+    profile, db = pal_profile(tmp_path, pal_model)
+    models: dict = {}
+    add_profiles(models, [profile], max_batch=2)
+    store = MemoryStore.open(db)
+    with run_server(create_app(models)) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.click("#toggle-settings")
+        page.fill("#temperature", "0")
+        page.fill("#user", "ada")
+        page.fill("#input", "My name is Ada.")
+        page.click("#send")
+        box = page.locator(".tool.confirm")
+        box.wait_for()
+        assert "remember" in box.locator("summary").inner_text()
+        assert store.list("ada") == []  # nothing runs before the user says so
+        box.get_by_role("button", name="Deny").click()
+        page.wait_for_selector(".tool.confirm pre")
+        assert "declined" in box.locator("pre").inner_text()
+        page.wait_for_function("document.querySelectorAll('.msg.assistant[data-done]')"
+                               ".length == 2")  # the model read the refusal and answered
+        assert store.list("ada") == []
+
+        page.click("#new-chat")
+        page.fill("#input", "My name is Ada.")
+        page.click("#send")
+        page.locator(".tool.confirm").get_by_role("button", name="Allow").click()
+        page.wait_for_function("document.querySelectorAll('.msg.assistant[data-done]')"
+                               ".length == 2")
+        assert [m["text"] for m in store.list("ada")] == [FACT]
+        assert "saved" in page.locator(".tool.confirm pre").inner_text()
+        last = page.locator(".msg.assistant").last.locator(".content").inner_text()
+        assert last == "I will remember that."
+        page.close()
+        # Only calls that wait for the user run through the confirmation route.
+        r = httpx.post(f"{url}/v1/llmos/tool_calls", json={
+            "model": "pal", "name": "calculator", "arguments": {"expression": "1+1"}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "not_confirmable"
+    for m in models.values():
+        m.scheduler.close()

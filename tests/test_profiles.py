@@ -12,6 +12,7 @@ from test_serve import run_server
 from llmos.agent import profiles
 from llmos.agent.knowledge import KnowledgeBase
 from llmos.agent.knowledge_tool import knowledge_tool
+from llmos.agent.memory import MemoryStore
 from llmos.agent.tools import call_tool
 from llmos.data.builtin.lookup import INSTRUCTIONS
 
@@ -66,8 +67,13 @@ def test_missing_files_and_bases(tmp_path):
     with pytest.raises(profiles.ProfileError, match="not valid TOML"):
         profiles.load(str(tmp_path / "bad.toml"))
     p = profiles.load(str(write_profile(tmp_path / "p.toml")))
+    with pytest.raises(profiles.ProfileError, match="no database at .*missing.db, where its "
+                       "knowledge bases \\(tea\\)"):
+        p.build_tools(str(tmp_path / "missing.db"))  # a mistyped path is not a new database
+    assert not (tmp_path / "missing.db").exists()
+    MemoryStore.open(str(tmp_path / "other.db"))  # a database without that knowledge base
     with pytest.raises(profiles.ProfileError, match="no knowledge base 'tea'"):
-        p.build_tools(f"sqlite:///{tmp_path / 'empty.db'}")
+        p.build_tools(f"sqlite:///{tmp_path / 'other.db'}")
 
 
 def test_instructions_come_first():

@@ -86,8 +86,19 @@ def current_revisions(engine: Engine) -> set[str]:
         return set(MigrationContext.configure(conn).get_current_heads())
 
 
-def open_database(url: str | Path = DEFAULT_URL) -> Engine:
-    """Connect and migrate: the one call a server or a command makes at start."""
+class DatabaseMissing(ValueError):
+    """A command that only reads was given a SQLite file that is not there."""
+
+
+def open_database(url: str | Path = DEFAULT_URL, must_exist: bool = False) -> Engine:
+    """Connect and migrate: the one call a server or a command makes at start. With
+    must_exist, a SQLite file that is not there is an error instead of a new, empty database
+    (a command that only reads was most likely given a mistyped path)."""
+    if must_exist:
+        url = database_url(url)
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise DatabaseMissing(f"no database at {path}")
     engine = connect(str(url))
     migrate(engine)
     return engine

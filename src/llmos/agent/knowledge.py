@@ -102,7 +102,11 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, url: str, name: str, create: bool = False) -> KnowledgeBase:
-        engine = db.open_database(url)
+        try:
+            engine = db.open_database(url, must_exist=not create)
+        except db.DatabaseMissing as e:
+            raise KnowledgeError(f"{e}: make a knowledge base with: llmos knowledge add {name} "
+                                 f"SOURCES --db {url}") from e
         return cls.from_engine(engine, name, create)
 
     @classmethod

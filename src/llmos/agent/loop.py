@@ -52,13 +52,14 @@ def forced_call(name: str) -> str:
 def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingParams,
             tools: dict[str, Tool] | None = None, declared: list[dict] | None = None,
             max_rounds: int = 4, force: str | None = None, window: ContextBudget | None = None,
-            summarize=None) -> Iterator[Event]:
+            summarize=None, confirm: frozenset[str] = frozenset()) -> Iterator[Event]:
     """Answer the conversation. `tools` run here (built-in); `declared` are OpenAI function
     schemas the caller runs itself: a call to one of them ends the loop with finish_reason
     "tool_calls". Generated tokens count against params.max_new_tokens across all rounds.
     `force` ("" for any tool, else a name) starts the first turn as a tool call. With a
     `window` budget, each round's prompt is fitted to the context window (agent/context.py) and what
-    gave way is told in a "context" event."""
+    gave way is told in a "context" event. A call to a tool named in `confirm` is not run: it
+    ends the loop as a declared function's call does, for the user to allow (or not) first."""
     tools = BUILTIN_TOOLS if tools is None else tools
     # Only the caller's functions are described in the prompt. The built-in ones are part of
     # what the assistant learned in finetuning: their schemas would fill most of a small
@@ -107,7 +108,8 @@ def respond(generate: TokenStream, tok, messages: list[dict], params: SamplingPa
         for error in turn.errors:
             yield Event("error", error)
             history.append({"role": "tool", "name": "error", "content": f"error: {error}"})
-        client_calls = [c for c in turn.tool_calls if c["function"]["name"] in declared_names]
+        client_calls = [c for c in turn.tool_calls
+                        if c["function"]["name"] in declared_names | confirm]
         for call in turn.tool_calls:
             yield Event("tool_call", data=call)
         if client_calls:

@@ -36,8 +36,8 @@ class MemoryStore:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str) -> MemoryStore:
-        return cls(db.open_database(url))
+    def open(cls, url: str, must_exist: bool = False) -> MemoryStore:
+        return cls(db.open_database(url, must_exist))
 
     def add(self, user: str, text: str) -> int:
         """Save a fact (once: saving it again returns the same id)."""

@@ -72,6 +72,24 @@ class Profile:
     peers: list[str] = field(default_factory=list)  # whom ask_model may ask (agent/peers.py)
     path: str = ""  # the file it came from, for messages
 
+    def to_dict(self) -> dict:
+        """The fields of its TOML file (what `parse` reads back), defaults left out."""
+        full = self._fields()
+        default = Profile(name=self.name, model=self.model)._fields()
+        return {k: v for k, v in full.items() if k in ("name", "model", "tools") or v != default[k]}
+
+    def _fields(self) -> dict:
+        return {"name": self.name, "description": self.description, "model": self.model,
+                "database": self.database, "instructions": self.instructions,
+                "knowledge": self.knowledge, "tools": self.tools, "peers": self.peers,
+                "search": {"passages": self.passages, "chars": self.passage_chars},
+                "sampling": self.sampling, "browse": {"hosts": self.hosts} if self.hosts else {}}
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
     def messages(self, messages: list[dict]) -> list[dict]:
         """The conversation as the model sees it: the profile's instructions first, before
         (and joined with) any system message of the caller's."""
@@ -125,10 +143,15 @@ class Profile:
             if name == KNOWLEDGE_TOOL:
                 from llmos.agent.knowledge import KnowledgeBase, KnowledgeError
                 from llmos.agent.knowledge_tool import knowledge_tool
+                from llmos.db import DatabaseMissing, open_database
 
                 db = database or self.database
                 try:
+                    open_database(db, must_exist=True)
                     bases = [KnowledgeBase.open(db, b) for b in self.knowledge]
+                except DatabaseMissing as e:
+                    raise ProfileError(f"profile {self.name!r}: {e}, where its knowledge bases "
+                                       f"({', '.join(self.knowledge)}) should be") from e
                 except KnowledgeError as e:
                     raise ProfileError(f"profile {self.name!r}: {e} (database {db})") from e
                 tools[name] = knowledge_tool(bases, self.passages, self.passage_chars)
@@ -247,12 +270,19 @@ def parse(data: dict, where: str = "profile") -> Profile:
                    path=where)
 
 
+def from_toml(text: str, where: str = "profile") -> Profile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{where}: not valid TOML: {e}") from e
+    return parse(data, where)
+
+
 def load(spec: str) -> Profile:
+    """A profile by file path or shipped name (profile_store.find also looks in a database)."""
     path = resolve(spec)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"profile {path}: cannot be read: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"profile {path}: not valid TOML: {e}") from e
-    return parse(data, str(path))
+    return from_toml(text, str(path))

@@ -20,6 +20,11 @@ __all__ = ["BUILTIN_TOOLS", "PythonLimits", "PythonResult", "Tool", "ToolError",
            "call_tool", "run_python"]
 
 
+# Capabilities whose calls the user confirms first in the web chat: saving a memory, fetching a
+# page (a URL can carry the conversation out), asking another model.
+SIDE_EFFECTS = {"write-memory", "network", "call-model"}
+
+
 class ToolError(Exception):
     """A tool refused or failed; the message is shown to the model."""
 
@@ -33,6 +38,12 @@ class Tool:
     # What it touches, for a profile's grant (agent/profiles.py): compute, read-knowledge,
     # network, read-memory, write-memory, call-model.
     capability: str = "compute"
+
+    @property
+    def side_effects(self) -> bool:
+        """Whether a call changes something or sends the conversation off this machine: the
+        web chat asks the user before it runs (SIDE_EFFECTS)."""
+        return self.capability in SIDE_EFFECTS
 
     def schema(self) -> dict:
         return {"type": "function", "function": {

@@ -20,7 +20,7 @@ from llmos.cli import train_commands as T
 # The order `llmos --help` lists them in: the pipeline's.
 COMMANDS = [T.add_config, T.add_data, T.add_tokenizer, T.add_pretrain, M.add_generate,
             T.add_sft, T.add_rl, T.add_improve, T.add_reward, T.add_dpo, M.add_chat,
-            M.add_serve, A.add_knowledge, A.add_memory, M.add_import, M.add_export,
+            M.add_serve, A.add_knowledge, A.add_memory, A.add_profile, M.add_import, M.add_export,
             T.add_speedrun, E.add_report, E.add_arena, E.add_label, E.add_eval, S.add_scaling]
 
 

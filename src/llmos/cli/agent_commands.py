@@ -110,7 +110,7 @@ def cmd_knowledge_list(args):
         for s in KnowledgeBase.open(args.db, args.name).sources():
             print(f"{s['chunks']:6d}  {s['name']}")
         return
-    rows = describe_bases(db.open_database(args.db))
+    rows = describe_bases(db.open_database(args.db, must_exist=True))
     if not rows:
         print("no knowledge bases (make one: llmos knowledge add NAME SOURCES...)")
     for r in rows:
@@ -154,7 +154,7 @@ def add_memory(sub) -> None:
 def cmd_memory(args):
     from llmos.agent.memory import MemoryStore
 
-    store = MemoryStore.open(args.db)
+    store = MemoryStore.open(args.db, must_exist=args.verb != "add")
     if args.verb == "list":
         saved = store.list(args.user)
         for m in saved:
@@ -171,3 +171,68 @@ def cmd_memory(args):
         print(f"forgot {len(args.ids)}")
     else:
         print(f"forgot {store.clear(args.user)} memories of {args.user!r}")
+
+
+def add_profile(sub) -> None:
+    s = sub.add_parser("profile", help="custom GPTs stored in the database: list, import, export",
+                       description="Profiles (custom GPTs, docs/llm-os.md) kept in the database, "
+                       "as the web UI's /profiles page makes them: import a TOML file, export "
+                       "one back, list and delete them. Shipped profiles are listed too.")
+    verbs = s.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, help_ in (("list", "the shipped profiles and those in the database"),
+                        ("import", "store a profile's TOML file in the database"),
+                        ("export", "write a profile (stored or shipped) as a TOML file"),
+                        ("delete", "delete a profile from the database")):
+        v = verbs.add_parser(verb, help=help_)
+        if verb == "import":
+            v.add_argument("file", metavar="FILE")
+            v.add_argument("--replace", action="store_true",
+                           help="overwrite a stored profile of the same name")
+        elif verb != "list":
+            v.add_argument("name", metavar="NAME")
+        if verb == "export":
+            v.add_argument("-o", "--out", metavar="FILE", help="where (default: print it)")
+            v.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+        v.add_argument("--db", default="llmos.db", metavar="URL", help=DB_HELP)
+        v.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args):
+    from pathlib import Path
+
+    from llmos.agent import profiles
+    from llmos.agent.profile_store import ProfileStore, find
+    from llmos.db import DatabaseMissing
+
+    if args.verb == "import":
+        profile = profiles.load(args.file) if Path(args.file).is_file() else None
+        if profile is None:
+            raise FileNotFoundError(f"no profile file {args.file}")
+        new = ProfileStore.open(args.db).save(profile, replace=args.replace)
+        print(f"{'stored' if new else 'replaced'} profile {profile.name!r} in {args.db}")
+        return
+    if args.verb == "list":
+        for name in profiles.shipped():
+            print(f"{name:32s} shipped")
+        try:
+            stored = ProfileStore.open(args.db, must_exist=True).all()
+        except DatabaseMissing:  # nothing stored yet: no database is made just to say so
+            stored = []
+        for p in stored:
+            print(f"{p.name:32s} database  {p.description}")
+    elif args.verb == "export":
+        text = find(args.name, args.db).to_toml()
+        if not args.out:
+            sys.stdout.write(text)
+            return
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise FileExistsError(f"{out} exists: give --force to overwrite it")
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
+    else:
+        store = ProfileStore.open(args.db, must_exist=True)
+        if not store.delete(args.name):
+            raise ValueError(f"no profile {args.name!r} in {args.db}; stored: "
+                             f"{', '.join(store.names()) or 'none'}")
+        print(f"deleted profile {args.name!r} from {args.db}")

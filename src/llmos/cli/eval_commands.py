@@ -222,7 +222,7 @@ def cmd_arena_export(args):
     from llmos import db
     from llmos.serve import arena
 
-    engine = db.open_database(args.db)
+    engine = db.open_database(args.db, must_exist=True)
     if args.out in (None, "-"):
         n = arena.export_jsonl(engine, sys.stdout)
     else:

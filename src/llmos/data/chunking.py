@@ -1,12 +1,12 @@
 """Knowledge sources cut into chunks a search can return and a model can read.
 
-A source spec is a file, a folder (every readable file in it), ``builtin:stdlib`` (every module
-of the running Python's standard library, its tests left out) or ``builtin:pydocs`` (the Library
-Reference's HTML pages, where Debian's python3.X-doc package is installed). Python files are cut along their
-definitions with `ast` (the module docstring, then each function, class and method with its
-signature, docstring and the start of its code), Markdown and reStructuredText along their
-headings, HTML into its readable text (`readable_html`), PDF page by page (`pypdf`), other text
-along blank lines. A chunk is cited as ``source#position``.
+A source spec is a file, a folder (every readable file in it), ``builtin:stdlib`` (every
+module of the running Python's standard library, its tests left out) or ``builtin:pydocs`` (the
+Library Reference's HTML pages, where Debian's python3.X-doc package is installed). Python
+files are cut along their definitions with `ast` (the module docstring, then each function,
+class and method with its signature, docstring and the start of its code), Markdown and
+reStructuredText along their headings, HTML into its readable text (`readable_html`), PDF page
+by page (`pypdf`), other text along blank lines. A chunk is cited as ``source#position``.
 
     for source in iter_sources(["builtin:stdlib", "notes/"], skips):
         chunks = chunk_source(source, skips)

@@ -14,7 +14,8 @@ deltas to the event loop; a client that goes away cancels its rows.
 
 Extensions that OpenAI clients ignore: `message.llmos_tool_events` (and the same field on a
 chunk's delta) lists built-in tool calls and results; requests accept `top_k`, `min_tokens`
-and `ignore_eos` (as vLLM does).
+and `ignore_eos` (as vLLM does), and `llmos_confirm` (serve/tool_calls.py: a profile's tools with
+side effects come back as `tool_calls` for the user to allow).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmos import db
 from llmos.agent.context import ContextBudget
 from llmos.agent.peers import parse_peers
+from llmos.agent.profile_store import ProfileStore
 from llmos.serve.arena import mount_arena
 from llmos.serve.labeling import mount_labeling
 from llmos.serve.memory_pages import memory_store, mount_memory
@@ -48,9 +51,11 @@ from llmos.serve.openai_schema import (
     lone_surrogate,
     validation_error,
 )
+from llmos.serve.profile_pages import ProfileHost, mount_profiles
 from llmos.serve.responses import answer
 from llmos.serve.served import ServedModel, add_profiles, load_models, model_card, schedulers
 from llmos.serve.thinking import run_think, think_config
+from llmos.serve.tool_calls import held_tools, mount_tool_calls
 from llmos.serve.workers import Choices, Job, run_chat, run_completion
 
 STATIC = Path(__file__).parent / "static"
@@ -125,13 +130,23 @@ def profile_sampling(req, sampling: dict, max_tokens: int | None):
 
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
                limits: Limits | None = None, builtin_tools: dict | None = None,
-               database=None, contestants: list | None = None) -> FastAPI:
+               database=None, contestants: list | None = None, device: str = "cpu",
+               max_batch: int = 16) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
-    BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from db.py) adds the
-    arena pages (serve/arena.py): the served models plus `contestants` (agent/peers.py),
-    and the labeling pages (serve/labeling.py)."""
+    BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from db.py) serves the
+    profiles stored there and adds their editor (serve/profile_pages.py; new ones load their
+    checkpoints on `device`), the arena pages (serve/arena.py): the served models plus
+    `contestants` (agent/peers.py), and the labeling pages (serve/labeling.py)."""
     limits = limits or Limits()
     keys = set(api_keys or [])
+    host = None
+    if database is not None:
+        database = db.open_database(database) if isinstance(database, (str, Path)) \
+            else database
+        url = database.url.render_as_string(hide_password=False)
+        host = ProfileHost(models, ProfileStore(database), url, device, max_batch,
+                           tools=builtin_tools != {})
+        host.start()
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -176,11 +191,13 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "models": {n: m.scheduler.load() for n, m in models.items()}}
+        return {"status": "ok", "models": {n: m.scheduler.load()
+                                           for n, m in list(models.items())}}
 
     @app.get("/v1/models", dependencies=auth)
     def list_models():
-        return {"object": "list", "data": [model_card(m) for m in models.values()]}
+        # list(): the profile editor may add or remove a model meanwhile
+        return {"object": "list", "data": [model_card(m) for m in list(models.values())]}
 
     @app.get("/v1/models/{name:path}", dependencies=auth)
     def get_model(name: str):
@@ -204,6 +221,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         if served.memory is not None and req.user:  # memories are kept for a named user only
             tools, messages = await run_in_threadpool(
                 served.profile.with_user, tools, messages, served.memory, req.user)
+        # The web chat asks the user before a tool with side effects runs (serve/tool_calls.py).
+        confirm = held_tools(served, tools) if req.llmos_confirm else frozenset()
         force = None  # "required" and a named function: the answer starts as that call
         if req.tool_choice == "none":
             declared, tools = None, {}
@@ -241,7 +260,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                                                        served.context // 4))
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
-            declared, limits.tool_rounds, emit, cancel, force, window) for i in range(req.n)]
+            declared, limits.tool_rounds, emit, cancel, force, window, confirm)
+            for i in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=True)
 
     @app.post("/v1/completions", dependencies=auth)
@@ -278,9 +298,11 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                             echo=echo)
 
     mount_memory(app, memory_store(models, database), auth)
+    mount_tool_calls(app, find, builtin_tools, auth)
+    mount_profiles(app, host, models, auth)
     if database is not None:
         mount_arena(app, database, models, contestants, builtin_tools)
-        mount_labeling(app, app.state.database, models)  # the engine the arena opened
+        mount_labeling(app, database, models)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -309,8 +331,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
         raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
     models = load_models(specs, device, max_batch)
     add_profiles(models, profiles or [], device, max_batch, database)
-    if not models:
-        raise ValueError("nothing to serve: give checkpoints, or --profile")
+    if not models and not database:
+        raise ValueError("nothing to serve: give checkpoints, --profile, or --db (the profiles "
+                         "stored there)")
     builtin = None if tools else {}
     if not tools:  # --no-tools holds for the profiles too
         for m in models.values():
@@ -319,11 +342,13 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     extra = None
     if arena_contestants:
         extra = parse_peers(arena_contestants, device, noun="contestant")
-    app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin, database, extra)
+    app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin, database, extra,
+                     device, max_batch)
     for name, m in models.items():
         print(f"serving {name} (context {m.context}) on http://{host}:{port}/v1")
     print(f"web chat: http://{host}:{port}/")
     if database:
         print(f"arena: http://{host}:{port}/arena (votes in {database})")
         print(f"labeling: http://{host}:{port}/label")
+        print(f"profiles: http://{host}:{port}/profiles (stored in {database})")
     uvicorn.run(app, host=host, port=port, log_level="info")

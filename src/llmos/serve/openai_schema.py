@@ -192,6 +192,9 @@ class ChatRequest(Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
     think: ThinkRequest | None = None
     user: str | None = Field(None, min_length=1, max_length=128)  # whose memories a profile uses
+    # True: a profile's tools with side effects are not run but returned as tool_calls, for the
+    # user to confirm (the web chat; serve/tool_calls.py).
+    llmos_confirm: bool = False
 
 
 class CompletionRequest(Sampling):

@@ -82,13 +82,16 @@ def finish_reason(loop_reason: str) -> str:
 
 def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[dict] | None,
              max_rounds: int, emit: Emit, cancel: threading.Event,
-             force: str | None = None, window=None) -> None:
+             force: str | None = None, window=None, confirm: frozenset[str] = frozenset()
+             ) -> None:
     """One choice of a chat answer. With a `window` (agent/context.py) the conversation is
-    fitted to the context instead of refused, and what gave way is a "context" tool event."""
+    fitted to the context instead of refused, and what gave way is a "context" tool event.
+    Calls to the tools in `confirm` come back as `tool_calls`, for the user to allow."""
     counted = Counted(job, emit, cancel)
-    declared_names = {d["function"]["name"] for d in declared or []}
+    declared_names = {d["function"]["name"] for d in declared or []} | confirm
     events = respond(counted, job.served.tok, messages, job.params, tools=tools,
-                     declared=declared, max_rounds=max_rounds, force=force, window=window)
+                     declared=declared, max_rounds=max_rounds, force=force, window=window,
+                     confirm=confirm)
     turn, stops = TurnText(), StopText(job.stop)
     said = said_this_turn = False  # content so far: the answer, this round
     reason, calls = "stop", []

@@ -1,12 +1,18 @@
 // The llmos web chat: plain JavaScript, no build step, no network beyond this server.
 // Answers stream from /v1/chat/completions (stream: true) and are read with fetch + a
 // ReadableStream; built-in tool activity arrives in the `llmos_tool_events` delta field.
+// A profile's tools with side effects (saving a memory, fetching a page, asking another model)
+// do not run until the user allows them: the answer ends with their `tool_calls`, the page asks,
+// runs an allowed call with POST /v1/llmos/tool_calls and sends the result back.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["system", "temperature", "top-p", "max-tokens", "think", "think-n", "api-key"];
+const SETTINGS = ["system", "temperature", "top-p", "max-tokens", "think", "think-n", "user",
+                  "api-key"];
+const CONFIRM_ROUNDS = 4; // answers in a row that may stop for a confirmation
 let history = [];      // the conversation, OpenAI message shape, without the system prompt
 let controller = null; // aborts the answer being streamed
+let pending = null;    // resolves the confirmation being asked (false: declined)
 
 // ---- a small, safe markdown renderer ---------------------------------------------------------
 // Every piece of text is HTML-escaped first; only the tags written here are ever produced.
@@ -152,6 +158,41 @@ class Answer {
       + `${t.seconds.toFixed(2)} s` + (weighed ? `; ${weighed}` : "");
     this.el.appendChild(note);
   }
+  confirm(call) {  // a box asking the user; resolves true when the call is allowed
+    const box = document.createElement("details");
+    box.className = "tool confirm";
+    box.open = true;
+    const summary = document.createElement("summary");
+    summary.textContent = `${call.function.name}(${call.function.arguments})`;
+    const ask = document.createElement("p");
+    ask.textContent = "The assistant wants to run this tool. Allow it?";
+    const allow = document.createElement("button");
+    allow.type = "button";
+    allow.className = "allow";
+    allow.textContent = "Allow";
+    const deny = document.createElement("button");
+    deny.type = "button";
+    deny.className = "deny";
+    deny.textContent = "Deny";
+    ask.append(" ", allow, " ", deny);
+    box.append(summary, ask);
+    this.el.appendChild(box);
+    box.scrollIntoView({block: "end"});
+    return new Promise((resolve) => {
+      pending = (ok) => {
+        pending = null;
+        ask.textContent = ok ? "allowed" : "declined";
+        resolve(ok);
+      };
+      allow.addEventListener("click", () => pending && pending(true));
+      deny.addEventListener("click", () => pending && pending(false));
+    }).then((ok) => ({ok, box}));
+  }
+  result(box, content) {
+    const pre = document.createElement("pre");
+    pre.textContent = content;
+    box.appendChild(pre);
+  }
   finish(reason) {
     this.el.classList.remove("streaming");
     if (reason === "length") {
@@ -203,6 +244,9 @@ function requestBody() {
   if ($("think").value) {
     body.think = {strategy: $("think").value, n: Math.round(number("think-n")) || 8};
   }
+  const user = $("user").value.trim();
+  if (user) body.user = user;  // whose memories a profile keeps
+  body.llmos_confirm = true;     // tools with side effects wait for the user
   return body;
 }
 
@@ -210,7 +254,44 @@ async function send(text) {
   const conversation = history;  // "New chat" mid-answer must not receive this answer
   conversation.push({role: "user", content: text});
   addMessage("user", text);
+  for (let round = 0; round < CONFIRM_ROUNDS && conversation === history; round++) {
+    const calls = await answerOnce(conversation);
+    if (!calls.length) break;
+    await runConfirmed(conversation, calls);
+  }
+}
+
+// The calls an answer stopped at, each allowed or declined by the user; the results go into
+// the conversation as tool messages, as in any OpenAI client's tool loop.
+async function runConfirmed(conversation, calls) {
+  for (const {call, answer} of calls) {
+    const {ok, box} = await answer.confirm(call);
+    if (conversation !== history) return;
+    let content = "The user declined this tool call.";
+    if (ok) {
+      try {
+        const body = {model: $("model").value, name: call.function.name,
+                      arguments: call.function.arguments};
+        const user = $("user").value.trim();
+        if (user) body.user = user;
+        const response = await fetch("/v1/llmos/tool_calls", {
+          method: "POST", headers: headers(), body: JSON.stringify(body)});
+        if (!response.ok) throw new Error(await errorMessage(response));
+        content = (await response.json()).content;
+      } catch (e) {
+        content = "error: " + e.message;
+      }
+    }
+    answer.result(box, content);
+    conversation.push({role: "tool", tool_call_id: call.id, name: call.function.name,
+                       content});
+  }
+}
+
+// One streamed answer; returns the tool calls it stopped at (for the user to confirm).
+async function answerOnce(conversation) {
   const answer = new Answer();
+  const calls = [];
   controller = new AbortController();
   $("send").hidden = true;
   $("stop").hidden = false;
@@ -230,6 +311,7 @@ async function send(text) {
       if (delta.reasoning_content) answer.reasoning(delta.reasoning_content);
       for (const ev of delta.llmos_tool_events || []) answer.toolEvent(ev);
       if (delta.content) answer.text(delta.content);
+      for (const c of delta.tool_calls || []) calls[c.index] = c;
       if (choice.finish_reason) reason = choice.finish_reason;
       answer.el.dataset.chunks = String(Number(answer.el.dataset.chunks) + 1);
       answer.el.scrollIntoView({block: "end"});
@@ -242,11 +324,15 @@ async function send(text) {
     }
   } finally {
     answer.finish(reason);
-    conversation.push({role: "assistant", content: answer.content});
+    const message = {role: "assistant", content: answer.content};
+    if (reason === "tool_calls" && calls.length) message.tool_calls = calls.map(
+      (c) => ({id: c.id, type: "function", function: c.function}));
+    conversation.push(message);
     controller = null;
     $("send").hidden = false;
     $("stop").hidden = true;
   }
+  return reason === "tool_calls" ? calls.map((call) => ({call, answer})) : [];
 }
 
 async function loadModels() {
@@ -274,6 +360,7 @@ function showSettings(show) {
 
 function newChat() {
   if (controller) controller.abort();
+  if (pending) pending(false);
   history = [];
   $("messages").replaceChildren();
   status("");
@@ -294,7 +381,7 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
-  if (!text || controller) return;
+  if (!text || controller || pending) return;
   $("input").value = "";
   send(text);
 });
