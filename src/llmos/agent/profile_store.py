@@ -76,8 +76,7 @@ class ProfileStore:
                 if profile.name != old and profile.name in ids:
                     raise ProfileExists(f"a profile named {profile.name!r} is stored already")
                 if old in ids and not replace:
-                    raise ProfileExists(f"a profile named {old!r} is stored already (replace "
-                                        "it, or give the new one another name)")
+                    raise ProfileExists(f"a profile named {old!r} is stored already")
                 if old not in ids:
                     if not create:
                         raise ProfileError(f"no profile {old!r} in the database")

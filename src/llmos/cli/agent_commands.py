@@ -201,14 +201,17 @@ def cmd_profile(args):
     from pathlib import Path
 
     from llmos.agent import profiles
-    from llmos.agent.profile_store import ProfileStore, find
+    from llmos.agent.profile_store import ProfileExists, ProfileStore, find
     from llmos.db import DatabaseMissing
 
     if args.verb == "import":
         profile = profiles.load(args.file) if Path(args.file).is_file() else None
         if profile is None:
             raise FileNotFoundError(f"no profile file {args.file}")
-        new = ProfileStore.open(args.db).save(profile, replace=args.replace)
+        try:
+            new = ProfileStore.open(args.db).save(profile, replace=args.replace)
+        except ProfileExists as e:
+            raise ProfileExists(f"{e}; --replace overwrites it") from e
         print(f"{'stored' if new else 'replaced'} profile {profile.name!r} in {args.db}")
         return
     if args.verb == "list":

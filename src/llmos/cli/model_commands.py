@@ -53,10 +53,11 @@ def add_chat(sub) -> None:
                    "unless --profile names one")
     s.add_argument("--profile", metavar="NAME|FILE",
                    help="a custom GPT: its instructions, knowledge bases, tools, model and "
-                   "sampling (profiles/*.toml, e.g. stdlib-helper; docs/llm-os.md); flags given "
-                   "here override its model and sampling")
+                   "sampling (profiles/*.toml, e.g. stdlib-helper, or one stored in --db; "
+                   "docs/llm-os.md); flags given here override its model and sampling")
     s.add_argument("--db", metavar="URL",
-                   help="the database of the profile's knowledge bases (default: the profile's)")
+                   help="the database of the profile's knowledge bases and memories, and of "
+                   "stored profiles (default: the profile's)")
     s.add_argument("--user", default="default",
                    help="whose memories a profile with remember/recall uses (default: default)")
     s.add_argument("--system", help="system prompt (after a profile's instructions)")
@@ -92,13 +93,13 @@ def _chat_profile(args):
     defaults take the profile's values; a profile with memory tools gets --user's."""
     from pathlib import Path
 
-    from llmos.agent import profiles
+    from llmos.agent.profile_store import find
 
-    p = profiles.load(args.profile)
+    p = find(args.profile, args.db)  # a file, a shipped name, or one stored in --db
     model = args.model or p.model
     if not Path(model).is_dir():
-        raise ValueError(f"profile {p.name!r}: model {model!r} not found (train it, e.g. make "
-                         "speedrun, or give --model DIR)")
+        raise ValueError(f"profile {p.name!r}: model {model!r} not found in {Path.cwd()} "
+                         "(train it, e.g. make speedrun, or give --model DIR)")
     for key, value in p.sampling.items():
         attr = "max_new_tokens" if key == "max_tokens" else key
         if getattr(args, attr) == CHAT_SAMPLING[attr]:
@@ -170,8 +171,9 @@ def add_serve(sub) -> None:
     s.add_argument("--no-tools", action="store_true",
                    help="run no built-in tools (calculator, python) for the model")
     s.add_argument("--db", metavar="URL",
-                   help="database for the arena pages at /arena and the labeling pages at "
-                   "/label (a SQLite path or postgresql://...; without it there are neither), "
+                   help="database for the arena pages at /arena, the labeling pages at /label "
+                   "and the profile editor at /profiles, whose stored profiles are served too "
+                   "(a SQLite path or postgresql://...; without it there are none of these), "
                    "and of the profiles' knowledge bases (default: each profile's own)")
     s.add_argument("--arena-contestant", action="append", metavar="SPEC",
                    help="another arena contestant besides the served models (repeatable): "

@@ -36,6 +36,8 @@ from llmos import db
 from llmos.agent.context import ContextBudget
 from llmos.agent.peers import parse_peers
 from llmos.agent.profile_store import ProfileStore
+from llmos.agent.profiles import ProfileError
+from llmos.agent.profiles import resolve as resolve_profile
 from llmos.serve.arena import mount_arena
 from llmos.serve.labeling import mount_labeling
 from llmos.serve.memory_pages import memory_store, mount_memory
@@ -317,6 +319,21 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
 # ---- the command ------------------------------------------------------------------------------
 
 
+def profile_files(specs: list[str], database: str | None) -> list[str]:
+    """The --profile specs to load: files and shipped names; a name stored in the database is
+    left to the profile editor's host, which serves every stored profile."""
+    out = []
+    for spec in specs:
+        try:
+            resolve_profile(spec)
+        except ProfileError:
+            if database and ProfileStore.open(database, must_exist=True).get(spec):
+                continue
+            raise
+        out.append(spec)
+    return out
+
+
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_keys: list[str] | None = None, max_tokens: int = 2048, max_batch: int = 16,
           device: str = "auto", tools: bool = True, database: str | None = None,
@@ -330,7 +347,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if arena_contestants and not database:
         raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
     models = load_models(specs, device, max_batch)
-    add_profiles(models, profiles or [], device, max_batch, database)
+    add_profiles(models, profile_files(profiles or [], database), device, max_batch, database)
     if not models and not database:
         raise ValueError("nothing to serve: give checkpoints, --profile, or --db (the profiles "
                          "stored there)")

@@ -82,7 +82,8 @@ def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu
             raise ValueError(f"profile {p.name!r} has the name of a model already served")
         path = Path(p.model).resolve()
         if not path.is_dir():
-            raise ValueError(f"profile {p.name!r}: model {p.model!r} not found")
+            where = "" if Path(p.model).is_absolute() else f" (from {Path.cwd()})"
+            raise ValueError(f"profile {p.name!r}: model {p.model!r} not found{where}")
         base = by_path.get(path)
         if base is None:
             model = checkpoint.load_model(path, device)
