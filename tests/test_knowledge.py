@@ -288,3 +288,24 @@ def test_assistant_eval_asks_lookups_only_where_the_tool_is(tmp_path):
     kb = KnowledgeBase.open(f"sqlite:///{tmp_path / 'k.db'}", "t", create=True)
     tools = {**BUILTIN_TOOLS, "search_knowledge": knowledge_tool([kb])}
     assert "lookup" in {c.task for c in plan(heldout, 400, tools)}
+
+
+@pytest.mark.skipif(not builtin_available(PYDOCS), reason="Debian's python3.X-doc is not "
+                    "installed (.ci/run installs it)")
+def test_questions_find_the_documentation_page_that_answers_them(tmp_path):
+    """Retrieval on prose written by people: a few pages of the Library Reference, and
+    questions asked in other words than the page's."""
+    from llmos.data.chunking import PYDOCS_DIR
+
+    pages = [str(PYDOCS_DIR / f"{m}.html") for m in ("json", "textwrap", "shutil", "random",
+                                                       "zipfile")]
+    kb = KnowledgeBase.open(str(tmp_path / "docs.db"), "docs", create=True)
+    kb.add(pages)
+    asked = {"How can I make the JSON text indented so people can read it?": "json.html",
+             "strip the margin that all lines of a text share": "textwrap.html",
+             "copy a folder with everything inside it": "shutil.html",
+             "choose one element of a list at random": "random.html",
+             "read a file out of a compressed archive": "zipfile.html"}
+    for question, page in asked.items():
+        top = kb.search(question, 3)
+        assert any(h.source.endswith(page) for h in top), (question, [h.source for h in top])
