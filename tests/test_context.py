@@ -122,3 +122,22 @@ def test_a_lone_system_message_and_a_long_tool_result_of_this_turn(tok):
     assert fitted.tokens <= budget.prompt and fitted.messages[0] == msgs[0]  # the question whole
     assert fitted.messages[2]["content"] == STUB
     assert fitted.notes == ["dropped 1 tool output of this turn"]
+
+
+def test_what_was_read_this_turn_stays_while_a_short_answer_fits(tok):
+    """The passage the answer comes from gives way only when fewer than min_answer tokens
+    would be left for the answer, not to keep the whole reserve free."""
+    call = {"id": "c", "type": "function",
+            "function": {"name": "search_knowledge", "arguments": {"query": "kettle"}}}
+    msgs = [{"role": "user", "content": "What is 48 + 7?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c", "content": " ".join(WORDS * 3)}]
+    n = size(tok, msgs)
+    roomy = ContextBudget(n + 20, reserve=64, min_answer=16)  # 20 tokens left: enough
+    assert n > roomy.prompt
+    kept = fit(tok, msgs, roomy)
+    assert kept.messages == msgs and kept.notes == []
+    tight = ContextBudget(n + 10, reserve=64, min_answer=16)  # 10 left: the passage goes
+    dropped = fit(tok, msgs, tight)
+    assert dropped.messages[2]["content"] == STUB
+    assert dropped.tokens <= tight.hard_prompt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from pathlib import Path
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
@@ -120,7 +121,8 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, c
         print(f"{name:<16}{out}  ({shown})")
     print(f"system 2        {system2.headline(thinking)}")
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
-    print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API)")
+    print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API;"
+          f" also stored in {cfg.run_dir / 'llmos.db'}: llmos serve --db that file -> /profiles)")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
@@ -240,20 +242,28 @@ def serve_helper(cfg: RunConfig, ckpt, questions: int = 3):
     import httpx
 
     from llmos.agent import profiles
+    from llmos.agent.profile_store import ProfileStore
     from llmos.data.builtin.assistant import assistant_dataset
     from llmos.serve.app import create_app
     from llmos.serve.background import run_in_background
     from llmos.serve.served import add_profiles, schedulers
 
     db = cfg.run_dir / "llmos.db"
-    helper = dataclasses.replace(profiles.load("stdlib-helper"), model=str(ckpt),
-                                 database=str(db))
+    helper = dataclasses.replace(profiles.load("stdlib-helper"), model=str(Path(ckpt).resolve()),
+                                 database=str(db.resolve()))
+    # Stored in the run's database too, where `llmos serve --db RUN/llmos.db` serves it and its
+    # /profiles page edits it; a stored one (perhaps edited) is left as it is.
+    store = ProfileStore.open(db)
+    if store.get(helper.name) is None:
+        store.save(helper)
     models: dict = {}
     add_profiles(models, [helper])
     asked = knowledge_qa.questions(assistant_dataset()[1], questions)
     lines = ["# The stdlib helper, served", "",
              f"`llmos serve --profile stdlib-helper --model {ckpt} --db {db}`, asked held-out "
-             "docstring questions through `/v1/chat/completions` (model `stdlib-helper`):", ""]
+             "docstring questions through `/v1/chat/completions` (model `stdlib-helper`). "
+             f"`llmos serve --db {db}` serves the copy stored in the run's database, which its "
+             "`/profiles` page edits:", ""]
     try:
         with run_in_background(create_app(models)) as url:
             for conv in asked:

@@ -11,8 +11,10 @@ The policy, in order, until the prompt fits `context - reserve` tokens:
    it asked);
 2. the oldest turns (never the system message, never the last user message) are summarised by
    the model itself when a `summarize` function is given, else dropped, into one system note;
-3. then this turn's own tool outputs (a long page or passage read just now);
-4. if the newest messages alone are still too long, the last user message keeps its end.
+then, only while fewer than `min_answer` tokens are left for the answer (what the model read
+this turn is what it answers from: a short answer from it beats a long one without it):
+3. this turn's own tool outputs (a long page or passage read just now);
+4. the last user message keeps its end.
 The conversation itself is never changed: each turn is fitted anew from all of it.
 """
 
@@ -31,10 +33,15 @@ SUMMARY_TOKENS = 48  # room kept for a summary of the turns that give way
 class ContextBudget:
     context: int  # the model's window, prompt and answer together
     reserve: int = 64  # tokens kept free for the answer
+    min_answer: int = 16  # ... of which this turn's own messages give way only for these
 
     @property
     def prompt(self) -> int:
         return max(16, self.context - self.reserve)
+
+    @property
+    def hard_prompt(self) -> int:
+        return max(self.prompt, self.context - min(self.min_answer, self.reserve))
 
 
 @dataclass
@@ -86,10 +93,11 @@ def fit(tok, messages: list[dict], budget: ContextBudget,
         msgs = _merge_system(msgs[:head] + [_note_message(older, summarize)] + keep)
         n = count(msgs)
     # 3. this turn's own tool outputs, when they alone overflow (a long page, a long passage)
+    limit = budget.hard_prompt
     last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=len(msgs))
     turn_tools = [i for i in range(last_user + 1, len(msgs))
                   if msgs[i]["role"] == "tool" and msgs[i].get("content") != STUB]
-    if n > budget.prompt and turn_tools:
+    if n > limit and turn_tools:
         for i in turn_tools:
             msgs[i] = {**msgs[i], "content": STUB}
         n = count(msgs)
@@ -97,11 +105,11 @@ def fit(tok, messages: list[dict], budget: ContextBudget,
                      "of this turn")
     # 4. the newest messages alone are too long: keep the end of the last user message
     users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-    if n > budget.prompt and users and isinstance(msgs[users[-1]].get("content"), str):
+    if n > limit and users and isinstance(msgs[users[-1]].get("content"), str):
         i = users[-1]
         text = msgs[i]["content"]
         ids = tok.encode(text, add_special_tokens=False).ids
-        cut = max(1, len(ids) - (n - budget.prompt))
+        cut = max(1, len(ids) - (n - limit))
         msgs[i]["content"] = tok.decode(ids[-cut:])
         n = count(msgs)
         notes.append(f"kept the last {cut} of {len(ids)} tokens of the message")
