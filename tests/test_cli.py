@@ -136,6 +136,10 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "## Knowledge: answers from retrieval" in card
     served = (run / "knowledge.md").read_text()  # the profile, asked through a real server
     assert served.count("**user:**") == 3 and "## The stdlib helper, served" in card
+    from llmos.agent.profile_store import ProfileStore
+
+    stored = ProfileStore.open(run / "llmos.db", must_exist=True).get("stdlib-helper")
+    assert stored is not None and stored.model == str((run / "sft").resolve())
     assert "report card" in out.stdout
     # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

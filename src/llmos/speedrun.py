@@ -122,7 +122,7 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, c
     print(f"system 2        {system2.headline(thinking)}")
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
     print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API;"
-          f" also stored in {cfg.run_dir / 'llmos.db'}: llmos serve --db that file -> /profiles)")
+          f" stored in {cfg.run_dir / 'llmos.db'} for llmos serve --db)")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
