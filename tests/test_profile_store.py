@@ -28,9 +28,11 @@ def checkpoint(tmp_path_factory):
 
 def test_to_toml_and_back_is_the_same_profile():
     p = tea(tools=["browse", "remember"], browse={"hosts": ["docs.python.org"]},
-            sampling={"temperature": 0.2}, search={"passages": 2, "chars": 300})
+            sampling={"temperature": 0.2}, search={"passages": 2, "chars": 300},
+            think={"strategy": "best-of", "n": 4})
     again = profiles.from_toml(p.to_toml())
     assert again.to_dict() == p.to_dict() and again.hosts == ["docs.python.org"]
+    assert again.think == {"strategy": "best-of", "n": 4}
     assert profiles.parse({"name": "x", "model": "m", "tools": []}).to_dict()["tools"] == []
     assert "database" not in tea().to_dict()  # defaults are left out of the file
 
@@ -105,6 +107,13 @@ def test_stored_profiles_are_served_and_edited_live(tmp_path, checkpoint):
             "model": "coffee", "max_tokens": 3,
             "messages": [{"role": "user", "content": "tea?"}]})
         assert r.status_code == 200, r.text
+        assert "think" not in r.json()  # no System-2 setting: a plain answer
+        thinker = {**coffee, "name": "thinker", "think": {"strategy": "vote", "n": 2}}
+        assert httpx.post(f"{url}/v1/llmos/profiles", json=thinker).status_code == 201
+        r = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "thinker", "max_tokens": 3,
+            "messages": [{"role": "user", "content": "tea?"}]})
+        assert r.json()["think"]["strategy"] == "vote" and r.json()["think"]["samples"] == 2
         assert httpx.post(f"{url}/v1/llmos/profiles", json=coffee).status_code == 409
         assert httpx.post(f"{url}/v1/llmos/profiles", json={**coffee, "name": "base"}
                           ).status_code == 409  # the name of a served checkpoint
@@ -176,9 +185,12 @@ def test_the_profile_editor_creates_edits_duplicates_and_deletes(tmp_path, check
 
         page.fill("#f-description", "Boils.")
         page.fill("#f-temperature", "0.3")
+        page.select_option("#f-think", "vote")
+        page.fill("#f-think-n", "4")
         click("#save", "saved kettle")
         assert store.get("kettle").description == "Boils."
         assert store.get("kettle").sampling == {"temperature": 0.3}
+        assert store.get("kettle").think == {"strategy": "vote", "n": 4}
 
         click("#duplicate", "duplicated as kettle-copy")
         assert store.get("kettle-copy").description == "Boils."

@@ -50,6 +50,9 @@ def test_the_shipped_stdlib_helper_matches_its_training():
     ({"model": ""}, "'model' is required"),
     ({"sampling": {"temperature": -1}}, "temperature must be a number >= 0"),
     ({"search": {"passages": 0}}, "passages must be 1-20"),
+    ({"think": {"strategy": "ponder"}}, "strategy must be one of greedy"),
+    ({"think": {"strategy": "vote", "n": 100}}, "n must be 1-64"),
+    ({"think": {"strategy": "vote", "depth": 2}}, "takes strategy, n and answer_kind"),
 ])
 def test_bad_profiles_say_what_is_wrong(tmp_path, fields, message):
     path = write_profile(tmp_path / "p.toml", **fields)

@@ -1,5 +1,5 @@
 """Custom GPTs: a profile is a name, instructions, knowledge bases, the tools it may use, a base
-model and its sampling settings, written as TOML:
+model, its sampling and System-2 settings, written as TOML:
 
     name = "stdlib-helper"
     description = "Answers questions about the Python standard library from its source."
@@ -17,6 +17,11 @@ model and its sampling settings, written as TOML:
     [sampling]
     temperature = 0.0
     max_tokens = 256
+
+    [think]             # optional: answer with a System-2 strategy (docs/system2.md), no tools
+    strategy = "vote"   # greedy, vote, best-of, search
+    n = 8               # samples (search: rows per step)
+    answer_kind = "number"
 
 Tools: calculator, python, search_knowledge (reads `knowledge`), browse (fetches only from
 `[browse] hosts = ["docs.python.org", ...]`), ask_model (asks `peers`), remember and recall
@@ -48,7 +53,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST = re.compile(rf"^{_LABEL}(\.{_LABEL})*(:\d{{1,5}})?$")  # a host name or IPv4, a port
 _KEYS = {"name", "description", "model", "database", "instructions", "knowledge", "tools",
-         "search", "sampling", "browse", "peers"}
+         "search", "sampling", "browse", "peers", "think"}
+THINK_STRATEGIES = ("greedy", "vote", "best-of", "search")
+ANSWER_KINDS = ("number", "choice", "code", "text")
 _SAMPLING = {"temperature", "top_p", "max_tokens"}
 
 
@@ -68,6 +75,7 @@ class Profile:
     passages: int = 3
     passage_chars: int = 1500
     sampling: dict = field(default_factory=dict)
+    think: dict = field(default_factory=dict)  # {"strategy", "n", "answer_kind"}, or none
     hosts: list[str] = field(default_factory=list)  # what browse may fetch from
     peers: list[str] = field(default_factory=list)  # whom ask_model may ask (agent/peers.py)
     path: str = ""  # the file it came from, for messages
@@ -83,7 +91,8 @@ class Profile:
                 "database": self.database, "instructions": self.instructions,
                 "knowledge": self.knowledge, "tools": self.tools, "peers": self.peers,
                 "search": {"passages": self.passages, "chars": self.passage_chars},
-                "sampling": self.sampling, "browse": {"hosts": self.hosts} if self.hosts else {}}
+                "sampling": self.sampling, "think": self.think,
+                "browse": {"hosts": self.hosts} if self.hosts else {}}
 
     def to_toml(self) -> str:
         import tomli_w
@@ -259,6 +268,18 @@ def parse(data: dict, where: str = "profile") -> Profile:
     if not (isinstance(passages, int) and 1 <= passages <= 20
             and isinstance(chars, int) and 80 <= chars <= 20000):
         raise ProfileError(f"{where}: [search] passages must be 1-20 and chars 80-20000")
+    think = data.get("think", {})
+    if not isinstance(think, dict) or set(think) - {"strategy", "n", "answer_kind"}:
+        raise ProfileError(f"{where}: [think] takes strategy, n and answer_kind")
+    if think and think.get("strategy") not in THINK_STRATEGIES:
+        raise ProfileError(f"{where}: [think] strategy must be one of "
+                           f"{', '.join(THINK_STRATEGIES)}")
+    n = think.get("n", 8)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+        raise ProfileError(f"{where}: [think] n must be 1-64")
+    if think.get("answer_kind", "number") not in ANSWER_KINDS:
+        raise ProfileError(f"{where}: [think] answer_kind must be one of "
+                           f"{', '.join(ANSWER_KINDS)}")
     for key, value in sampling.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ProfileError(f"{where}: [sampling] {key} must be a number >= 0")
@@ -266,7 +287,8 @@ def parse(data: dict, where: str = "profile") -> Profile:
                    description=data.get("description", ""),
                    database=data.get("database", "llmos.db"), knowledge=lists["knowledge"],
                    tools=lists["tools"], passages=passages, passage_chars=chars,
-                   sampling=dict(sampling), hosts=list(hosts), peers=list(peers),
+                   sampling=dict(sampling), think=dict(think), hosts=list(hosts),
+                   peers=list(peers),
                    path=where)
 
 

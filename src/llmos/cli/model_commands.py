@@ -104,6 +104,10 @@ def _chat_profile(args):
         attr = "max_new_tokens" if key == "max_tokens" else key
         if getattr(args, attr) == CHAT_SAMPLING[attr]:
             setattr(args, attr, int(value) if attr == "max_new_tokens" else float(value))
+    if p.think and not args.think:  # the profile's System-2 setting, unless --think says
+        args.think = p.think["strategy"]
+        args.budget = p.think.get("n", args.budget)
+        args.answer_kind = p.think.get("answer_kind", args.answer_kind)
     tools = {} if args.no_tools else p.build_tools(args.db)
     system = "\n\n".join(x for x in (p.instructions, args.system or "") if x)
     prepare = None
@@ -119,6 +123,9 @@ def _chat_profile(args):
 def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
 
+    model, system, tools, prepare = args.model, args.system or "", not args.no_tools, None
+    if args.profile:
+        model, system, tools, prepare = _chat_profile(args)
     thinking = None
     if args.think:
         from llmos.envs.verifiers import judge_working
@@ -128,9 +135,6 @@ def cmd_chat(args):
         thinking = Think(args.think, args.budget, args.answer_kind, p.temperature or 0.8,
                          max_new_tokens=p.max_new_tokens, top_p=p.top_p, seed=p.seed,
                          judge=parse_judge(args.judge) or judge_working)
-    model, system, tools, prepare = args.model, args.system or "", not args.no_tools, None
-    if args.profile:
-        model, system, tools, prepare = _chat_profile(args)
     if not model:
         raise ValueError("give --model DIR, or a --profile that names a model")
     session = Session(model, system, sampling_params(args), tools=tools, thinking=thinking,

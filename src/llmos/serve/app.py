@@ -47,6 +47,7 @@ from llmos.serve.openai_schema import (
     CompletionRequest,
     Limits,
     NamedChoice,
+    ThinkRequest,
     check_sampling,
     choice_params,
     error_response,
@@ -215,6 +216,9 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         if served.profile is not None:  # what the request leaves out, the profile says
             req, max_tokens = profile_sampling(req, served.profile.sampling, max_tokens)
         params, stop = check_sampling(req, limits, served, max_tokens)
+        if (served.profile is not None and served.profile.think and req.think is None
+                and not req.tools and req.tool_choice is None and req.n == 1 and not stop):
+            req = req.model_copy(update={"think": ThinkRequest(**served.profile.think)})
         messages = [m.to_chat() for m in req.messages]
         if served.profile is not None:  # a custom GPT: its instructions come first
             messages = served.profile.messages(messages)

@@ -6,7 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const LISTS = {hosts: "f-hosts", peers: "f-peers"};
 let selected = null;   // {name, source} of the profile in the form; null: a new one
-let kept = {};         // fields the form does not show (database), kept as they were
+let kept = {};         // fields the form does not show (database, think's answer_kind)
 
 function headers(json = true) {
   const h = json ? {"Content-Type": "application/json"} : {};
@@ -94,9 +94,14 @@ function fill(p, source) {
     const v = (p.sampling || {})[k];
     $("f-" + k).value = v === undefined ? "" : v;
   }
-  kept = p.database ? {database: p.database} : {};
+  $("f-think").value = (p.think || {}).strategy || "";
+  $("f-think-n").value = (p.think || {}).n || 8;
+  // Fields the form does not show are kept as they were.
+  kept = {};
+  if (p.database) kept.database = p.database;
+  if (p.think && p.think.answer_kind) kept.answer_kind = p.think.answer_kind;
   const readOnly = source === "file";
-  for (const el of $("editor").querySelectorAll("input, textarea")) el.disabled = readOnly;
+  for (const el of $("editor").querySelectorAll("input, textarea, select")) el.disabled = readOnly;
   $("save").disabled = $("delete").disabled = readOnly;
   $("source").textContent = readOnly
     ? "From a file given to the server: read-only here. Duplicate it to make an editable copy."
@@ -107,7 +112,8 @@ function fill(p, source) {
 function read() {
   const lines = (id) => $(id).value.split("\n").map((s) => s.trim()).filter(Boolean);
   const checked = (id) => [...$(id).querySelectorAll("input:checked")].map((c) => c.value);
-  const p = {...kept, name: $("f-name").value.trim(), model: $("f-model").value.trim(),
+  const {answer_kind: answerKind, ...rest} = kept;
+  const p = {...rest, name: $("f-name").value.trim(), model: $("f-model").value.trim(),
              tools: checked("f-tools")};
   for (const k of ["description", "instructions"]) {
     const v = $("f-" + k).value.trim();
@@ -127,6 +133,10 @@ function read() {
     if (v !== "") sampling[k] = k === "max_tokens" ? parseInt(v, 10) : parseFloat(v);
   }
   if (Object.keys(sampling).length) p.sampling = sampling;
+  if ($("f-think").value) {
+    p.think = {strategy: $("f-think").value, n: parseInt($("f-think-n").value, 10)};
+    if (answerKind) p.think.answer_kind = answerKind;
+  }
   return p;
 }
 
