@@ -214,3 +214,24 @@ def test_the_profile_editor_creates_edits_duplicates_and_deletes(tmp_path, check
         click("#save", "profile 'kettle': model")  # the server's reason, shown; nothing changed
         assert store.get("kettle").model == str(checkpoint)
         page.close()
+
+
+def test_a_stored_profile_that_cannot_be_read_does_not_stop_the_server(tmp_path, checkpoint):
+    import sqlalchemy as sa
+
+    from llmos.agent.profile_store import table
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
+
+    db = str(tmp_path / "llmos.db")
+    store = ProfileStore.open(db)
+    store.save(tea(model=str(checkpoint)))
+    with store.engine.begin() as c:  # as an older or newer llmos might have written it
+        c.execute(sa.insert(table).values(name="odd", body='{"name": "odd", "colour": 1}',
+                                          created=0, updated=0))
+    with run_server(create_app(load_models([str(checkpoint)], max_batch=2),
+                               database=db)) as url:
+        listing = {p["name"]: p for p in httpx.get(f"{url}/v1/llmos/profiles").json()["data"]}
+        assert listing["tea"]["served"] and "unknown field" in listing["odd"]["problem"]
+        r = httpx.get(f"{url}/v1/llmos/profiles/odd")
+        assert r.status_code == 409 and "cannot be read" in r.text

@@ -14,6 +14,7 @@ import sys
 from llmos.cli import agent_commands as A
 from llmos.cli import eval_commands as E
 from llmos.cli import model_commands as M
+from llmos.cli import safety_commands as R
 from llmos.cli import scaling_commands as S
 from llmos.cli import train_commands as T
 
@@ -21,7 +22,8 @@ from llmos.cli import train_commands as T
 COMMANDS = [T.add_config, T.add_data, T.add_tokenizer, T.add_pretrain, M.add_generate,
             T.add_sft, T.add_rl, T.add_improve, T.add_reward, T.add_dpo, M.add_chat,
             M.add_serve, A.add_knowledge, A.add_memory, A.add_profile, M.add_import, M.add_export,
-            T.add_speedrun, E.add_report, E.add_arena, E.add_label, E.add_eval, S.add_scaling]
+            T.add_speedrun, E.add_report, E.add_arena, E.add_label, E.add_eval, R.add_redteam,
+            S.add_scaling]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,7 +51,12 @@ class ProfileHost:
 
     def start(self) -> None:
         """Serve every stored profile a file profile or checkpoint does not already name."""
-        for p in self.store.all():
+        for name in self.store.names():
+            try:
+                p = self.store.get(name)
+            except ValueError as e:  # stored by another llmos, or edited by hand
+                self.problems[name] = f"not served: {e}"
+                continue
             if p.name in self.models:
                 self.problems[p.name] = ("not served: a checkpoint or profile file of this "
                                          "name is served instead")
@@ -127,7 +132,12 @@ class ProfileHost:
             self.problems.pop(name, None)
 
     def listing(self) -> list[dict]:
-        stored = {p.name: p for p in self.store.all()}
+        stored = {}
+        for name in self.store.names():
+            try:
+                stored[name] = self.store.get(name)
+            except ValueError:
+                stored[name] = profiles.Profile(name=name, model="?")
         rows = []
         for m in list(self.models.values()):
             if m.profile is not None and (m.name not in stored or m.name not in self.problems):
@@ -164,7 +174,11 @@ def mount_profiles(app: FastAPI, host: ProfileHost | None, models: dict, auth: l
         return host
 
     def find(name: str) -> tuple[profiles.Profile, str]:
-        stored = need().store.get(name)
+        try:
+            stored = need().store.get(name)
+        except profiles.ProfileError as e:
+            raise APIError(409, f"the stored profile cannot be read: {e}", "name",
+                           "invalid_profile") from e
         if stored is not None:
             return stored, "database"
         m = models.get(name)

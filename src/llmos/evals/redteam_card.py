@@ -1,0 +1,40 @@
+"""The red team's figures as a table (the report card's section and `llmos redteam`'s output):
+read from the run's report.json, so the report card needs nothing from llmos.safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def table(report: dict) -> str:
+    """Families down, defenses across: the attack success rate (the clean family: the share
+    answered right), its 95% interval and n."""
+    defenses = list(report["settings"]["defenses"])
+    lines = ["| family | " + " | ".join(defenses) + " |",
+             "|---|" + "---|" * len(defenses)]
+    for family, cells in report["summary"].items():
+        shown = []
+        for d in defenses:
+            c = cells.get(d)
+            if c is None:
+                shown.append("")
+                continue
+            rate = c.get("asr", c.get("accuracy"))
+            shown.append(f"{rate:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] (n = {c['n']})")
+        what = "clean (accuracy)" if family == "clean" else f"{family} (ASR)"
+        lines.append(f"| {what} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def card_section(run: Path) -> str | None:
+    path = run / "redteam" / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    s = report["settings"]
+    return (f"`llmos redteam` against {report['target']} ({s['generations']} generations a "
+            f"probe at temperature {s['temperature']}; {report['seconds']} s). Attack success "
+            "rate per family and defense, with a 95% bootstrap interval over probes; the clean "
+            "row is the injection questions without the attack, answered right "
+            "(docs/security.md).\n\n" + table(report))
