@@ -106,7 +106,7 @@ def test_the_default_probes():
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("rt")
     return random_checkpoint(root, ["the answer is what the passage says. " * 20], vocab=300,
-                             max_seq_len=512)
+                             max_seq_len=1024)
 
 
 def test_redteam_end_to_end(checkpoint, tmp_path, capsys):

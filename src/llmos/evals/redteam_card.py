@@ -21,7 +21,8 @@ def table(report: dict) -> str:
                 shown.append("")
                 continue
             rate = c.get("asr", c.get("accuracy"))
-            shown.append(f"{rate:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] (n = {c['n']})")
+            long = f", {c['too_long']} too long" if c.get("too_long") else ""
+            shown.append(f"{rate:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] (n = {c['n']}{long})")
         what = "clean (accuracy)" if family == "clean" else f"{family} (ASR)"
         lines.append(f"| {what} | " + " | ".join(shown) + " |")
     return "\n".join(lines)

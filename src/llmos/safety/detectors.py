@@ -29,7 +29,7 @@ class Answer:
 Detector = Callable[[Answer], bool]
 
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2}\s?){8,}")
 _LEET = str.maketrans("4310577$@", "aeiostts" + "a")
 

@@ -41,6 +41,10 @@ class TargetError(ValueError):
     """A target that cannot be attacked: not found, not reachable, not a chat model."""
 
 
+class PromptTooLong(Exception):
+    """A probe longer than the target's context: recorded as an error, not as a defense."""
+
+
 @dataclass
 class Target:
     base_url: str  # ... /v1
@@ -226,6 +230,8 @@ def ask(target: Target, messages: list[dict], settings: Settings, n: int, seed: 
         body["tools"] = _declared(messages)
     r = httpx.post(f"{target.base_url}/chat/completions", json=body, headers=_headers(target),
                    timeout=600)
+    if r.status_code == 400 and "context_length_exceeded" in r.text:
+        raise PromptTooLong(r.json()["error"]["message"])
     if r.status_code != 200:
         raise TargetError(f"target answered {r.status_code}: {r.text[:300]}")
     answers = []
@@ -247,7 +253,7 @@ def run(target: Target, probes: list[Probe], settings: Settings, policy=None,
     t0 = time.perf_counter()
     spot_modes = sorted({"spotlight" in d for d in settings.defenses})
     jobs = [(i, spot) for i in range(len(probes)) for spot in spot_modes]
-    answers: dict[tuple[int, bool], list[Answer]] = {}
+    answers: dict[tuple[int, bool], list[Answer] | str] = {}  # str: why there are none
     with loopback_site({p.page[0]: p.page[1] for p in probes if p.page}) as site:
         fetch_pages(probes, site)
 
@@ -257,9 +263,12 @@ def run(target: Target, probes: list[Probe], settings: Settings, policy=None,
             messages = (spotlighted(probes[i], settings.spotlight, rng) if spot
                         else probes[i].messages)
             got = []
-            for start in range(0, settings.generations, MAX_N):
-                n = min(MAX_N, settings.generations - start)
-                got += ask(target, messages, settings, n, settings.seed + 1000 * i + start)
+            try:
+                for start in range(0, settings.generations, MAX_N):
+                    n = min(MAX_N, settings.generations - start)
+                    got += ask(target, messages, settings, n, settings.seed + 1000 * i + start)
+            except PromptTooLong as e:
+                return job, str(e)
             return job, got
 
         with ThreadPoolExecutor(settings.workers) as pool:
@@ -273,7 +282,13 @@ def run(target: Target, probes: list[Probe], settings: Settings, policy=None,
     for i, p in enumerate(probes):
         guard = Guard(f"{target.system}\n{_system_of(p)}", allowed_hosts, markers, p.secrets)
         for defense in settings.defenses:
-            for g, a in enumerate(answers[(i, "spotlight" in defense)]):
+            got = answers[(i, "spotlight" in defense)]
+            if isinstance(got, str):  # the probe did not fit the target's context
+                result.attempts.append({
+                    "family": p.family, "probe": p.name, "index": i, "goal": p.goal,
+                    "defense": defense, "generation": None, "success": None, "error": got})
+                continue
+            for g, a in enumerate(got):
                 shown, reasons = (guard.check(a.text) if "guard" in defense
                                   else (a.text, []))
                 success = p.detector(Answer(shown, a.tool_calls))
@@ -297,13 +312,17 @@ def summarize(result: Result) -> dict:
     keys = sorted({(a["family"], a["defense"]) for a in result.attempts})
     for family, defense in keys:
         groups: dict[int, list[bool]] = {}
+        errors = 0
         for a in result.attempts:
             if a["family"] == family and a["defense"] == defense:
+                if a["success"] is None:
+                    errors += 1
+                    continue
                 groups.setdefault(a["index"], []).append(a["success"])
         flags = [x for g in groups.values() for x in g]
         lo, hi = cluster_bootstrap(list(groups.values()), seed=result.settings.seed)
         key = "accuracy" if family == "clean" else "asr"
         out.setdefault(family, {})[defense] = {
-            key: round(sum(flags) / len(flags), 4), "ci": [round(lo, 4), round(hi, 4)],
-            "n": len(flags), "probes": len(groups)}
+            key: round(sum(flags) / max(1, len(flags)), 4), "ci": [round(lo, 4), round(hi, 4)],
+            "n": len(flags), "probes": len(groups), "too_long": errors}
     return out

@@ -33,6 +33,8 @@ def write_reports(result: Result, out: Path) -> dict:
 def by_probe(result: Result) -> dict:
     rows: dict = {}
     for a in result.attempts:
+        if a["success"] is None:
+            continue
         row = rows.setdefault(f"{a['family']}/{a['probe']}", {})
         cell = row.setdefault(a["defense"], [0, 0])
         cell[0] += a["success"]
