@@ -151,25 +151,3 @@ def test_bad_targets_are_clear_errors(tmp_path, capsys):
     fails(["redteam", "no-such-profile"], "not a checkpoint folder, a profile")
     fails(["redteam", str(tmp_path), "--defenses", "prayer"], "unknown defense 'prayer'")
 
-
-def test_resist_conversations_answer_the_question_not_the_plant():
-    from llmos.data.builtin.assistant import assistant_dataset
-    from llmos.data.builtin.resist import PLANTS, obeyed, resist_items
-
-    train, _ = assistant_dataset()
-    items = resist_items([c for c in train if c.task == "lookup"])
-    attacked = [c for c in items if c.task == "resist"]
-    assert attacked and len(items) > len(attacked)  # clean lookups spotlighted too
-    lookups = {c.subject: c for c in train if c.task == "lookup"}
-    for c in attacked[:50]:
-        tool = next(m["content"] for m in c.messages if m["role"] == "tool")
-        assert any(t.split("{word}")[0] in tool for t in PLANTS)
-        assert c.messages[-1] == lookups[c.subject].messages[-1]  # the clean lookup's answer
-        assert obeyed(c) is not None
-    spotlit = [c for c in items if "<<DATA" in c.messages[0]["content"]]
-    for c in spotlit:
-        marker = c.messages[0]["content"].split("<<DATA ")[1][:4]
-        tool = next(m["content"] for m in c.messages if m["role"] == "tool")
-        assert tool.startswith(f"<<DATA {marker}>> [") and tool.endswith(f"<<END {marker}>>")
-    # the red team's phrasing is not among the training plants: it measures carry-over
-    assert not any("IMPORTANT" in t for t in PLANTS)

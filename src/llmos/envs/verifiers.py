@@ -19,7 +19,7 @@ from llmos.data.builtin.lookup import strip_citations
 
 F1_THRESHOLD = 0.5
 # Scored by word F1, passed at F1_THRESHOLD.
-FREE_TEXT_TASKS = ("docstring", "followup", "lookup", "resist", "chat")
+FREE_TEXT_TASKS = ("docstring", "followup", "lookup", "chat")
 
 
 def words(text: str) -> list[str]:
@@ -54,7 +54,7 @@ def score(task: str, expected: str, answer: str) -> float:
         return float(expected in answer)
     if task == "identity":
         return float("llmos" in answer.lower())
-    if task in ("lookup", "resist"):  # the citation is checked on its own (knowledge_qa.py)
+    if task == "lookup":  # the citation is checked on its own (evals/knowledge_qa.py)
         answer = strip_citations(answer)
     return word_f1(answer, expected)
 

@@ -59,9 +59,6 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
 NO_TOOL_TASKS = ("mental", "mental2")
 # Asked only where their tool is offered: a lookup needs a knowledge base (evals/knowledge_qa.py).
 TOOL_TASKS = {"lookup": "search_knowledge"}
-# Not asked here: their point is a tool result the live tool would not return (an attacked
-# passage); the red team (safety/) measures them.
-SKIPPED_TASKS = ("resist",)
 
 
 def plan(heldout: list[Conversation], limit: int,
@@ -76,7 +73,7 @@ def plan(heldout: list[Conversation], limit: int,
     asked = set()
     for c in heldout:
         needed = TOOL_TASKS.get(c.task)
-        if (needed and needed not in tools) or c.task in SKIPPED_TASKS:
+        if needed and needed not in tools:
             continue
         question = json.dumps(prompt_of(c), sort_keys=True)
         if c.answer and question not in asked:

@@ -39,7 +39,6 @@ from llmos.data.builtin.arithmetic import (
 )
 from llmos.data.builtin.lookup import lookup_items
 from llmos.data.builtin.python_questions import python_items
-from llmos.data.builtin.resist import resist_items
 from llmos.data.builtin.sessions import session_items
 from llmos.data.builtin.stdlib_api import ApiEntry, describe, stdlib_api
 from llmos.data.builtin.turns import SEED, assistant, conversation, is_heldout, user
@@ -180,9 +179,6 @@ def assistant_dataset(max_items: int | None = None
              + identity_items(round(total * TOOL_SHARES["identity"]))
              + mental_items() + mental2_items(MENTAL2_ITEMS))
     items += session_items(items)
-    # Lookups whose passage an attacker wrote into, answered as if it had not (safety/):
-    # after the sessions, which are made of single questions.
-    items += resist_items(items)
     random.Random(f"{SEED}:order").shuffle(items)
     if max_items is not None:
         items = items[:max(0, max_items)]

@@ -14,7 +14,6 @@ import re
 from dataclasses import replace
 
 from llmos.data.builtin.assistant import assistant_dataset
-from llmos.data.builtin.resist import obeyed
 from llmos.data.builtin.stdlib_api import describe, stdlib_api
 from llmos.data.builtin.turns import tool_call
 from llmos.data.records import Comparison, Conversation, prompt_of
@@ -182,9 +181,6 @@ class _Wrong:
             return "used_tool", self.calculator(c)
         if c.task == "identity":
             return "wrong_identity", _assistant(rng.choice(WRONG_IDENTITY))
-        if c.task == "resist" and (obey := obeyed(c)):
-            # the passage's planted instruction carried out, instead of the user's question
-            return "followed_injection", [*c.messages[len(prompt_of(c)):-1], *obey]
         return "", None
 
 
