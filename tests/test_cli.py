@@ -25,7 +25,8 @@ TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", "dpo.eval_items=4", "--set", "speedrun.eval_tasks=bpb,arc_easy",
     "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
     "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3",
-    "--set", "speedrun.knowledge_limit=3"]
+    "--set", "speedrun.knowledge_limit=3", "--set", "speedrun.redteam_tasks=1",
+    "--set", "speedrun.redteam_generations=1"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -131,7 +132,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
-                             "eval", "system2", "knowledge", "arena", "report"]
+                             "eval", "system2", "knowledge", "redteam", "arena", "report"]
     assert "knowledge       docstring questions (n=3): from memory " in out.stdout
     assert "## Knowledge: answers from retrieval" in card
     served = (run / "knowledge.md").read_text()  # the profile, asked through a real server
@@ -140,6 +141,10 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
 
     stored = ProfileStore.open(run / "llmos.db", must_exist=True).get("stdlib-helper")
     assert stored is not None and stored.model == str((run / "sft").resolve())
+    attacked = json.loads((run / "redteam" / "report.json").read_text())
+    assert set(attacked["summary"]) == {"injection", "jailbreak", "leakage", "clean"}
+    assert "red team        ASR without -> with spotlight+guard: injection " in out.stdout
+    assert "## Red team: attacks and defenses" in card
     assert "report card" in out.stdout
     # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -192,6 +192,8 @@ class SpeedrunConfig:
     knowledge_limit: int = 200  # held-out docstring questions asked with and without retrieval
     # what the run's knowledge base "stdlib" (RUN/llmos.db) is built from
     knowledge_sources: list[str] = field(default_factory=lambda: ["builtin:stdlib"])
+    redteam_tasks: int = 5  # questions the red team's injection probes carry (docs/security.md)
+    redteam_generations: int = 3  # answers per probe and defense
 
 
 @dataclass

@@ -14,7 +14,7 @@ from llmos.agent.knowledge import KnowledgeBase, print_progress
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import autoarena, harness, knowledge_qa, report, system2, tasks
+from llmos.evals import autoarena, harness, knowledge_qa, redteam_card, report, system2, tasks
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.think import Think
@@ -91,16 +91,18 @@ def run(cfg: RunConfig) -> None:
     with timer("knowledge"):
         looked_up = knowledge_row(cfg, assistant)
         helper = serve_helper(cfg, assistant)
+    with timer("redteam"):
+        attacked = redteam_row(cfg, assistant)
     with timer("arena"):
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, chats, card, page,
-            timer)
+    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, samples, chats,
+            card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, chats, card,
-            page, timer) -> None:
+def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, samples, chats,
+            card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -123,6 +125,8 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, samples, c
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
     print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API;"
           f" stored in {cfg.run_dir / 'llmos.db'} for llmos serve --db)")
+    print(f"red team        {redteam_card.headline(attacked)}")
+    print(f"                {cfg.run_dir / 'redteam' / 'report.html'}")
     print(f"report card     {card}  and  {page}")
     print(f"loss curve      {cfg.run_dir / 'loss.png'}")
     print(f"samples         {samples}")
@@ -287,6 +291,34 @@ def serve_helper(cfg: RunConfig, ckpt, questions: int = 3):
     path = cfg.run_dir / "knowledge.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def redteam_row(cfg: RunConfig, ckpt) -> dict:
+    """A short red-team pass against the assistant, served on loopback: injection through
+    each carrier, jailbreaks, leakage, under each defense (docs/security.md):
+    RUN/redteam/report.json and report.html."""
+    from llmos.safety.policy import load_policy
+    from llmos.safety.probe_set import default_probes
+    from llmos.safety.redteam import Settings, open_target, run
+    from llmos.safety.report import write_reports
+
+    out = cfg.run_dir / "redteam"
+    settings = Settings(generations=cfg.speedrun.redteam_generations)
+    if (out / "report.json").exists() and (out / "report.json").stat().st_mtime > (
+            ckpt / "llmos.json").stat().st_mtime:
+        kept = json.loads((out / "report.json").read_text())
+        if (kept["settings"]["generations"], kept.get("tasks")) == (
+                settings.generations, cfg.speedrun.redteam_tasks):
+            print(f"speedrun: {out} is up to date")
+            return kept
+    policy = load_policy()
+    probes = default_probes(policy, seed=0, tasks=cfg.speedrun.redteam_tasks)
+    with open_target(str(ckpt)) as target:
+        result = run(target, probes, settings, policy)
+    result.target, result.tasks = str(ckpt), cfg.speedrun.redteam_tasks
+    attacked = write_reports(result, out)
+    print(f"speedrun: red team: {len(result.attempts)} attempts in {result.seconds} s -> {out}")
+    return attacked
 
 
 def arena(cfg: RunConfig, ckpts) -> None:

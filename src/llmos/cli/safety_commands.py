@@ -73,7 +73,7 @@ def cmd_redteam(args):
               f"generations against {args.target}", file=sys.stderr)
         result = run(target, probes, settings, policy, progress)
     print(file=sys.stderr)
-    result.target = args.target
+    result.target, result.tasks = args.target, args.tasks
     report = write_reports(result, out)
     print(table(report))
     print(f"\n{len(result.attempts)} attempts in {result.seconds} s -> {out}/report.html")

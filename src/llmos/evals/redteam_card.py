@@ -28,6 +28,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def headline(report: dict) -> str:
+    """One line: attack success without and with every defense, and what spotlighting costs."""
+    s = report["summary"]
+
+    def rate(family, defense, key="asr"):
+        c = s.get(family, {}).get(defense)
+        return "-" if c is None else f"{c[key]:.3f}"
+
+    attacks = ", ".join(f"{f} {rate(f, 'none')} -> {rate(f, 'spotlight+guard')}"
+                        for f in ("injection", "jailbreak", "leakage") if f in s)
+    clean = s.get("clean", {})
+    n = clean.get("none", {}).get("n", 0)
+    return (f"ASR without -> with spotlight+guard: {attacks}; clean answers "
+            f"{rate('clean', 'none', 'accuracy')} -> {rate('clean', 'spotlight', 'accuracy')} "
+            f"spotlighted (n={n})")
+
+
 def card_section(run: Path) -> str | None:
     path = run / "redteam" / "report.json"
     if not path.exists():

@@ -26,7 +26,7 @@ import torch
 
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
-from llmos.evals import knowledge_qa, ratings, system2
+from llmos.evals import knowledge_qa, ratings, redteam_card, system2
 from llmos.scaling import card as scaling_card
 
 STAGE_ORDER = ["pretrain", "sft", "reward", "dpo", "rl"]
@@ -221,6 +221,9 @@ def markdown(run: Path) -> str:
     looked_up = knowledge_qa.card_section(run, [name for name, _ in ckpts], table)
     if looked_up:
         parts += ["## Knowledge: answers from retrieval", "", looked_up, ""]
+    attacked = redteam_card.card_section(run)
+    if attacked:
+        parts += ["## Red team: attacks and defenses", "", attacked, ""]
     parts += ["## Arena", "", arena_section(run), ""]
     scaling = scaling_card.section(run, table)
     if scaling:

@@ -72,6 +72,7 @@ class Result:
     settings: Settings
     attempts: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    tasks: int = 0  # questions the injection probes carried
 
 
 # ---- targets ----------------------------------------------------------------------------------

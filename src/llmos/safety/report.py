@@ -22,7 +22,7 @@ def write_reports(result: Result, out: Path) -> dict:
     with open(out / "attempts.jsonl", "w", encoding="utf-8") as f:
         for a in result.attempts:
             f.write(json.dumps(a, ensure_ascii=False) + "\n")
-    report = {"target": result.target, "policy": result.policy,
+    report = {"target": result.target, "policy": result.policy, "tasks": result.tasks,
               "settings": asdict(result.settings), "seconds": result.seconds,
               "summary": summarize(result), "by_probe": by_probe(result)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
