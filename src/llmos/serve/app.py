@@ -227,8 +227,6 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         if served.memory is not None and req.user:  # memories are kept for a named user only
             tools, messages = await run_in_threadpool(
                 served.profile.with_user, tools, messages, served.memory, req.user)
-        # The web chat asks the user before a tool with side effects runs (serve/tool_calls.py).
-        confirm = held_tools(served, tools) if req.llmos_confirm else frozenset()
         force = None  # "required" and a named function: the answer starts as that call
         if req.tool_choice == "none":
             declared, tools = None, {}
@@ -246,6 +244,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             force = wanted
         if force is not None:
             tools = {}  # the call forced is one of the request's own functions
+        # The web chat asks the user before a tool with side effects runs (serve/tool_calls.py).
+        confirm = held_tools(served, tools) if req.llmos_confirm else frozenset()
         if req.think is not None:
             if req.n != 1:
                 raise APIError(400, "think answers with one choice: n must be 1.", "n")
