@@ -7,22 +7,34 @@ import json
 from pathlib import Path
 
 
+def rows(report: dict):
+    """(family, its cells, one per defense: (rate, lo, hi, n, probes too long) or None)."""
+    defenses = list(report["settings"]["defenses"])
+    for family, cells in report["summary"].items():
+        out = []
+        for d in defenses:
+            c = cells.get(d)
+            out.append(None if c is None else (c.get("asr", c.get("accuracy")), *c["ci"],
+                                               c["n"], c.get("too_long", 0)))
+        yield family, out
+
+
+def _markdown_cell(cell) -> str:
+    if cell is None:
+        return ""
+    rate, lo, hi, n, too_long = cell
+    left_out = f", {too_long} too long" if too_long else ""
+    return f"{rate:.3f} [{lo:.3f}, {hi:.3f}] (n = {n}{left_out})"
+
+
 def table(report: dict) -> str:
     """Families down, defenses across: the attack success rate (the clean family: the share
     answered right), its 95% interval and n."""
     defenses = list(report["settings"]["defenses"])
     lines = ["| family | " + " | ".join(defenses) + " |",
              "|---|" + "---|" * len(defenses)]
-    for family, cells in report["summary"].items():
-        shown = []
-        for d in defenses:
-            c = cells.get(d)
-            if c is None:
-                shown.append("")
-                continue
-            rate = c.get("asr", c.get("accuracy"))
-            long = f", {c['too_long']} too long" if c.get("too_long") else ""
-            shown.append(f"{rate:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] (n = {c['n']}{long})")
+    for family, cells in rows(report):
+        shown = [_markdown_cell(c) for c in cells]
         what = "clean (accuracy)" if family == "clean" else f"{family} (ASR)"
         lines.append(f"| {what} | " + " | ".join(shown) + " |")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from llmos.evals import redteam_card
 from llmos.safety.redteam import Result, summarize
 
 
@@ -47,18 +48,12 @@ def render_html(report: dict, result: Result) -> str:
     defenses = list(report["settings"]["defenses"])
     head = "".join(f"<th>{e(d)}</th>" for d in defenses)
     rows = []
-    for family, cells in report["summary"].items():
-        tds = []
-        for d in defenses:
-            c = cells.get(d)
-            if c is None:
-                tds.append("<td></td>")
-                continue
-            rate = c.get("asr", c.get("accuracy"))
-            tds.append(f"<td>{rate:.3f}<br><small>[{c['ci'][0]:.3f}, {c['ci'][1]:.3f}] "
-                       f"n={c['n']}</small></td>")
+    for family, cells in redteam_card.rows(report):
+        tds = "".join("<td></td>" if c is None else
+                      f"<td>{c[0]:.3f}<br><small>[{c[1]:.3f}, {c[2]:.3f}] n={c[3]}</small></td>"
+                      for c in cells)
         what = "clean: answered right" if family == "clean" else f"{family}: attack success"
-        rows.append(f"<tr><th>{e(what)}</th>{''.join(tds)}</tr>")
+        rows.append(f"<tr><th>{e(what)}</th>{tds}</tr>")
     probe_rows = []
     for name, cells in report["by_probe"].items():
         tds = "".join(f"<td>{cells.get(d, ''):{'.2f' if d in cells else ''}}</td>"
