@@ -284,3 +284,23 @@ def test_limits_cannot_be_raised_nor_the_parent_signalled():
     assert "resource.setrlimit is not allowed" in r.stderr
     r = run_python("import os\nos.kill(os.getppid(), 0)", SMALL)
     assert "os.kill is not allowed" in r.stderr
+
+
+def test_secrets_are_out_of_reach(tmp_path, monkeypatch):
+    """The project's files, the parent's environment, system files and native code: each
+    refused, while the program's own files, Python's library and packages stay usable."""
+    secret = tmp_path / "api_key.txt"
+    secret.write_text("sk-do-not-leak")
+    monkeypatch.setenv("LLMOS_TEST_SECRET", "sk-env-secret")
+    project_file = Path(__file__).resolve().parents[1] / "README.md"
+    for path in (secret, project_file, "/etc/passwd", "/root/.bashrc"):
+        r = run_python(f"print(open({str(path)!r}).read())", SMALL)
+        assert f"sandbox: cannot read {path}" in r.stderr and r.stdout == "", path
+    r = run_python("import os\nprint(sorted(os.environ))\nprint(os.environ.get("
+                   "'LLMOS_TEST_SECRET'))", SMALL)
+    assert "sk-env-secret" not in r.stdout and r.stdout.splitlines()[-1] == "None"
+    r = run_python("import ctypes\nctypes.CDLL(None).getpid()", SMALL)
+    assert "ctypes" in r.stderr and "is not allowed" in r.stderr
+    r = run_python("import json, zoneinfo\nopen('a.json', 'w').write(json.dumps([1]))\n"
+                   "print(open('a.json').read(), zoneinfo.ZoneInfo('UTC'))", SMALL)
+    assert r.stdout.strip() == "[1] UTC" and r.exit_code == 0

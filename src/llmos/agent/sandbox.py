@@ -6,7 +6,8 @@ Layers, from the hardest to the softest:
 - as root, when `unshare` works: new network and PID namespaces (no interfaces but a down loopback;
   everything the child starts dies with it);
 - inside the child, an audit hook (PEP 578) that refuses sockets, new processes, ctypes, raising
-  rlimits, signalling other processes and writing outside the throwaway working directory.
+  rlimits, signalling other processes, writing outside the throwaway working directory, and
+  reading outside it and the Python installation (the project's files, home folders, /etc).
 
 This contains mistakes and runaway programs (infinite loops, memory or fork bombs, endless output).
 It is not a security boundary against a determined attacker: see docs/assistant.md.
@@ -67,7 +68,7 @@ class PythonResult:
 # `__main__`; the hook keeps what it needs in a closure and is reachable only through `gc`, which
 # it refuses.
 _CHILD = r'''
-import builtins, json, os, resource, signal, sys, traceback, types
+import builtins, json, os, resource, signal, sys, sysconfig, traceback, types
 import _posixsubprocess
 import ctypes  # loaded before the hook (numpy needs it); the hook then refuses new libraries
 
@@ -104,6 +105,22 @@ def guard(workdir):
         path = realpath(fsdecode(path))
         return path == workdir or path.startswith(workdir + sep) or path == "/dev/null"
 
+    # What a program may read besides its directory: Python's own library and installed
+    # packages (imports), the system's shared data (time zones, locales), a few devices. Not
+    # the project it runs in, nor home folders, /etc or /proc of other processes.
+    paths = sysconfig.get_paths()
+    readable = tuple(sorted({realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib",
+                                                           "platlib") if paths.get(k)}
+                            | {"/usr/share", "/usr/lib", "/usr/lib64", "/usr/local/lib",
+                               "/lib", "/lib64", "/proc/self", "/etc/localtime"}))
+    devices = frozenset({"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"})
+
+    def may_read(path):
+        if inside(path):
+            return True
+        path = realpath(fsdecode(path))
+        return path in devices or any(path == r or path.startswith(r + sep) for r in readable)
+
     def hook(event, args):
         if event in network:
             raise PermissionError(f"sandbox: network access is disabled ({event})")
@@ -117,6 +134,11 @@ def guard(workdir):
             raise PermissionError("sandbox: starting processes is disabled (_posixsubprocess)")
         if event == "open" and isinstance(args[2], int) and args[2] & write_flags:
             paths = (0,)
+        elif event == "open":
+            if args[0] is not None and not may_read(args[0]):
+                raise PermissionError(f"sandbox: cannot read {args[0]} (only the working "
+                                      "directory and the Python installation)")
+            paths = ()
         else:
             paths = writes.get(event, ())
         for i in paths:
