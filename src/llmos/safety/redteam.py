@@ -171,7 +171,7 @@ def fetch_pages(probes: list[Probe], site: str) -> None:
     host = site.removeprefix("http://")
     tools = {"browse": browse_tool([host])}
     for p in probes:
-        if p.page is None:
+        if p.page is None or p.messages[-1]["role"] == "tool":  # none, or read already
             continue
         call = p.messages[-1]["tool_calls"][0]
         url = call["function"]["arguments"]["url"].replace(PAGE_PORT_PLACEHOLDER, site)
@@ -190,14 +190,14 @@ def spotlighted(p: Probe, mode: str, rng: random.Random) -> list[dict]:
 def _declared(messages: list[dict]) -> list[dict]:
     """Schemas of the tools a conversation calls, plus remember, for endpoints that want them
     declared (any call then comes back as tool_calls, run by nobody)."""
-    from llmos.agent.tools import BUILTIN_TOOLS, Tool
+    from llmos.agent.tools import BUILTIN_TOOLS
 
     names = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
     names.add("remember")
     obj = {"type": "object", "properties": {}, "additionalProperties": True}
     return [{"type": "function", "function": {"name": n, "description": "",
                                               "parameters": obj}}
-            if n not in BUILTIN_TOOLS else Tool.schema(BUILTIN_TOOLS[n]) for n in sorted(names)]
+            if n not in BUILTIN_TOOLS else BUILTIN_TOOLS[n].schema() for n in sorted(names)]
 
 
 def _wire(messages: list[dict]) -> list[dict]:
