@@ -203,3 +203,26 @@ def test_the_web_chat_asks_before_a_memory_is_saved(tmp_path, pal_model, browser
         assert r.status_code == 400 and r.json()["error"]["code"] == "not_confirmable"
     for m in models.values():
         m.scheduler.close()
+
+
+def test_the_terminal_asks_before_a_tool_with_side_effects(tmp_path):
+    """`llmos chat` at a terminal: a "no" reaches the model as a refusal and saves nothing; a
+    "yes" runs the call; tools without side effects, or not granted, are not asked about."""
+    from llmos.agent.tools import BUILTIN_TOOLS, with_confirmation
+
+    store = MemoryStore.open(str(tmp_path / "llmos.db"))
+    asked, answers = [], iter([False, True])
+
+    def ask(name, args):
+        asked.append((name, args))
+        return next(answers)
+
+    tools = with_confirmation({**BUILTIN_TOOLS, **memory_tools(store, "ada")}, ask,
+                              {"remember", "recall", "calculator"})
+    call = {"fact": FACT}
+    assert call_tool("remember", call, tools) == "error: the user declined this call"
+    assert store.list("ada") == []
+    assert "saved" in call_tool("remember", call, tools)
+    assert [m["text"] for m in store.list("ada")] == [FACT]
+    assert call_tool("calculator", {"expression": "2+2"}, tools) == "4"
+    assert asked == [("remember", call), ("remember", call)]  # recall and math never ask

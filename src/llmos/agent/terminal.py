@@ -108,6 +108,16 @@ def describe_thought(t: Thought) -> str:
             + (f"; {weighed}" if weighed else "") + "]")
 
 
+def ask_at_terminal(name: str, arguments: dict) -> bool:
+    """Whether the user allows a tool call with side effects (agent/tools.with_confirmation)."""
+    shown = json.dumps(arguments, ensure_ascii=False)
+    try:
+        answer = input(f"\n  allow {name}({shown})? [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def repl(session: Session, save_path: str = "chat.jsonl") -> None:
     session.write(f"llmos chat ({HELP})\n")
     while True:

@@ -213,6 +213,23 @@ BUILTIN_TOOLS: dict[str, Tool] = {
 }
 
 
+def with_confirmation(tools: dict[str, Tool], ask: Callable[[str, dict], bool],
+                      granted: set[str]) -> dict[str, Tool]:
+    """The tools, those of `granted` with side effects first asking `ask(name, arguments)`
+    (`llmos chat` asks at the terminal, as the web chat asks on the page); a "no" reaches the
+    model as a refusal."""
+    def confirmed(tool: Tool) -> Tool:
+        def run(args: dict) -> str:
+            if not ask(tool.name, args):
+                raise ToolError("the user declined this call")
+            return tool.run(args)
+
+        return Tool(tool.name, tool.description, tool.parameters, run, tool.capability)
+
+    return {n: confirmed(t) if t.side_effects and n in granted else t
+            for n, t in tools.items()}
+
+
 def call_tool(name: str, arguments: dict | str, tools: dict[str, Tool] = BUILTIN_TOOLS) -> str:
     """Run a tool call as the model wrote it; every failure comes back as "error: ..."."""
     tool = tools.get(name) if isinstance(name, str) else None

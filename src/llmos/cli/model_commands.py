@@ -65,6 +65,9 @@ def add_chat(sub) -> None:
                    help="answer this message and exit (repeatable: a multi-turn script)")
     add_sampling_flags(s, 256, 0.7, "most tokens per answer, tool rounds included")
     s.add_argument("--no-tools", action="store_true", help="run no tools the model calls")
+    s.add_argument("--yes", action="store_true",
+                   help="run a profile's tools with side effects (remember, browse, ask_model) "
+                   "without asking first at the terminal")
     s.add_argument("--summarize", action="store_true",
                    help="when the conversation outgrows the context window, have the model "
                    "summarise the oldest turns (default: leave them out, saying so)")
@@ -117,6 +120,11 @@ def _chat_profile(args):
 
         def prepare(messages):  # the user's memories as they are now, every turn
             return p.with_user({}, messages, store, args.user)[1]
+    if args.confirm:  # a person at the terminal allows each call with side effects
+        from llmos.agent.terminal import ask_at_terminal
+        from llmos.agent.tools import with_confirmation
+
+        tools = with_confirmation(tools, ask_at_terminal, set(p.tools))
     return model, system, tools, prepare
 
 
@@ -124,6 +132,8 @@ def cmd_chat(args):
     from llmos.agent.terminal import Session, repl
 
     model, system, tools, prepare = args.model, args.system or "", not args.no_tools, None
+    # At an interactive terminal, tools with side effects ask first (-m scripts and --yes do not).
+    args.confirm = not args.message and not args.yes and sys.stdin.isatty()
     if args.profile:
         model, system, tools, prepare = _chat_profile(args)
     thinking = None
