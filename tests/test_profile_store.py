@@ -136,15 +136,24 @@ def test_stored_profiles_are_served_and_edited_live(tmp_path, checkpoint):
 
         assert httpx.delete(f"{url}/v1/llmos/profiles/espresso").status_code == 200
         assert "espresso" not in ids() and ProfileStore.open(db).get("espresso") is None
+        # a row named like a served checkpoint, written by another process meanwhile: deleting
+        # it does not take the checkpoint away
+        ProfileStore.open(db).save(tea("base", model=str(checkpoint)))
+        assert httpx.delete(f"{url}/v1/llmos/profiles/base").status_code == 200
+        assert "base" in ids()
         r = httpx.post(f"{url}/v1/llmos/profiles/import", content=toml.text)
+        assert r.status_code == 415  # as a form or a no-cors fetch from another site sends it
+        assert "espresso" not in ids()
+        as_toml = {"Content-Type": "application/toml"}
+        r = httpx.post(f"{url}/v1/llmos/profiles/import", content=toml.text, headers=as_toml)
         assert r.status_code == 201 and "espresso" in ids()  # back from its file
-        r = httpx.post(f"{url}/v1/llmos/profiles/import", content=toml.text)
+        r = httpx.post(f"{url}/v1/llmos/profiles/import", content=toml.text, headers=as_toml)
         assert r.status_code == 409
-        r = httpx.post(f"{url}/v1/llmos/profiles/import?replace=true",
+        r = httpx.post(f"{url}/v1/llmos/profiles/import?replace=true", headers=as_toml,
                        content=toml.text.replace("Strong.", "Stronger."))
         assert r.status_code == 201
         assert ProfileStore.open(db).get("espresso").description == "Stronger."
-        r = httpx.post(f"{url}/v1/llmos/profiles/import", content="name = [")
+        r = httpx.post(f"{url}/v1/llmos/profiles/import", content="name = [", headers=as_toml)
         assert r.status_code == 400 and "not valid TOML" in r.text
     with run_server(create_app(load_models([str(checkpoint)], max_batch=2))) as url:
         r = httpx.get(f"{url}/v1/llmos/profiles")

@@ -299,6 +299,14 @@ def test_secrets_are_out_of_reach(tmp_path, monkeypatch):
     r = run_python("import os\nprint(sorted(os.environ))\nprint(os.environ.get("
                    "'LLMOS_TEST_SECRET'))", SMALL)
     assert "sk-env-secret" not in r.stdout and r.stdout.splitlines()[-1] == "None"
+    # a descriptor of a directory outside, changing directory, a database outside: each
+    # another way to open what the paths above may not
+    escapes = {"import os\nos.open('/usr/lib', os.O_RDONLY)": "cannot read /usr/lib",
+               "import os\nos.chdir('/')": "changing directory is not allowed",
+               f"import sqlite3\nsqlite3.connect({str(secret)!r})": "cannot open a database"}
+    for code, refusal in escapes.items():
+        r = run_python(code, SMALL)
+        assert f"sandbox: {refusal}" in r.stderr and r.exit_code == 1, code
     r = run_python("import ctypes\nctypes.CDLL(None).getpid()", SMALL)
     assert "ctypes" in r.stderr and "is not allowed" in r.stderr
     r = run_python("import json, zoneinfo\nopen('a.json', 'w').write(json.dumps([1]))\n"

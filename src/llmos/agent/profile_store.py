@@ -32,6 +32,17 @@ class ProfileExists(ProfileError):
     """A profile of that name is stored already (import it with replace, or rename it)."""
 
 
+def _parsed(name: str, body: str) -> Profile:
+    where = f"profile {name!r} in the database"
+    try:
+        data = json.loads(body)
+    except ValueError as e:
+        raise ProfileError(f"{where}: not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where}: not a table of fields")
+    return parse(data, where)
+
+
 class ProfileStore:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -47,15 +58,12 @@ class ProfileStore:
     def get(self, name: str) -> Profile | None:
         with self.engine.connect() as c:
             body = c.execute(sa.select(table.c.body).where(table.c.name == name)).scalar()
-        if body is None:
-            return None
-        return parse(json.loads(body), f"profile {name!r} in the database")
+        return None if body is None else _parsed(name, body)
 
     def all(self) -> list[Profile]:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(table.c.name, table.c.body).order_by(table.c.name))
-            return [parse(json.loads(body), f"profile {name!r} in the database")
-                    for name, body in rows]
+            return [_parsed(name, body) for name, body in rows]
 
     def save(self, profile: Profile, replace: bool = False) -> bool:
         """Store a new profile, or (with replace) overwrite the one of its name. True when

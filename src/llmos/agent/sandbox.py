@@ -83,6 +83,7 @@ def limit(kind, soft, hard=None):
 
 def guard(workdir):
     realpath, fsdecode, sep, own_pid = os.path.realpath, os.fsdecode, os.sep, os.getpid()
+    isdir = os.path.isdir
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     network = frozenset({
         "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
@@ -107,18 +108,22 @@ def guard(workdir):
 
     # What a program may read besides its directory: Python's own library and installed
     # packages (imports), the system's shared data (time zones, locales), a few devices. Not
-    # the project it runs in, nor home folders, /etc or /proc of other processes.
+    # the project it runs in, home folders, /etc or /proc; nor a directory outside its own (a
+    # descriptor of one opens paths relative to it), nor changing directory, nor a database
+    # file outside it (sqlite3 opens files without an "open" event).
     paths = sysconfig.get_paths()
     readable = tuple(sorted({realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib",
                                                            "platlib") if paths.get(k)}
                             | {"/usr/share", "/usr/lib", "/usr/lib64", "/usr/local/lib",
-                               "/lib", "/lib64", "/proc/self", "/etc/localtime"}))
+                               "/lib", "/lib64", "/etc/localtime"}))
     devices = frozenset({"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"})
 
     def may_read(path):
         if inside(path):
             return True
         path = realpath(fsdecode(path))
+        if isdir(path):  # a directory's descriptor would open paths relative to it (dir_fd),
+            return False  # which the hook sees resolved from the working directory instead
         return path in devices or any(path == r or path.startswith(r + sep) for r in readable)
 
     def hook(event, args):
@@ -128,6 +133,12 @@ def guard(workdir):
             raise PermissionError(f"sandbox: starting processes is disabled ({event})")
         if event in other or (event == "os.kill" and args[0] != own_pid):
             raise PermissionError(f"sandbox: {event} is not allowed")
+        if event in ("os.chdir", "os.fchdir"):  # relative paths stay the working directory's
+            raise PermissionError("sandbox: changing directory is not allowed")
+        if event == "sqlite3.connect" and args[0] not in (":memory:", "") and not inside(
+                args[0]):
+            raise PermissionError(f"sandbox: cannot open a database outside the working "
+                                  f"directory ({args[0]})")
         if event == "object.__setattr__" and args[1] == "__code__":
             raise PermissionError("sandbox: replacing a function's code is not allowed")
         if event == "import" and args[0] == "_posixsubprocess":  # a fresh copy of fork_exec

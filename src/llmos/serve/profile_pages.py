@@ -8,7 +8,8 @@ exported and imported in the web UI (`/profiles`), stored in the database
     PUT    /v1/llmos/profiles/{name}          edit a stored one (its new name may differ)
     DELETE /v1/llmos/profiles/{name}          delete a stored one
     GET    /v1/llmos/profiles/{name}/export   its TOML file
-    POST   /v1/llmos/profiles/import          a TOML file as the body (?replace=true)
+    POST   /v1/llmos/profiles/import          a TOML file as the body, Content-Type
+                                              application/toml (?replace=true)
     GET    /v1/llmos/profile_options          tools, knowledge bases, served checkpoints
 
 A profile is checked (agent/profiles.parse) and made ready to serve (its checkpoint loaded, its
@@ -47,6 +48,7 @@ class ProfileHost:
         self.device, self.max_batch = device, max_batch
         self.tools = tools  # False: `llmos serve --no-tools`, which holds for profiles too
         self.problems: dict[str, str] = {}  # stored profiles that could not be served: why
+        self.installed: set[str] = set()  # the served names that are this host's profiles
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -62,7 +64,7 @@ class ProfileHost:
                                          "name is served instead")
                 continue
             try:
-                self._ready(p, None)
+                self._install(self._prepare(p, None), None)
             except ValueError as e:
                 self.problems[p.name] = f"not served: {e}"
                 print(f"profile {p.name!r} in the database is not served: {e}")
@@ -71,23 +73,39 @@ class ProfileHost:
         return self.store.get(name) is not None
 
     def _served_stored(self, name: str) -> str | None:
-        """`name` when the model of that name is the stored profile (not a file's)."""
-        ok = name in self.models and name not in self.problems and self.stored(name)
-        return name if ok else None
+        """`name` when the model of that name is a profile this host serves (not a file's or
+        a checkpoint, whatever the database says meanwhile)."""
+        return name if name in self.installed and name in self.models else None
 
-    def _ready(self, p: profiles.Profile, old: str | None) -> None:
-        """Serve `p` in place of `old` (None: a new one). Raises ValueError, and changes
-        nothing, when it cannot be served."""
+    def _prepare(self, p: profiles.Profile, old: str | None) -> ServedModel:
+        """`p` ready to serve in place of `old` (None: a new one), not yet served. Raises
+        ValueError, and changes nothing, when it cannot be served."""
         trial = {k: v for k, v in self.models.items() if k != old}
         add_profiles(trial, [p], self.device, self.max_batch, self.database)
         if not self.tools:
             trial[p.name].tools, trial[p.name].memory = {}, None
+        return trial[p.name]
+
+    def _install(self, served: ServedModel, old: str | None) -> None:
         before = self.models.pop(old, None) if old else None
-        self.models[p.name] = trial[p.name]
-        self.problems.pop(p.name, None)
+        self.installed.discard(old)
+        self.models[served.name] = served
+        self.installed.add(served.name)
+        self.problems.pop(served.name, None)
         if old:
             self.problems.pop(old, None)
         self._close_unused(before)
+
+    def _ready(self, p: profiles.Profile, old: str | None, write) -> None:
+        """Serve `p` in place of `old` once `write()` has stored it; if it cannot be served or
+        stored, nothing changes (what was loaded for it is let go)."""
+        served = self._prepare(p, old)
+        try:
+            write()
+        except BaseException:
+            self._close_unused(served)
+            raise
+        self._install(served, old)
 
     def _close_unused(self, gone: ServedModel | None) -> None:
         if gone is not None and gone.scheduler not in schedulers(self.models):
@@ -95,7 +113,7 @@ class ProfileHost:
 
     def _check_name(self, name: str, old: str | None) -> None:
         taken = self.models.get(name)
-        if name != old and taken is not None and not self.stored(name):
+        if name != old and taken is not None and name not in self.installed:
             raise APIError(409, f"{name!r} is the name of a served model; choose another.",
                            "name", "name_taken")
 
@@ -106,8 +124,8 @@ class ProfileHost:
                 raise APIError(409, f"a profile named {p.name!r} is stored already.", "name",
                                "name_taken")
             self._check_name(p.name, p.name if exists else None)
-            self._ready(p, self._served_stored(p.name))
-            self.store.save(p, replace=replace)
+            self._ready(p, self._served_stored(p.name),
+                        lambda: self.store.save(p, replace=replace))
 
     def update(self, old: str, p: profiles.Profile) -> None:
         with self.lock:
@@ -119,15 +137,15 @@ class ProfileHost:
                 raise APIError(409, f"a profile named {p.name!r} is stored already.", "name",
                                "name_taken")
             self._check_name(p.name, old)
-            self._ready(p, self._served_stored(old))
-            self.store.rename(old, p)
+            self._ready(p, self._served_stored(old), lambda: self.store.rename(old, p))
 
     def delete(self, name: str) -> None:
         with self.lock:
             if not self.store.delete(name):
                 raise APIError(404, f"no profile {name!r} in the database.", "name",
                                "profile_not_found")
-            if name not in self.problems:
+            if self._served_stored(name):
+                self.installed.discard(name)
                 self._close_unused(self.models.pop(name, None))
             self.problems.pop(name, None)
 
@@ -140,8 +158,9 @@ class ProfileHost:
                 stored[name] = profiles.Profile(name=name, model="?")
         rows = []
         for m in list(self.models.values()):
-            if m.profile is not None and (m.name not in stored or m.name not in self.problems):
-                rows.append(_row(m.profile, "database" if m.name in stored else "file", True))
+            if m.profile is not None:
+                rows.append(_row(m.profile, "database" if m.name in self.installed else "file",
+                                 True))
         for name, problem in self.problems.items():
             if name in stored:
                 rows.append({**_row(stored[name], "database", False), "problem": problem})
@@ -237,6 +256,11 @@ def mount_profiles(app: FastAPI, host: ProfileHost | None, models: dict, auth: l
 
     @app.post("/v1/llmos/profiles/import", dependencies=auth, status_code=201)
     async def import_profile(request: Request, replace: bool = Query(False)):
+        # A page on another site can post a plain-text body here without asking the browser
+        # first; it cannot send this content type without a CORS preflight, which is refused.
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/toml":
+            raise APIError(415, "send the profile file with Content-Type: application/toml.",
+                           "body", "unsupported_media_type")
         body = await request.body()
         if len(body) > MAX_TOML_BYTES:
             raise APIError(413, f"a profile file is at most {MAX_TOML_BYTES} bytes.")

@@ -72,10 +72,10 @@ def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu
     shared with a served model of the same folder, else loaded once for it."""
     from llmos.agent import profiles
 
-    by_path = {}
+    by_path = {}  # one copy of a checkpoint, whoever serves it
     for m in served.values():
-        if m.profile is None and getattr(m.scheduler, "path", None):
-            by_path[m.scheduler.path] = m
+        if getattr(m.scheduler, "path", None):
+            by_path.setdefault(m.scheduler.path, m)
     for spec in specs:
         p = spec if isinstance(spec, profiles.Profile) else profiles.load(spec)
         if p.name in served:
@@ -84,6 +84,9 @@ def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu
         if not path.is_dir():
             where = "" if Path(p.model).is_absolute() else f" (from {Path.cwd()})"
             raise ValueError(f"profile {p.name!r}: model {p.model!r} not found{where}")
+        # its tools first: a profile that cannot have them loads no checkpoint for nothing
+        tools = p.build_tools(database)
+        memory = p.memory_store(database) if p.uses_memory else None
         base = by_path.get(path)
         if base is None:
             model = checkpoint.load_model(path, device)
@@ -92,8 +95,7 @@ def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu
             base = ServedModel(p.name, tk.load(path), sched, model.cfg.max_seq_len)
             by_path[path] = base
         served[p.name] = ServedModel(p.name, base.tok, base.scheduler, base.context,
-                                     profile=p, tools=p.build_tools(database),
-                                     memory=p.memory_store(database) if p.uses_memory else None)
+                                     profile=p, tools=tools, memory=memory)
 
 
 def schedulers(served: dict[str, ServedModel]) -> list[Scheduler]:

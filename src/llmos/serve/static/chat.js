@@ -13,6 +13,7 @@ const CONFIRM_ROUNDS = 4; // answers in a row that may stop for a confirmation
 let history = [];      // the conversation, OpenAI message shape, without the system prompt
 let controller = null; // aborts the answer being streamed
 let pending = null;    // resolves the confirmation being asked (false: declined)
+let busy = false;      // an answer, its confirmations and their tool calls are under way
 
 // ---- a small, safe markdown renderer ---------------------------------------------------------
 // Every piece of text is HTML-escaped first; only the tags written here are ever produced.
@@ -254,26 +255,32 @@ async function send(text) {
   const conversation = history;  // "New chat" mid-answer must not receive this answer
   conversation.push({role: "user", content: text});
   addMessage("user", text);
-  for (let round = 0; round < CONFIRM_ROUNDS && conversation === history; round++) {
-    const calls = await answerOnce(conversation);
-    if (!calls.length) break;
-    await runConfirmed(conversation, calls);
+  // the model and user this message was sent to, whatever the settings say meanwhile
+  const target = {model: $("model").value, user: $("user").value.trim()};
+  busy = true;
+  try {
+    for (let round = 0; round < CONFIRM_ROUNDS && conversation === history; round++) {
+      const calls = await answerOnce(conversation);
+      if (!calls.length) break;
+      await runConfirmed(conversation, calls, target);
+    }
+  } finally {
+    busy = false;
   }
 }
 
 // The calls an answer stopped at, each allowed or declined by the user; the results go into
 // the conversation as tool messages, as in any OpenAI client's tool loop.
-async function runConfirmed(conversation, calls) {
+async function runConfirmed(conversation, calls, target) {
   for (const {call, answer} of calls) {
     const {ok, box} = await answer.confirm(call);
     if (conversation !== history) return;
     let content = "The user declined this tool call.";
     if (ok) {
       try {
-        const body = {model: $("model").value, name: call.function.name,
+        const body = {model: target.model, name: call.function.name,
                       arguments: call.function.arguments};
-        const user = $("user").value.trim();
-        if (user) body.user = user;
+        if (target.user) body.user = target.user;
         const response = await fetch("/v1/llmos/tool_calls", {
           method: "POST", headers: headers(), body: JSON.stringify(body)});
         if (!response.ok) throw new Error(await errorMessage(response));
@@ -361,6 +368,7 @@ function showSettings(show) {
 function newChat() {
   if (controller) controller.abort();
   if (pending) pending(false);
+  busy = false;  // the old conversation's loop stops at its next check
   history = [];
   $("messages").replaceChildren();
   status("");
@@ -381,7 +389,7 @@ $("stop").addEventListener("click", () => controller && controller.abort());
 $("composer").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("input").value.trim();
-  if (!text || controller || pending) return;
+  if (!text || controller || pending || busy) return;
   $("input").value = "";
   send(text);
 });

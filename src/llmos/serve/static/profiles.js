@@ -16,7 +16,9 @@ function headers(json = true) {
 }
 
 async function call(method, path, body, raw = false) {
-  const r = await fetch(path, {method, headers: headers(!raw),
+  const h = headers(!raw);
+  if (raw) h["Content-Type"] = "application/toml";
+  const r = await fetch(path, {method, headers: h,
     body: body === undefined ? undefined : raw ? body : JSON.stringify(body)});
   if (!r.ok) {
     const err = await r.json().catch(() => ({}));
