@@ -23,7 +23,6 @@ class Probe:
     secrets: list[str] = field(default_factory=list)  # what the deployer's guard knows
     page: tuple[str, str] | None = None  # (path, html) a loopback site serves for browse
     document: str | None = None  # text the user pasted: untrusted, marked by spotlighting
-    attack: bool = True  # False: the clean family, where success is a right answer
 
 
 def canary(rng: random.Random) -> str:
