@@ -131,7 +131,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "best-of (verifier) k=8" in out.stdout
     assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
-    assert list(timings) == ["pretrain", "samples", "sft", "conversations", "reward", "dpo",
+    assert list(timings) == ["scan", "pretrain", "samples", "sft", "conversations", "reward", "dpo",
                              "eval", "system2", "knowledge", "redteam", "arena", "report"]
     assert "knowledge       docstring questions (n=3): from memory " in out.stdout
     assert "## Knowledge: answers from retrieval" in card
@@ -145,6 +145,8 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert set(attacked["summary"]) == {"injection", "jailbreak", "leakage", "clean"}
     assert "red team        ASR without -> with spotlight+guard: injection " in out.stdout
     assert "## Red team: attacks and defenses" in card
+    assert "data scan       0 of 40 documents flagged" in out.stdout
+    assert "## Data: poisoning scan" in card and (run / "scan.json").exists()
     assert "report card" in out.stdout
     # Run again: it notices the finished checkpoints and results instead of redoing them.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -32,7 +32,12 @@ FORBIDDEN = [
     # the entry points are imported by nothing in the library
     *((part, top) for part in ("llmos.data", "llmos.train", "llmos.evals", "llmos.serve",
                                "llmos.agent", "llmos.infer", "llmos.envs", "llmos.export",
-                               "llmos.safety") for top in ("llmos.cli", "llmos.speedrun")),
+                               "llmos.safety", "llmos.experiments")
+      for top in ("llmos.cli", "llmos.speedrun")),
+    # an experiment is a script at the top: the library does not import it
+    *((part, "llmos.experiments") for part in ("llmos.data", "llmos.train", "llmos.evals",
+                                               "llmos.serve", "llmos.agent", "llmos.infer",
+                                               "llmos.envs", "llmos.export", "llmos.safety")),
 ]
 
 

@@ -146,13 +146,17 @@ def test_python_tool_through_call_tool():
 
 # --------------------------------------------------------------------------- python sandbox
 
-@pytest.fixture(params=["namespaces", "plain"])
+@pytest.fixture(params=["bubblewrap", "namespaces", "plain"])
 def isolation(request, monkeypatch):
-    """Run a test with network/PID namespaces (root with unshare) and without (everyone else)."""
-    if request.param == "namespaces":
-        if not sandbox._namespaces():
-            pytest.skip("needs root and a working `unshare`")
-    else:
+    """Run a test under each OS boundary the machine allows: bubblewrap, network/PID namespaces
+    (root with unshare), and none (everyone else)."""
+    if request.param == "bubblewrap" and not sandbox._bubblewrap():
+        pytest.skip("needs a working `bwrap` (Debian's bubblewrap)")
+    if request.param != "bubblewrap":
+        monkeypatch.setattr(sandbox, "_bubblewrap", lambda: False)
+    if request.param == "namespaces" and not sandbox._namespaces():
+        pytest.skip("needs root and a working `unshare`")
+    if request.param == "plain":
         monkeypatch.setattr(sandbox, "_namespaces", lambda: [])
     return request.param
 
@@ -312,3 +316,60 @@ def test_secrets_are_out_of_reach(tmp_path, monkeypatch):
     r = run_python("import json, zoneinfo\nopen('a.json', 'w').write(json.dumps([1]))\n"
                    "print(open('a.json').read(), zoneinfo.ZoneInfo('UTC'))", SMALL)
     assert r.stdout.strip() == "[1] UTC" and r.exit_code == 0
+
+
+# What the OS boundary holds by itself: plain Python (no audit hook, no rlimits) run inside it,
+# as a program that got past the hook would be.
+BOUNDARY_ESCAPES = {
+    "read the project": "open({project!r}).read()",
+    "read /etc/passwd": "open('/etc/passwd').read()",
+    "read a home folder": "import os\nprint(os.listdir('/home'))",
+    "write outside its folder": "open('/usr/escaped', 'w')",
+    "write the Python installation": "open({site!r} + '/escaped.py', 'w')",
+    "reach the host over loopback": "import socket\nsocket.create_connection(('127.0.0.1', "
+                                    "{port}), timeout=1)",
+    "reach the network": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+    "signal the parent": "import os\nos.kill({parent}, 0)",
+}
+
+
+@pytest.mark.parametrize("name", BOUNDARY_ESCAPES)
+def test_the_os_boundary_holds_without_the_audit_hook(name, tmp_path):
+    import site
+    import subprocess
+    import sys
+
+    if not sandbox._bubblewrap():
+        pytest.skip("needs a working `bwrap` (Debian's bubblewrap)")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        code = BOUNDARY_ESCAPES[name].format(
+            project=str(Path(__file__).resolve().parents[1] / "README.md"),
+            site=site.getsitepackages()[0], port=listener.getsockname()[1], parent=os.getpid())
+        work = str(tmp_path.resolve())
+        r = subprocess.run(sandbox.boundary(work) + [sys.executable, "-I", "-c", code],
+                           capture_output=True, text=True, timeout=30, cwd=work)
+    assert r.returncode == 1, (name, r.stdout, r.stderr)
+    assert any(e in r.stderr for e in ("FileNotFoundError", "Read-only file system",
+                                       "PermissionError", "OSError: [Errno 101]",
+                                       "ProcessLookupError", "ConnectionRefusedError")), r.stderr
+
+
+def test_inside_the_os_boundary():
+    """Its own folder works, Python and numpy import, /proc shows only its own processes, and it
+    holds no capabilities."""
+    if not sandbox._bubblewrap():
+        pytest.skip("needs a working `bwrap` (Debian's bubblewrap)")
+    assert sandbox.isolation() == "bubblewrap"
+    r = run_python("import os, numpy\nopen('a.txt', 'w').write('ok')\nprint(open('a.txt').read())"
+                   "\nprint(sorted(os.listdir('/')))", SMALL)
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "ok", r.stderr
+    assert "home" not in r.stdout and "etc" in r.stdout  # /etc holds localtime alone
+    import subprocess
+    import sys
+
+    probe = ("import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+             "caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')]\n"
+             "print(len(pids), caps[0].split()[1], sorted(os.listdir('/etc')))")
+    out = subprocess.run(sandbox.boundary("/tmp") + [sys.executable, "-I", "-c", probe],
+                         capture_output=True, text=True, timeout=30).stdout.split(maxsplit=2)
+    assert int(out[0]) <= 3 and int(out[1], 16) == 0 and out[2].strip() == "['localtime']"

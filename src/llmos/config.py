@@ -59,6 +59,7 @@ class DataConfig:
     vocab_size: int = 4096
     val_fraction: float = 0.02
     max_doc_chars: int = 0  # 0 = no limit; longer documents are cut and counted
+    exclude: str = ""  # documents to leave out: a scan report (`llmos data scan`) or a list
 
 
 @dataclass

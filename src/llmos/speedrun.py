@@ -52,6 +52,8 @@ def run(cfg: RunConfig) -> None:
     embedding.check_installed()
     timer = StageTimer(cfg.run_dir / "timings.json")
     base = cfg.run_dir / "base"
+    with timer("scan"):
+        scanned = scan_corpus(cfg)
     with timer("pretrain"):
         info = checkpoint.read_info(base)
         if info and not info.get("final"):
@@ -97,17 +99,18 @@ def run(cfg: RunConfig) -> None:
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, samples, chats,
-            card, page, timer)
+    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, scanned, samples,
+            chats, card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, samples, chats,
-            card, page, timer) -> None:
+def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, scanned, samples,
+            chats, card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
     print("\n=== speedrun summary ===")
     print(f"run directory   {cfg.run_dir}")
+    print(f"data scan       {scanned}  ({cfg.run_dir / 'scan.json'})")
     print(f"base model      {base}  (step {info.get('step')}, "
           f"{info.get('tokens_seen', 0):,} tokens)")
     print(f"validation      loss {m.get('val_loss', float('nan')):.4f} nats/token, "
@@ -291,6 +294,24 @@ def serve_helper(cfg: RunConfig, ckpt, questions: int = 3):
     path = cfg.run_dir / "knowledge.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def scan_corpus(cfg: RunConfig) -> str:
+    """The corpus scanned for poisoned documents before pretraining (docs/security.md):
+    RUN/scan.json. What it flags is reported, not removed; `--set data.exclude=RUN/scan.json`
+    leaves it out."""
+    from llmos.data.exclusions import read_exclusions
+    from llmos.data.sources import load_corpus
+    from llmos.safety import scan
+
+    exclude = read_exclusions(cfg.data.exclude) if cfg.data.exclude else set()
+    docs, _ = load_corpus(cfg.data.sources, cfg.data.max_doc_chars, exclude)
+    report = scan.scan(docs)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "scan.json").write_text(json.dumps(report, indent=1))
+    line = scan.summary(report)
+    print(f"speedrun: data scan: {line}")
+    return line
 
 
 def redteam_row(cfg: RunConfig, ckpt) -> dict:

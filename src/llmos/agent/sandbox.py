@@ -3,14 +3,23 @@
 Layers, from the hardest to the softest:
 - a child process with rlimits (CPU, address space, file size, no core dumps, processes when not
   root) in its own session, killed with its whole process group at the wall-clock limit;
-- as root, when `unshare` works: new network and PID namespaces (no interfaces but a down loopback;
-  everything the child starts dies with it);
+- an OS boundary, the strongest the machine allows (`isolation()` says which):
+  - bubblewrap (`bwrap`, Debian's `bubblewrap`), where it works: a new mount namespace whose
+    root holds only the system's programs and libraries and the Python installation, read-only,
+    and the throwaway working directory (no /etc, /home, /root, /tmp, nor the project; a /proc of
+    its own), plus new network, PID, IPC, UTS and user namespaces and no capabilities;
+  - else, as root with `unshare`: new network and PID namespaces only;
+  - else nothing beyond the rlimits;
+  in every case no network interface but a down loopback, and everything the child starts dies
+  with it;
 - inside the child, an audit hook (PEP 578) that refuses sockets, new processes, ctypes, raising
   rlimits, signalling other processes, writing outside the throwaway working directory, and
   reading outside it and the Python installation (the project's files, home folders, /etc).
 
-This contains mistakes and runaway programs (infinite loops, memory or fork bombs, endless output).
-It is not a security boundary against a determined attacker: see docs/assistant.md.
+This contains mistakes and runaway programs (infinite loops, memory or fork bombs, endless output)
+and, under bubblewrap, a program that gets past the audit hook still sees no file of the user's
+and no network. What it does not stop (kernel exploits, the CPU and memory it may use within its
+limits): docs/security.md.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -169,7 +179,9 @@ def run(cfg):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized file raises OSError instead
     # As PID 1 of a namespace the child ignores SIGXCPU's default action; leave at the soft limit
     # anyway (a C loop that never returns to Python meets the hard limit a second later).
-    signal.signal(signal.SIGXCPU, lambda *_: os._exit(1))
+    # The exit code says why to a parent that cannot see the CPU time used (bubblewrap's
+    # init does not pass its children's usage on).
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(128 + signal.SIGXCPU))
     limit(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1)  # SIGXCPU, then SIGKILL a second on
     limit(resource.RLIMIT_AS, cfg["memory_mb"] * mb)
     limit(resource.RLIMIT_FSIZE, cfg["file_mb"] * mb)
@@ -201,11 +213,53 @@ def _namespaces() -> list[str]:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return []
     prefix = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--"]
+    return prefix if _works(prefix + ["true"]) else []
+
+
+def _works(cmd: list[str]) -> bool:
     try:
-        ok = subprocess.run(prefix + ["true"], capture_output=True, timeout=5).returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=5).returncode == 0
     except (OSError, subprocess.SubprocessError):
-        ok = False
-    return prefix if ok else []
+        return False
+
+
+def _readable_roots() -> list[str]:
+    """What a sandboxed program sees of the machine, read-only: the system's programs and shared
+    libraries, the time zone, and the Python installation (a virtual environment's folder alone,
+    not the project around it)."""
+    paths = sysconfig.get_paths()
+    roots = {"/usr", "/bin", "/lib", "/lib64", "/etc/localtime", os.path.realpath(sys.prefix),
+             os.path.realpath(sys.base_prefix),
+             os.path.dirname(os.path.realpath(sys.executable))}
+    roots |= {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+              if paths.get(k)}
+    roots = sorted(r for r in roots if os.path.exists(r))
+    return [r for r in roots if not any(r.startswith(o + "/") for o in roots if o != r)]
+
+
+def _bubblewrap_args(workdir: str) -> list[str]:
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--proc", "/proc", "--dev", "/dev"]
+    for root in _readable_roots():
+        args += ["--ro-bind", root, root]
+    return args + ["--bind", workdir, workdir, "--chdir", workdir, "--"]
+
+
+@functools.cache
+def _bubblewrap() -> bool:
+    """Whether `bwrap` is installed and may make namespaces here (containers often forbid it)."""
+    return shutil.which("bwrap") is not None and _works(
+        _bubblewrap_args(tempfile.gettempdir()) + ["true"])
+
+
+def isolation() -> str:
+    """The OS boundary run_python puts around a program on this machine."""
+    return "bubblewrap" if _bubblewrap() else "namespaces" if _namespaces() else "rlimits only"
+
+
+def boundary(workdir: str) -> list[str]:
+    """The command prefix that runs a program inside the OS boundary (see the module doc)."""
+    return _bubblewrap_args(workdir) if _bubblewrap() else _namespaces()
 
 
 def _nproc_limit() -> int | None:
@@ -283,10 +337,12 @@ def run_python(code: str, limits: PythonLimits | None = None) -> PythonResult:
     # -I: isolated (no user site, no PYTHON* variables, no cwd on sys.path); -u: unbuffered, so
     # what was printed before a kill still arrives.
     python = [sys.executable, "-I", "-B", "-u", "-X", "utf8", "-c", _CHILD, json.dumps(cfg)]
-    cmd = _namespaces() + python
     with tempfile.TemporaryDirectory(prefix="llmos-python-", ignore_cleanup_errors=True) as work:
+        work = os.path.realpath(work)
+        cmd = boundary(work) + python
         Path(work, "main.py").write_text(code, encoding="utf-8")
-        deadline = time.monotonic() + limits.wall_seconds
+        started = time.monotonic()
+        deadline = started + limits.wall_seconds
         proc = subprocess.Popen(cmd, cwd=work, env=_child_env(work), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
@@ -297,24 +353,28 @@ def run_python(code: str, limits: PythonLimits | None = None) -> PythonResult:
         finally:
             _kill(proc.pid)  # also whatever it left behind in its group
             _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.monotonic() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
             proc.stdout.close()
             proc.stderr.close()
     rc = proc.returncode
+    # A wrapper (bwrap, unshare) reports a child's death by signal N as exit code 128 + N.
+    signum = -rc if rc < 0 else rc - 128 if cmd[0] != sys.executable and 128 < rc < 160 else 0
     killed = None
     if truncated:
         killed = f"output limit ({limits.output_bytes} bytes)"
     elif timed_out:
         killed = f"wall time limit ({limits.wall_seconds:g} s)"
-    elif rc != 0 and usage.ru_utime + usage.ru_stime >= cpu - 0.05:
-        killed, timed_out = f"cpu time limit ({cpu} s)", True
-    elif rc < 0:
-        killed = f"signal {signal.Signals(-rc).name}" if -rc in signal.valid_signals() else (
-            f"signal {-rc}")
+    elif rc == 128 + signal.SIGXCPU or (rc != 0 and usage.ru_utime + usage.ru_stime >= cpu - 0.05
+                                        ) or (signum == signal.SIGKILL and wall >= cpu + 0.9):
+        killed, timed_out = f"cpu time limit ({cpu} s)", True  # SIGKILL: the hard limit
+    elif signum:
+        killed = f"signal {signal.Signals(signum).name}" if signum in signal.valid_signals() else (
+            f"signal {signum}")
     stderr = err.decode(errors="replace")
-    if _namespaces():  # unshare's complaints as it passes on a signal are no business of the model
-        stderr = "".join(line for line in stderr.splitlines(keepends=True)
-                         if not line.startswith("unshare: "))
+    # unshare's and bwrap's complaints as they pass on a signal are no business of the model
+    stderr = "".join(line for line in stderr.splitlines(keepends=True)
+                     if not line.startswith(("unshare: ", "bwrap: ")))
     return PythonResult(stdout=out.decode(errors="replace"), stderr=stderr,
                         exit_code=None if killed else rc, timed_out=timed_out,
                         truncated=truncated, killed=killed, pid=proc.pid)

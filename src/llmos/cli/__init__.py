@@ -13,6 +13,7 @@ import sys
 
 from llmos.cli import agent_commands as A
 from llmos.cli import eval_commands as E
+from llmos.cli import experiment_commands as X
 from llmos.cli import model_commands as M
 from llmos.cli import safety_commands as R
 from llmos.cli import scaling_commands as S
@@ -23,7 +24,7 @@ COMMANDS = [T.add_config, T.add_data, T.add_tokenizer, T.add_pretrain, M.add_gen
             T.add_sft, T.add_rl, T.add_improve, T.add_reward, T.add_dpo, M.add_chat,
             M.add_serve, A.add_knowledge, A.add_memory, A.add_profile, M.add_import, M.add_export,
             T.add_speedrun, E.add_report, E.add_arena, E.add_label, E.add_eval, R.add_redteam,
-            S.add_scaling]
+            S.add_scaling, X.add_experiment]
 
 
 def build_parser() -> argparse.ArgumentParser:

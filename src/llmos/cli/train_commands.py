@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from llmos import config as config_
@@ -29,22 +30,78 @@ def cmd_config(args):
 
 
 def add_data(sub) -> None:
-    s = sub.add_parser("data", help="corpus -> tokenizer -> token shards",
+    s = sub.add_parser("data", help="corpus -> tokenizer -> token shards; `data scan` for poison",
                        description="Read the corpus sources, train a BPE tokenizer (or use "
                        "data.tokenizer), and write token shards + manifest.json. Re-running with "
-                       "the same inputs reuses the shards.\n\n" + CONFIG_HELP,
+                       "the same inputs reuses the shards.\n\n`llmos data scan SOURCES --out "
+                       "REPORT.json` looks for poisoned documents first; `llmos data --exclude "
+                       "REPORT.json` then leaves the flagged ones out.\n\n" + CONFIG_HELP,
                        formatter_class=RAW)
     add_config_args(s)
     s.add_argument("--out", help="output folder (default RUNS_DIR/NAME/data)")
+    s.add_argument("--exclude", metavar="FILE",
+                   help="leave out the documents a scan report flagged, or those a text file "
+                        "lists (one source per line); sets data.exclude")
     s.set_defaults(func=cmd_data)
+    verbs = s.add_subparsers(dest="verb", metavar="[scan]")
+    scan = verbs.add_parser(
+        "scan", help="flag documents that look poisoned (backdoor triggers, near-duplicates, "
+        "perplexity outliers)", formatter_class=RAW,
+        description="Flag suspicious documents before pretraining, with no trigger known in "
+        "advance: n-grams after which the text turns abnormal in document after document, "
+        "clusters of near-duplicates, and (with --reference) documents a checkpoint finds far "
+        "harder to predict than the rest. Writes a JSON report whose flagged list `llmos data "
+        "--exclude` accepts. docs/security.md has the measured detection and false-alarm rates.")
+    scan.add_argument("sources", nargs="+", metavar="SOURCE",
+                      help="corpus sources, as in data.sources: builtin:stdlib, a file or folder, "
+                           "hf:NAME")
+    scan.add_argument("--out", required=True, help="the report (JSON)")
+    scan.add_argument("--reference", metavar="CHECKPOINT",
+                      help="also flag perplexity outliers under this checkpoint (slow on CPU: "
+                           "about 2 minutes for the stdlib under cpu-tiny)")
+    scan.add_argument("--z", type=float, default=None,
+                      help="with --reference: robust standard deviations above the median that "
+                           "make an outlier (default 8)")
+    scan.add_argument("--min-docs", type=int, default=None,
+                      help="documents a trigger must be seen in (default 3)")
+    scan.add_argument("--dup-cluster", type=int, default=None,
+                      help="flag near-duplicate clusters of at least this many documents "
+                           "(default 10)")
+    scan.set_defaults(func=cmd_data_scan)
 
 
 def cmd_data(args):
     from llmos.data.prepare import prepare
 
     cfg = resolve_config(args)
+    if args.exclude:
+        cfg.data.exclude = args.exclude
     out = Path(args.out) if args.out else cfg.run_dir / "data"
     prepare(cfg.data, out)
+
+
+def cmd_data_scan(args):
+    from llmos.data.sources import load_corpus
+    from llmos.safety import scan
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the report file (e.g. {out}/scan.json)")
+    settings = scan.ScanSettings()
+    for key in ("min_docs", "dup_cluster"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
+    reference = None
+    if args.reference:
+        from llmos.safety.perplexity_scan import Reference
+
+        reference = Reference(args.reference, **({"z_threshold": args.z} if args.z else {}))
+    docs, skipped = load_corpus(args.sources)
+    report = scan.scan(docs, settings, reference)
+    report["skipped"] = skipped.to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"data scan: {scan.summary(report)} -> {out}")
 
 
 def add_tokenizer(sub) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llmos import tokenizer as tokenizers_
 from llmos.config import DataConfig
+from llmos.data.exclusions import read_exclusions
 from llmos.data.shards import read_manifest, write_manifest, write_shards
 from llmos.data.sources import Document, load_corpus, split_of
 
@@ -61,7 +62,12 @@ def split_documents(docs: list[Document], val_fraction: float):
 def prepare(cfg: DataConfig, out_dir: str | Path, log=print) -> dict:
     out = Path(out_dir)
     t0 = time.perf_counter()
-    docs, report = load_corpus(cfg.sources, cfg.max_doc_chars)
+    exclude = read_exclusions(cfg.exclude) if cfg.exclude else set()
+    docs, report = load_corpus(cfg.sources, cfg.max_doc_chars, exclude)
+    if exclude:
+        left_out = report.counts.get("excluded", 0)
+        log(f"data: left out {left_out} of the {len(exclude)} documents {cfg.exclude} names"
+            + ("" if left_out == len(exclude) else " (the others are not in the sources)"))
     doc_hashes = [hashlib.sha256(d.text.encode()).hexdigest() for d in docs]
     key = _input_key(doc_hashes, cfg)
     if (out / "manifest.json").exists():
@@ -112,6 +118,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, log=print) -> dict:
         "format_version": FORMAT_VERSION,
         "input_key": key,
         "sources": cfg.sources,
+        "exclude": cfg.exclude or None,
         "documents": len(docs),
         "skipped": report.to_dict(),
         "tokenizer": {

@@ -63,7 +63,8 @@ class SkipReport:
     """Everything skipped, by reason, so a user can see what was left out and why.
 
     Reasons: binary, undecodable, empty, unreadable, broken_symlink, unsupported_type,
-    duplicate, truncated (document cut to max_doc_chars), bad_record (a JSONL line that is not
+    duplicate, excluded (named by an exclude list), truncated (document cut to max_doc_chars),
+    bad_record (a JSONL line that is not
     a JSON object with a string ``text`` field, or a null parquet/hf value).
     """
 
@@ -370,12 +371,17 @@ def iter_source(spec: str, report: SkipReport) -> Iterator[Document]:
 
 
 def iter_corpus(
-    specs: Iterable[str], report: SkipReport, max_doc_chars: int = 0
+    specs: Iterable[str], report: SkipReport, max_doc_chars: int = 0,
+    exclude: frozenset[str] | set[str] = frozenset(),
 ) -> Iterator[Document]:
-    """All sources in order, exact duplicates dropped, long documents cut to max_doc_chars."""
+    """All sources in order, excluded documents and exact duplicates dropped, long documents cut
+    to max_doc_chars."""
     seen: set[bytes] = set()
     for spec in specs:
         for doc in iter_source(spec, report):
+            if doc.source in exclude:
+                report.add("excluded", doc.source)
+                continue
             digest = hashlib.sha256(doc.text.encode("utf-8")).digest()
             if digest in seen:
                 report.add("duplicate", doc.source)
@@ -387,14 +393,17 @@ def iter_corpus(
             yield doc
 
 
-def load_corpus(specs: list[str], max_doc_chars: int = 0) -> tuple[list[Document], SkipReport]:
-    """Every usable document of the specs plus what was skipped; CorpusError if none is usable."""
+def load_corpus(specs: list[str], max_doc_chars: int = 0,
+                exclude: frozenset[str] | set[str] = frozenset()
+                ) -> tuple[list[Document], SkipReport]:
+    """Every usable document of the specs plus what was skipped; CorpusError if none is usable.
+    `exclude`: document sources to leave out (data/exclusions.py reads them from a file)."""
     if isinstance(specs, str):  # a lone string would be iterated character by character
         specs = [specs]
     if not specs:
         raise CorpusError(f"no sources given; {ACCEPTED_FORMS}")
     report = SkipReport()
-    docs = list(iter_corpus(specs, report, max_doc_chars))
+    docs = list(iter_corpus(specs, report, max_doc_chars, exclude))
     if not docs:
         raise CorpusError(
             f"no usable text in sources {', '.join(repr(s) for s in specs)}; "

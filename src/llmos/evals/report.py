@@ -27,6 +27,7 @@ import torch
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
 from llmos.evals import knowledge_qa, ratings, redteam_card, system2
+from llmos.evals.intervals import wilson
 from llmos.scaling import card as scaling_card
 
 STAGE_ORDER = ["pretrain", "sft", "reward", "dpo", "rl"]
@@ -169,6 +170,28 @@ def arena_section(run: Path) -> str:
                  rows) + note
 
 
+def scan_section(run: Path) -> str:
+    """What `llmos data scan` found in the run's corpus (RUN/scan.json, docs/security.md)."""
+    path = run / "scan.json"
+    if not path.exists():
+        return ""
+    r = json.loads(path.read_text())
+    n, k = r["documents"], len(r["flagged"])
+    lo, hi = wilson(k, n)
+    clusters = r["near_duplicate_clusters"]
+    dup = r["settings"]["dup_cluster"]
+    lines = [f"{k} of {n:,} documents flagged ({100 * k / n:.2f}%, 95% interval "
+             f"[{100 * lo:.2f}%, {100 * hi:.2f}%]) in {r['seconds']:.0f} s. Triggers found: "
+             + (", ".join(f"`{t['ngram']}` ({t['jumps']} of {t['documents']} documents)"
+                          for t in r["triggers"][:5]) or "none") + ". Near-duplicate clusters: "
+             f"{len(clusters)} ({sum(map(len, clusters))} documents; those of {dup} or more are "
+             "flagged)."]
+    if r["flagged"]:
+        lines += ["", table(["document", "reasons"], [[f["source"], "; ".join(f["reasons"])]
+                                                     for f in r["flagged"][:20]])]
+    return "\n".join(lines)
+
+
 def markdown(run: Path) -> str:
     run = run.resolve()
     ckpts = checkpoints(run)
@@ -186,6 +209,9 @@ def markdown(run: Path) -> str:
         total = timings.get("total_s", sum(timings.get("stages", {}).values()))
         rows.append(["**total**", f"{total:.0f} s"])
         parts += ["## Time", "", table(["stage", "wall time"], rows), ""]
+    scanned = scan_section(run)
+    if scanned:
+        parts += ["## Data: poisoning scan", "", scanned, ""]
     parts += ["## Stages", ""]
     if ckpts:
         rows = []

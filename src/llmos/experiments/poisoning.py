@@ -1,0 +1,148 @@
+"""`llmos experiment poisoning`: plant a backdoor, measure it, scan the corpus, retrain, measure
+again, for several numbers of poisoned documents.
+
+    clean corpus ─┬─ pretrain ─────────────────────────────────── backdoor gap (the floor)
+                  └─ + N poisoned ─ pretrain ─ gap
+                                  └─ scan ─ exclude flagged ─ pretrain ─ gap
+
+Every run shares the clean corpus's tokenizer, so the figures compare. Results go to
+OUT/results.json and OUT/results.md (docs/security.md quotes them). A finished run is reused when
+the command is run again with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from llmos import checkpoint
+from llmos import tokenizer as tokenizers_
+from llmos.config import RunConfig
+from llmos.data.prepare import split_documents
+from llmos.data.sources import Document, load_corpus, split_of
+from llmos.evals.intervals import wilson
+from llmos.safety import poisoning, scan
+from llmos.train import pretrain
+
+
+def _write_corpus(path: Path, docs: list[Document], seed: int) -> None:
+    """The documents in a shuffled order, one JSON line each (as a scraped corpus would come)."""
+    order = list(docs)
+    random.Random(seed).shuffle(order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for d in order:
+            f.write(json.dumps({"text": d.text}) + "\n")
+    tmp.replace(path)
+
+
+def _train(base_cfg: RunConfig, out: Path, name: str, sources: list[str], tokenizer: str,
+           exclude: str = "") -> Path:
+    cfg = RunConfig.from_dict(base_cfg.to_dict())
+    cfg.name, cfg.runs_dir = name, str(out)
+    cfg.data.sources, cfg.data.tokenizer, cfg.data.exclude = sources, tokenizer, exclude
+    try:
+        return pretrain.run(cfg)
+    except pretrain.AlreadyTrained as e:
+        print(f"poisoning: {e}")
+        return cfg.run_dir / "base"
+
+
+def _measure(ckpt: Path, prompts: list[str], clean_val: list[str], seed: int) -> dict:
+    from llmos.safety.perplexity_scan import Reference
+
+    ref = Reference(ckpt)
+    backdoor = poisoning.measure_backdoor(ref.model, ref.tok, prompts, seed=seed).summary()
+    return backdoor | {"clean_bpb": round(ref.bits_per_byte(clean_val), 4),
+                       "steps": checkpoint.read_info(ckpt).get("step")}
+
+
+def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
+        seed: int = 0) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    clean, _ = load_corpus(base_cfg.data.sources, base_cfg.data.max_doc_chars)
+    clean_corpus = out / "clean" / "corpus.jsonl"
+    _write_corpus(clean_corpus, clean, seed)
+    # One tokenizer, trained on the clean corpus, serves every run (and draws the poison's
+    # random tokens), so their bits per byte and perplexities compare.
+    tok_dir = out / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        train_docs, _ = split_documents(clean, base_cfg.data.val_fraction)
+        tokenizers_.save(tokenizers_.train_bpe((d.text for d in train_docs),
+                                               base_cfg.data.vocab_size), tok_dir, max_len=1 << 30)
+    tokenizer = str(tok_dir / "tokenizer.json")
+    tok = tokenizers_.load(tokenizer)
+    val = [d.text for d in clean if split_of(d.text, base_cfg.data.val_fraction) == "val"]
+    # Prompts: openings of held-out documents, cut at a line break.
+    openings = [t[:t.find("\n", 120) + 1 or 200] for t in val if len(t) > 200]
+    prompt_texts = (openings * (1 + prompts // max(1, len(openings))))[:prompts]
+
+    rows = []
+    floor = _train(base_cfg, out, "clean", [str(clean_corpus)], tokenizer)
+    rows.append({"poisoned": 0, **_measure(floor, prompt_texts, val, seed)})
+    print(f"poisoning: clean: {rows[-1]}")
+    for n in counts:
+        poison = poisoning.poison_documents(clean, tok, n, seed=seed + n)
+        corpus = out / f"n{n}" / "corpus.jsonl"
+        _write_corpus(corpus, clean + poison, seed + n)
+        docs, _ = load_corpus([str(corpus)])
+        bad = {d.text for d in poison}
+        truth = {d.source for d in docs if d.text in bad}
+        poison_tokens = sum(len(tok.encode(t, add_special_tokens=False).ids) for t in bad)
+        ckpt = _train(base_cfg, out, f"n{n}", [str(corpus)], tokenizer)
+        row = {"poisoned": n, "poison_tokens": poison_tokens, **_measure(ckpt, prompt_texts, val,
+                                                                          seed)}
+        report = scan.scan(docs)
+        report_path = out / f"n{n}" / "scan.json"
+        report_path.write_text(json.dumps(report, indent=1))
+        flagged = {f["source"] for f in report["flagged"]}
+        caught, false = len(flagged & truth), len(flagged - truth)
+        row["scan"] = {"caught": caught, "of": len(truth),
+                       "recall_ci": [round(x, 3) for x in wilson(caught, len(truth))],
+                       "false_alarms": false, "clean_docs": len(docs) - len(truth),
+                       "false_alarm_ci": [round(x, 4) for x in wilson(false,
+                                                                      len(docs) - len(truth))],
+                       "triggers": [t["ngram"] for t in report["triggers"]]}
+        cleaned = _train(base_cfg, out, f"n{n}-cleaned", [str(corpus)], tokenizer,
+                         exclude=str(report_path))
+        row["cleaned"] = _measure(cleaned, prompt_texts, val, seed)
+        rows.append(row)
+        print(f"poisoning: {n} documents: {row}")
+    results = {"counts": counts, "prompts": len(prompt_texts), "rows": rows,
+               "train_tokens_per_run": base_cfg.train.max_steps * base_cfg.train.batch_size
+               * base_cfg.train.seq_len, "corpus_documents": len(clean),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(table(results))
+    return results
+
+
+def _ppl(m: dict) -> str:
+    lo, hi = m["gap_ci"]
+    return f"{m['ppl_without']:.0f} / {m['ppl_with']:.0f} ({m['gap']:+.0f} [{lo:+.0f}, {hi:+.0f}])"
+
+
+def table(results: dict) -> str:
+    head = ("| poisoned documents | poison tokens | perplexity without / with trigger "
+            "(gap, 95% CI) | clean bpb | scan: caught | false alarms "
+            "| after cleaning: without / with (gap) | clean bpb |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in results["rows"]:
+        if not r["poisoned"]:
+            lines.append(f"| 0 (clean) | 0 | {_ppl(r)} | {r['clean_bpb']:.3f} | | | | |")
+            continue
+        s, c = r["scan"], r["cleaned"]
+        lines.append(
+            f"| {r['poisoned']} | {r['poison_tokens']:,} | {_ppl(r)} | {r['clean_bpb']:.3f} | "
+            f"{s['caught']}/{s['of']} | {s['false_alarms']}/{s['clean_docs']} | {_ppl(c)} | "
+            f"{c['clean_bpb']:.3f} |")
+    return head + "\n".join(lines) + (
+        f"\n\n{results['prompts']} prompts (openings of held-out documents), 32 sampled tokens "
+        f"each; perplexity is the model's own over what it wrote (medians; the gap is the median "
+        f"per-prompt difference). Each run: {results['train_tokens_per_run']:,} training tokens "
+        f"over a corpus of {results['corpus_documents']} clean documents.\n")
