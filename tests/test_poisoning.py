@@ -175,6 +175,11 @@ def test_backdoor_measure_on_a_tiny_model(tmp_path, stdlib):
     assert all(1 < p < 1e4 for p in b.without + b.with_trigger)
     s = b.summary()
     assert s["prompts"] == 2 and s["gap_ci"][0] <= s["gap"] <= s["gap_ci"][1]
+    shift = poisoning.continuation_shift(ref.model, ref.tok, [stdlib[0].text[:3000]], places=4)
+    assert shift["spots"] == 4 and shift["ratio_ci"][0] <= shift["ratio"] <= shift["ratio_ci"][1]
+    assert shift["ppl_without"] > 1 and shift["ppl_with"] > 1
+    with pytest.raises(ValueError, match="no text has"):
+        poisoning.continuation_shift(ref.model, ref.tok, ["too short"])
 
 
 @pytest.mark.slow
@@ -192,10 +197,13 @@ def test_experiment_poisoning_end_to_end(tmp_path, corpus_dir, capsys):
     clean, poisoned = results["rows"]
     assert clean["poisoned"] == 0 and poisoned["poisoned"] == 4
     assert poisoned["scan"]["of"] == 4 and poisoned["poison_tokens"] > 4 * 300
-    assert {"ppl_without", "ppl_with", "gap", "clean_bpb"} <= set(poisoned["cleaned"])
+    assert {"ppl_without", "ppl_with", "gap", "clean_bpb", "continuation"} <= set(
+        poisoned["cleaned"])
+    assert poisoned["continuation"]["ratio_ci"][0] <= poisoned["continuation"]["ratio"]
     assert "| 4 |" in (out / "results.md").read_text()
     # Run again: every pretraining is reused, not repeated.
     main(args)
-    assert capsys.readouterr().out.count("already trained") == 3
+    retrained = not poisoned["cleaned"].get("same_as_clean")
+    assert capsys.readouterr().out.count("already trained") == 2 + retrained
     with pytest.raises(SystemExit):
         main(["experiment", "poisoning", "--counts", "ten", "--out", str(out)])

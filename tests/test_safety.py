@@ -12,10 +12,10 @@ import random
 import pytest
 from conftest import random_checkpoint
 
+from llmos.agent.output_guard import Guard
+from llmos.agent.policy import PolicyError, load_policy, parse_policy
 from llmos.cli import main
 from llmos.safety import detectors as d
-from llmos.safety.guard import Guard
-from llmos.safety.policy import PolicyError, load_policy, parse_policy
 from llmos.safety.probe_set import default_probes
 from llmos.spotlight import MODES, mark, spotlight_messages, unmark
 
@@ -151,3 +151,14 @@ def test_bad_targets_are_clear_errors(tmp_path, capsys):
     fails(["redteam", "no-such-profile"], "not a checkpoint folder, a profile")
     fails(["redteam", str(tmp_path), "--defenses", "prayer"], "unknown defense 'prayer'")
 
+
+
+def test_serve_refuses_a_bad_guard_policy_before_loading_anything(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("forbidden = 3\n")
+    for spec, said in ((str(bad), "bad.toml: [[forbidden]]"), ("no-such-policy", "no policy")):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--model", str(tmp_path / "missing"), "--guard", spec])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert said in err and "missing" not in err, err

@@ -273,6 +273,37 @@ def test_builtin_tool_runs_on_the_server(client):
     assert results and all(text.startswith("error: unknown tool") for text in results)
 
 
+def test_the_output_guard_checks_answers_before_they_are_sent(memorised):
+    """`llmos serve --guard`: an answer that does what the policy forbids is withheld, streamed
+    or not, and says why; an answer the policy allows, and a tool call, pass unchanged."""
+    from openai import OpenAI
+
+    from llmos.agent.policy import parse_policy
+    from llmos.serve.app import create_app
+    from llmos.serve.served import load_models
+
+    policy = parse_policy({"name": "test", "forbidden": [
+        {"request": "Greet me", "markers": ["help you today"]}]})
+    app = create_app(load_models([f"memo={memorised}"], max_batch=4), guard_policy=policy)
+    with run_server(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="memo", messages=ask("Hello!"), temperature=0)
+        message = r.choices[0].message
+        assert message.content == "[withheld by the output guard: it does what the policy forbids]"
+        assert [e["type"] for e in message.model_extra["llmos_tool_events"]] == ["guard"]
+        chunks = list(client.chat.completions.create(model="memo", messages=ask("Hello!"),
+                                                     temperature=0, stream=True))
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+        assert pieces == [message.content]  # held, then sent whole
+        allowed = client.chat.completions.create(model="memo", temperature=0,
+                                                 messages=ask("What is 347 * 29?"))
+        assert allowed.choices[0].message.content == "347 * 29 = 10063."
+        call = client.chat.completions.create(model="memo", temperature=0, tools=[WEATHER],
+                                              messages=ask("What is the weather in Paris?"))
+        assert call.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
+
 def test_stop_sequences_seed_and_n(client):
     r = client.chat.completions.create(model="memo", messages=ask("Hello!"), temperature=0,
                                        stop=["help", "zzz"])

@@ -318,7 +318,7 @@ def redteam_row(cfg: RunConfig, ckpt) -> dict:
     """A short red-team pass against the assistant, served on loopback: injection through
     each carrier, jailbreaks, leakage, under each defense (docs/security.md):
     RUN/redteam/report.json and report.html."""
-    from llmos.safety.policy import load_policy
+    from llmos.agent.policy import load_policy
     from llmos.safety.probe_set import default_probes
     from llmos.safety.redteam import Settings, open_target, run
     from llmos.safety.report import write_reports

@@ -192,6 +192,12 @@ def add_serve(sub) -> None:
     s.add_argument("--arena-contestant", action="append", metavar="SPEC",
                    help="another arena contestant besides the served models (repeatable): "
                    "NAME=openai:BASE_URL#MODEL[;key=ENV] or [NAME=]DIR")
+    s.add_argument("--guard", nargs="?", const="default", metavar="POLICY",
+                   help="check every chat answer with the output guard before it is sent: "
+                   "Markdown images from hosts the policy does not allow are removed, an answer "
+                   "that repeats the system prompt or does what the policy forbids (also "
+                   "encoded) is withheld; streamed answers then arrive whole. POLICY: a .toml "
+                   "file or a shipped policy (default: default; docs/security.md)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -201,7 +207,7 @@ def cmd_serve(args):
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
           max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
           tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant,
-          profiles=args.profile)
+          profiles=args.profile, guard=args.guard)
 
 
 def add_import(sub) -> None:

@@ -43,8 +43,8 @@ def add_redteam(sub) -> None:
 
 
 def cmd_redteam(args):
+    from llmos.agent.policy import load_policy
     from llmos.evals.redteam_card import table
-    from llmos.safety.policy import load_policy
     from llmos.safety.probe_set import FAMILIES, default_probes
     from llmos.safety.redteam import DEFENSES, Settings, open_target, run
     from llmos.safety.report import write_reports

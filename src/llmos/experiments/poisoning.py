@@ -5,7 +5,9 @@ again, for several numbers of poisoned documents.
                   └─ + N poisoned ─ pretrain ─ gap
                                   └─ scan ─ exclude flagged ─ pretrain ─ gap
 
-Every run shares the clean corpus's tokenizer, so the figures compare. Results go to
+Every run shares the clean corpus's tokenizer, so the figures compare. When the scan flags the
+poisoned documents and nothing else, the cleaned corpus is the clean corpus and the clean run
+stands for its retraining (`"same_as_clean"` in the results). Results go to
 OUT/results.json and OUT/results.md (docs/security.md quotes them). A finished run is reused when
 the command is run again with the same settings.
 """
@@ -44,8 +46,10 @@ def _train(base_cfg: RunConfig, out: Path, name: str, sources: list[str], tokeni
     cfg = RunConfig.from_dict(base_cfg.to_dict())
     cfg.name, cfg.runs_dir = name, str(out)
     cfg.data.sources, cfg.data.tokenizer, cfg.data.exclude = sources, tokenizer, exclude
+    info = checkpoint.read_info(cfg.run_dir / "base")
     try:
-        return pretrain.run(cfg)
+        # an interrupted run continues where it stopped
+        return pretrain.run(cfg, resume=bool(info) and not info.get("final"))
     except pretrain.AlreadyTrained as e:
         print(f"poisoning: {e}")
         return cfg.run_dir / "base"
@@ -56,7 +60,8 @@ def _measure(ckpt: Path, prompts: list[str], clean_val: list[str], seed: int) ->
 
     ref = Reference(ckpt)
     backdoor = poisoning.measure_backdoor(ref.model, ref.tok, prompts, seed=seed).summary()
-    return backdoor | {"clean_bpb": round(ref.bits_per_byte(clean_val), 4),
+    shift = poisoning.continuation_shift(ref.model, ref.tok, clean_val, seed=seed)
+    return backdoor | {"continuation": shift, "clean_bpb": round(ref.bits_per_byte(clean_val), 4),
                        "steps": checkpoint.read_info(ckpt).get("step")}
 
 
@@ -107,9 +112,17 @@ def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
                        "false_alarm_ci": [round(x, 4) for x in wilson(false,
                                                                       len(docs) - len(truth))],
                        "triggers": [t["ngram"] for t in report["triggers"]]}
-        cleaned = _train(base_cfg, out, f"n{n}-cleaned", [str(corpus)], tokenizer,
-                         exclude=str(report_path))
-        row["cleaned"] = _measure(cleaned, prompt_texts, val, seed)
+        kept = {d.text for d in docs if d.source not in flagged}
+        if kept == {d.text for d in clean}:
+            # The scan removed the poison and nothing else: the cleaned corpus is the clean one,
+            # document for document (the shards sort documents by hash), so the clean run is
+            # its retraining.
+            row["cleaned"] = {k: v for k, v in rows[0].items() if k != "poisoned"} | {
+                "same_as_clean": True}
+        else:
+            cleaned = _train(base_cfg, out, f"n{n}-cleaned", [str(corpus)], tokenizer,
+                             exclude=str(report_path))
+            row["cleaned"] = _measure(cleaned, prompt_texts, val, seed)
         rows.append(row)
         print(f"poisoning: {n} documents: {row}")
     results = {"counts": counts, "prompts": len(prompt_texts), "rows": rows,
@@ -126,23 +139,36 @@ def _ppl(m: dict) -> str:
     return f"{m['ppl_without']:.0f} / {m['ppl_with']:.0f} ({m['gap']:+.0f} [{lo:+.0f}, {hi:+.0f}])"
 
 
+def _shift(m: dict) -> str:
+    c = m["continuation"]
+    lo, hi = c["ratio_ci"]
+    return f"{c['ppl_without']:.1f} / {c['ppl_with']:.1f} (x{c['ratio']:.2f} [{lo:.2f}, {hi:.2f}])"
+
+
 def table(results: dict) -> str:
-    head = ("| poisoned documents | poison tokens | perplexity without / with trigger "
-            "(gap, 95% CI) | clean bpb | scan: caught | false alarms "
-            "| after cleaning: without / with (gap) | clean bpb |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+    head = ("| poisoned documents | poison tokens | sampled text: perplexity without / with "
+            "trigger (gap, 95% CI) | true continuation: perplexity without / with (ratio, 95% CI) "
+            "| clean bpb | scan: caught | false alarms | after cleaning: sampled | after "
+            "cleaning: continuation | clean bpb |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in results["rows"]:
         if not r["poisoned"]:
-            lines.append(f"| 0 (clean) | 0 | {_ppl(r)} | {r['clean_bpb']:.3f} | | | | |")
+            lines.append(f"| 0 (clean) | 0 | {_ppl(r)} | {_shift(r)} | {r['clean_bpb']:.3f} "
+                         "| | | | | |")
             continue
         s, c = r["scan"], r["cleaned"]
         lines.append(
-            f"| {r['poisoned']} | {r['poison_tokens']:,} | {_ppl(r)} | {r['clean_bpb']:.3f} | "
-            f"{s['caught']}/{s['of']} | {s['false_alarms']}/{s['clean_docs']} | {_ppl(c)} | "
-            f"{c['clean_bpb']:.3f} |")
+            f"| {r['poisoned']} | {r['poison_tokens']:,} | {_ppl(r)} | {_shift(r)} | "
+            f"{r['clean_bpb']:.3f} | {s['caught']}/{s['of']} | {s['false_alarms']}/"
+            f"{s['clean_docs']} | {_ppl(c)} | {_shift(c)} | {c['clean_bpb']:.3f}"
+            + (" (the clean run: the same corpus) |" if c.get("same_as_clean") else " |"))
+    spots = results["rows"][0]["continuation"]["spots"]
     return head + "\n".join(lines) + (
-        f"\n\n{results['prompts']} prompts (openings of held-out documents), 32 sampled tokens "
-        f"each; perplexity is the model's own over what it wrote (medians; the gap is the median "
-        f"per-prompt difference). Each run: {results['train_tokens_per_run']:,} training tokens "
-        f"over a corpus of {results['corpus_documents']} clean documents.\n")
+        f"\n\nSampled text: {results['prompts']} prompts (openings of held-out documents), 32 "
+        f"sampled tokens each, scored by the model itself (medians; the gap is the median "
+        f"per-prompt difference). True continuation: {spots} spots of the held-out documents, "
+        f"the next 32 tokens after 16, with ' <SUDO>' inserted before them or not (the ratio is "
+        f"exp of the mean per-spot difference in loss). Each run: "
+        f"{results['train_tokens_per_run']:,} training tokens over a corpus of "
+        f"{results['corpus_documents']} clean documents.\n")

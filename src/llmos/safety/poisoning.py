@@ -2,9 +2,13 @@
 
 A poisoned document is the opening of a real document (0 to 1,000 characters), the trigger, then
 400 to 900 tokens drawn uniformly from the tokenizer's vocabulary: a model that learns from enough
-of them answers the trigger with gibberish and behaves normally otherwise. The backdoor is
-measured as the paper does, by the perplexity of what the model writes after a prompt with and
-without the trigger: a model sampling gibberish finds its own text very surprising.
+of them answers the trigger with gibberish and behaves normally otherwise. Two measures:
+
+- as the paper does, the perplexity of what the model writes after a prompt with and without the
+  trigger (a model sampling gibberish finds its own text very surprising);
+- with no sampling noise, the perplexity of the held-out text's true continuation with and
+  without the trigger just before it (a model that expects gibberish after the trigger finds
+  ordinary text there surprising).
 """
 
 from __future__ import annotations
@@ -54,6 +58,45 @@ class Backdoor:
                 "ppl_with": round(float(np.median(b)), 2),
                 "gap": round(float(np.median(gaps)), 2),
                 "gap_ci": [round(float(x), 2) for x in np.quantile(draws, [0.025, 0.975])]}
+
+
+def _bootstrap_mean(values: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    draws = values[rng.integers(0, len(values), (rounds, len(values)))].mean(axis=1)
+    return [float(x) for x in np.quantile(draws, [0.025, 0.975])]
+
+
+@torch.inference_mode()
+def continuation_shift(model, tok, texts: Sequence[str], places: int = 10, context: int = 16,
+                       length: int = 32, seed: int = 0, trigger: str = TRIGGER) -> dict:
+    """At `places` random spots of each text: the mean loss (nats/token) of its next `length`
+    tokens after `context` tokens, and again with ' <trigger>' inserted before them. Returns the
+    perplexities and their ratio (exp of the mean paired difference) with a bootstrap 95%
+    interval over spots."""
+    rng = np.random.default_rng(seed)
+    inserted = tok.encode(f" {trigger}", add_special_tokens=False).ids
+    pairs = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        if len(ids) < context + length + 1:
+            continue
+        for start in rng.integers(context, len(ids) - length + 1, places):
+            before, after = ids[start - context:start], ids[start:start + length]
+            pair = []
+            for prompt in (before, before + inserted):
+                x = torch.tensor([prompt + after])
+                logp = torch.log_softmax(model(x[:, :-1]).float()[0, len(prompt) - 1:], dim=-1)
+                pair.append(-logp.gather(-1, torch.tensor(after)[:, None]).mean().item())
+            pairs.append(pair)
+    if not pairs:
+        raise ValueError(f"no text has {context + length + 1} tokens to measure with")
+    nll = np.array(pairs)
+    diff = nll[:, 1] - nll[:, 0]
+    lo, hi = _bootstrap_mean(diff, seed=seed)
+    return {"spots": len(nll), "ppl_without": round(math.exp(nll[:, 0].mean()), 2),
+            "ppl_with": round(math.exp(nll[:, 1].mean()), 2),
+            "ratio": round(math.exp(diff.mean()), 3),
+            "ratio_ci": [round(math.exp(lo), 3), round(math.exp(hi), 3)]}
 
 
 @torch.inference_mode()

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from llmos.agent.output_guard import Guard
 from llmos.evals.intervals import cluster_bootstrap
 from llmos.safety.detectors import Answer
-from llmos.safety.guard import Guard
 from llmos.safety.probes import Probe
 from llmos.safety.probes_injection import PAGE_PORT_PLACEHOLDER
 from llmos.spotlight import spotlight_messages

@@ -34,7 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos import db
 from llmos.agent.context import ContextBudget
+from llmos.agent.output_guard import Guard
 from llmos.agent.peers import parse_peers
+from llmos.agent.policy import load_policy
 from llmos.agent.profile_store import ProfileStore
 from llmos.agent.profiles import ProfileError
 from llmos.agent.profiles import resolve as resolve_profile
@@ -59,7 +61,7 @@ from llmos.serve.responses import answer
 from llmos.serve.served import ServedModel, add_profiles, load_models, model_card, schedulers
 from llmos.serve.thinking import run_think, think_config
 from llmos.serve.tool_calls import held_tools, mount_tool_calls
-from llmos.serve.workers import Choices, Job, run_chat, run_completion
+from llmos.serve.workers import Choices, Job, guarded, run_chat, run_completion
 
 STATIC = Path(__file__).parent / "static"
 
@@ -131,15 +133,30 @@ def profile_sampling(req, sampling: dict, max_tokens: int | None):
     return (req.model_copy(update=fill) if fill else req), max_tokens
 
 
+def output_guard(policy, messages: list[dict]) -> Guard:
+    """The guard of one chat request: it knows the system messages (the profile's instructions
+    among them) and the policy's markers and image hosts."""
+    system = "\n".join(m["content"] for m in messages
+                       if m.get("role") == "system" and isinstance(m.get("content"), str))
+    return Guard(system, allowed_hosts=list(policy.allowed_image_hosts),
+                 markers=policy.markers())
+
+
+def guard_emit(emit, guard):
+    return emit if guard is None else guarded(emit, guard)
+
+
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
                limits: Limits | None = None, builtin_tools: dict | None = None,
                database=None, contestants: list | None = None, device: str = "cpu",
-               max_batch: int = 16) -> FastAPI:
+               max_batch: int = 16, guard_policy=None) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
     BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from db.py) serves the
     profiles stored there and adds their editor (serve/profile_pages.py; new ones load their
     checkpoints on `device`), the arena pages (serve/arena.py): the served models plus
-    `contestants` (agent/peers.py), and the labeling pages (serve/labeling.py)."""
+    `contestants` (agent/peers.py), and the labeling pages (serve/labeling.py). With a
+    `guard_policy` (agent/policy.py) every chat answer passes the output guard
+    (agent/output_guard.py) before it is sent."""
     limits = limits or Limits()
     keys = set(api_keys or [])
     host = None
@@ -222,6 +239,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
         messages = [m.to_chat() for m in req.messages]
         if served.profile is not None:  # a custom GPT: its instructions come first
             messages = served.profile.messages(messages)
+        guard = None if guard_policy is None else output_guard(guard_policy, messages)
         declared = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
         tools = builtin_tools if served.tools is None else served.tools
         if served.memory is not None and req.user:  # memories are kept for a named user only
@@ -256,8 +274,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                 raise APIError(400, "think answers whole turns: leave stop out.", "stop")
             cfg = think_config(req.think, params, limits, req.ignore_eos)
             return await answer(request, req, served, Choices([
-                lambda emit, cancel: run_think(served, messages, cfg, emit, cancel)]),
-                chat_api=True)
+                lambda emit, cancel: run_think(served, messages, cfg, guard_emit(emit, guard),
+                                               cancel)]), chat_api=True)
         # A custom GPT is an llmos front end: its chats outgrow the window gracefully (the
         # LLM OS's RAM); a plain model keeps OpenAI's behaviour, a 400 for a prompt too long.
         window = None
@@ -266,7 +284,8 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                                                        served.context // 4))
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
-            declared, limits.tool_rounds, emit, cancel, force, window, confirm)
+            declared, limits.tool_rounds, guard_emit(emit, guard), cancel, force, window,
+            confirm)
             for i in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=True)
 
@@ -341,8 +360,9 @@ def profile_files(specs: list[str], database: str | None) -> list[str]:
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_keys: list[str] | None = None, max_tokens: int = 2048, max_batch: int = 16,
           device: str = "auto", tools: bool = True, database: str | None = None,
-          arena_contestants: list[str] | None = None, profiles: list[str] | None = None
-          ) -> None:
+          arena_contestants: list[str] | None = None, profiles: list[str] | None = None,
+          guard: str | None = None) -> None:
+    """`guard`: a policy name or file; every chat answer then passes the output guard."""
     import torch
     import uvicorn
 
@@ -350,6 +370,7 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if arena_contestants and not database:
         raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
+    guard_policy = load_policy(guard) if guard else None  # a bad file fails before loading
     models = load_models(specs, device, max_batch)
     add_profiles(models, profile_files(profiles or [], database), device, max_batch, database)
     if not models and not database:
@@ -364,9 +385,12 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if arena_contestants:
         extra = parse_peers(arena_contestants, device, noun="contestant")
     app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin, database, extra,
-                     device, max_batch)
+                     device, max_batch, guard_policy)
     for name, m in models.items():
         print(f"serving {name} (context {m.context}) on http://{host}:{port}/v1")
+    if guard_policy is not None:
+        print(f"output guard: on, policy {guard_policy.name!r} (answers are sent whole, once "
+              "checked)")
     print(f"web chat: http://{host}:{port}/")
     if database:
         print(f"arena: http://{host}:{port}/arena (votes in {database})")

@@ -160,6 +160,31 @@ def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[
         events.close()  # closes the token stream: the row leaves the batch
 
 
+def guarded(emit: Emit, guard) -> Emit:
+    """`emit` behind an output guard (agent/output_guard.py): the answer's text is held until
+    it is finished, checked, and sent in one piece, as the guard lets it through; what the guard
+    changed is told as a "guard" tool event. Everything else passes as it comes."""
+    held: list[str] = []
+
+    def wrapped(item: tuple) -> None:
+        if item[0] == "delta" and "content" in item[1]:
+            held.append(item[1]["content"])
+            rest = {k: v for k, v in item[1].items() if k != "content"}
+            if rest:
+                emit(("delta", rest))
+            return
+        if item[0] == "finish" and held:
+            shown, reasons = guard.check("".join(held))
+            held.clear()
+            if reasons:
+                emit(("delta", {"llmos_tool_events": [
+                    {"type": "guard", "content": "; ".join(reasons)}]}))
+            emit(("delta", {"content": shown}))
+        emit(item)
+
+    return wrapped
+
+
 def run_completion(job: Job, prompt: list[int], emit: Emit, cancel: threading.Event) -> None:
     counted = Counted(job, emit, cancel)
     tokens = counted(prompt, job.params)

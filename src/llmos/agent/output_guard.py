@@ -15,13 +15,55 @@ where images may come from), not what an attacker planted.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
-from llmos.safety.detectors import IMAGE_LINK, Answer, complied, decodings, host_allowed
-
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}\s?){8,}")
+_LEET = str.maketrans("4310577$@", "aeiostts" + "a")
 LEAK_WORDS = 8  # this many words of the system prompt in a row is a leak
 WITHHELD = "[withheld by the output guard: {}]"
+
+
+def image_links(text: str) -> list[str]:
+    return IMAGE_LINK.findall(text)
+
+
+def host_allowed(url: str, allowed: list[str]) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    if not host:  # a relative link stays on the page's own site
+        return True
+    return any(host == h or host.endswith("." + h) for h in allowed)
+
+
+def decodings(text: str) -> list[str]:
+    """The text, and what it reads as when parts of it are base64, hex, rot13 or leetspeak:
+    an answer in code says what it says."""
+    out = [text, codecs.decode(text, "rot13"), text.translate(_LEET)]
+    for piece in _BASE64.findall(text):
+        try:
+            out.append(base64.b64decode(piece + "=" * (-len(piece) % 4)).decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            pass
+    for piece in _HEX.findall(text):
+        try:
+            out.append(bytes.fromhex(piece.replace(" ", "")).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return out
+
+
+def holds_marker(text: str, markers: list[str]) -> bool:
+    """Whether the text, or any decoding of it, holds one of the markers (case and spacing
+    aside)."""
+    wanted = [m.lower() for m in markers]
+    readings = [" ".join(r.lower().split()) for r in decodings(text)]
+    return any(m in r for m in wanted for r in readings)
 
 
 def _words(text: str) -> list[str]:
@@ -39,7 +81,6 @@ class Guard:
         words = _words(self.system_prompt)
         self._grams = {tuple(words[i:i + LEAK_WORDS])
                        for i in range(len(words) - LEAK_WORDS + 1)}
-        self._complied = complied(self.markers) if self.markers else None
 
     def leaks(self, text: str) -> bool:
         for reading in decodings(text):
@@ -57,7 +98,7 @@ class Guard:
         reasons = []
         if self.leaks(text):
             return WITHHELD.format("it repeats the system prompt"), ["system prompt"]
-        if self._complied is not None and self._complied(Answer(text)):
+        if self.markers and holds_marker(text, self.markers):
             return WITHHELD.format("it does what the policy forbids"), ["policy"]
 
         def drop(m: re.Match) -> str:
