@@ -82,8 +82,12 @@ def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
     tokenizer = str(tok_dir / "tokenizer.json")
     tok = tokenizers_.load(tokenizer)
     val = [d.text for d in clean if split_of(d.text, base_cfg.data.val_fraction) == "val"]
-    # Prompts: openings of held-out documents, cut at a line break.
+    # Prompts: openings of held-out documents, cut at the first line break after 120
+    # characters (or at 200 when there is none).
     openings = [t[:t.find("\n", 120) + 1 or 200] for t in val if len(t) > 200]
+    if not openings:
+        raise ValueError("no held-out document is longer than 200 characters to prompt with: "
+                         "add text, or raise data.val_fraction")
     prompt_texts = (openings * (1 + prompts // max(1, len(openings))))[:prompts]
 
     rows = []
