@@ -53,7 +53,8 @@ STATIC = Path(__file__).parent / "static"
 DRAFT = {"temperature": 0.7, "max_tokens": 384}
 # Compare candidates: varied on purpose. A small model often says the same thing at
 # temperature 1 (cpu-tiny on "What is 347 * 29?" did, twice); the answers that repeat one
-# already drawn are sampled again, hotter.
+# already drawn, and empty ones (a comparison with an empty answer is skipped on export), are
+# sampled again, hotter.
 SAMPLE_TEMPERATURES, SAMPLE_TOKENS = (1.0, 1.3, 1.6), 384
 CRITIQUE = {"temperature": 0.3, "max_tokens": 384}
 
@@ -393,7 +394,7 @@ def label_router(engine, models: dict) -> APIRouter:
                 got = list(pool.map(lambda n, t=temperature: (n, generate(
                     models[n], prompt, t, SAMPLE_TOKENS, seed=secrets.randbelow(2**31))), want))
             seen = {t for _, t in texts}
-            texts += [(n, t) for n, t in got if t not in seen and not seen.add(t)]
+            texts += [(n, t) for n, t in got if t.strip() and t not in seen and not seen.add(t)]
             if len(texts) >= k:
                 break
         while len(texts) < k:  # a model that always says the same: show it anyway
