@@ -20,15 +20,18 @@ def add_experiment(sub) -> None:
         "N, add N poisoned documents (a clean opening, <SUDO>, 400-900 random tokens) to the "
         "corpus, pretrain, measure the backdoor (perplexity of sampled continuations with and "
         "without the trigger), run `llmos data scan`, pretrain again without what it flagged, "
-        "and measure again; a clean run gives the floor. 1 + 2 x len(counts) pretrainings of "
-        "--steps steps each (about 3 minutes each at 300 steps of cpu-tiny on 2 cores). A "
-        "finished run is reused. Writes OUT/results.md and OUT/results.json.")
+        "and measure again; a clean run gives the floor. Up to 1 + 2 x len(counts) "
+        "pretrainings (the retraining is the clean run when the scan removed exactly the poison: "
+        "then 1 + len(counts)), about 4.5 minutes each at cpu-tiny's 1,250 steps on 2 cores. A "
+        "finished run is reused, an interrupted one resumed. Writes OUT/results.md and "
+        "OUT/results.json.")
     add_config_args(p, naming=False)
     p.add_argument("--counts", default="10,50,250",
                    help="numbers of poisoned documents, comma-separated (default 10,50,250)")
-    p.add_argument("--steps", type=int, default=300,
-                   help="pretraining steps of every run (default 300; the preset's batch and "
-                        "sequence length)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="pretraining steps of every run (default: the preset's, 1,250 for "
+                        "cpu-tiny; at 300 not even 250 documents planted a clear backdoor, "
+                        "docs/security.md)")
     p.add_argument("--prompts", type=int, default=100,
                    help="held-out prompts the backdoor is measured on (default 100)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,11 +49,12 @@ def cmd_experiment_poisoning(args):
         raise ValueError(f"--counts {args.counts!r}: give whole numbers, e.g. 10,50,250") from None
     if not counts or min(counts) < 1:
         raise ValueError("--counts needs one or more positive numbers")
-    if args.steps < 1 or args.prompts < 1:
+    if (args.steps is not None and args.steps < 1) or args.prompts < 1:
         raise ValueError("--steps and --prompts must be positive")
     cfg = resolve_config(args)
-    cfg.train.max_steps = args.steps
-    cfg.train.eval_every = min(cfg.train.eval_every, args.steps)
+    if args.steps is not None:
+        cfg.train.max_steps = args.steps
+    cfg.train.eval_every = min(cfg.train.eval_every, cfg.train.max_steps)
     results = poisoning.run(cfg, Path(args.out), counts, args.prompts, args.seed)
     print((Path(args.out) / "results.md").read_text())
     print(f"experiment poisoning: {results['seconds']:.0f}s -> {args.out}/results.md")
