@@ -52,17 +52,16 @@ class Backdoor:
         interval over prompts."""
         a, b = np.array(self.without), np.array(self.with_trigger)
         gaps = b - a
-        rng = np.random.default_rng(seed)
-        draws = np.median(gaps[rng.integers(0, len(gaps), (rounds, len(gaps)))], axis=1)
         return {"prompts": len(gaps), "ppl_without": round(float(np.median(a)), 2),
                 "ppl_with": round(float(np.median(b)), 2),
                 "gap": round(float(np.median(gaps)), 2),
-                "gap_ci": [round(float(x), 2) for x in np.quantile(draws, [0.025, 0.975])]}
+                "gap_ci": [round(x, 2) for x in _bootstrap(gaps, np.median, rounds, seed)]}
 
 
-def _bootstrap_mean(values: np.ndarray, rounds: int = 2000, seed: int = 0) -> list[float]:
+def _bootstrap(values: np.ndarray, statistic, rounds: int = 2000, seed: int = 0) -> list[float]:
+    """A percentile bootstrap 95% interval of `statistic` (np.median, np.mean) over `values`."""
     rng = np.random.default_rng(seed)
-    draws = values[rng.integers(0, len(values), (rounds, len(values)))].mean(axis=1)
+    draws = statistic(values[rng.integers(0, len(values), (rounds, len(values)))], axis=1)
     return [float(x) for x in np.quantile(draws, [0.025, 0.975])]
 
 
@@ -92,7 +91,7 @@ def continuation_shift(model, tok, texts: Sequence[str], places: int = 10, conte
         raise ValueError(f"no text has {context + length + 1} tokens to measure with")
     nll = np.array(pairs)
     diff = nll[:, 1] - nll[:, 0]
-    lo, hi = _bootstrap_mean(diff, seed=seed)
+    lo, hi = _bootstrap(diff, np.mean, seed=seed)
     return {"spots": len(nll), "ppl_without": round(math.exp(nll[:, 0].mean()), 2),
             "ppl_with": round(math.exp(nll[:, 1].mean()), 2),
             "ratio": round(math.exp(diff.mean()), 3),

@@ -142,10 +142,6 @@ def output_guard(policy, messages: list[dict]) -> Guard:
                  markers=policy.markers())
 
 
-def guard_emit(emit, guard):
-    return emit if guard is None else guarded(emit, guard)
-
-
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
                limits: Limits | None = None, builtin_tools: dict | None = None,
                database=None, contestants: list | None = None, device: str = "cpu",
@@ -274,7 +270,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                 raise APIError(400, "think answers whole turns: leave stop out.", "stop")
             cfg = think_config(req.think, params, limits, req.ignore_eos)
             return await answer(request, req, served, Choices([
-                lambda emit, cancel: run_think(served, messages, cfg, guard_emit(emit, guard),
+                lambda emit, cancel: run_think(served, messages, cfg, guarded(emit, guard),
                                                cancel)]), chat_api=True)
         # A custom GPT is an llmos front end: its chats outgrow the window gracefully (the
         # LLM OS's RAM); a plain model keeps OpenAI's behaviour, a 400 for a prompt too long.
@@ -284,7 +280,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                                                        served.context // 4))
         workers = [lambda emit, cancel, i=i: run_chat(
             Job(served, choice_params(params, i), stop, req.ignore_eos), messages, tools,
-            declared, limits.tool_rounds, guard_emit(emit, guard), cancel, force, window,
+            declared, limits.tool_rounds, guarded(emit, guard), cancel, force, window,
             confirm)
             for i in range(req.n)]
         return await answer(request, req, served, Choices(workers, req.n), chat_api=True)

@@ -161,9 +161,12 @@ def run_chat(job: Job, messages: list[dict], tools: dict | None, declared: list[
 
 
 def guarded(emit: Emit, guard) -> Emit:
-    """`emit` behind an output guard (agent/output_guard.py): the answer's text is held until
-    it is finished, checked, and sent in one piece, as the guard lets it through; what the guard
-    changed is told as a "guard" tool event. Everything else passes as it comes."""
+    """`emit` behind an output guard (agent/output_guard.py; None: `emit` itself): the answer's
+    text is held until it is finished, checked, and sent in one piece, as the guard lets it
+    through; what the guard changed is told as a "guard" tool event. Everything else passes as
+    it comes."""
+    if guard is None:
+        return emit
     held: list[str] = []
 
     def wrapped(item: tuple) -> None:
