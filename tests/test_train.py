@@ -55,8 +55,35 @@ def test_pretrain_writes_checkpoint_metrics_and_plot(tmp_path, corpus_dir):
     with pytest.raises(pretrain.AlreadyTrained):
         pretrain.run(cfg)
     cfg.train.lr = 1e-4
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(pretrain.StaleCheckpoint, match="--overwrite"):
         pretrain.run(cfg)
+
+
+def test_continued_pretraining_starts_from_a_checkpoint(tmp_path, corpus_dir):
+    from conftest import make_corpus
+
+    base = pretrain.run(tiny_config(tmp_path, corpus_dir, name="base"))
+    other = make_corpus(tmp_path / "other", n_docs=20, seed=5)
+    cfg = tiny_config(tmp_path, other, name="more", max_steps=1, lr=0.0, muon_lr=0.0)
+    cfg.model.dim = 64  # the checkpoint's shape wins
+    cfg.train.init_from = str(base)
+    ckpt = pretrain.run(cfg)
+    before, after = weights(base), weights(ckpt)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # lr 0: the same weights
+    info = checkpoint.read_info(ckpt)
+    assert info["parent"] == str(base) and info["config"]["model"]["dim"] == 32
+    assert (ckpt / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    # the same settings on changed data is not "already trained"
+    make_corpus(other, n_docs=21, seed=6)
+    with pytest.raises(pretrain.StaleCheckpoint, match="other settings or data"):
+        pretrain.run(cfg)
+    bad = tiny_config(tmp_path, other, name="bad")
+    bad.train.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        pretrain.run(bad)
+    bad.train.init_from, bad.data.tokenizer = str(base), str(other / "mod_000.py")
+    with pytest.raises(ValueError, match="has its own tokenizer"):
+        pretrain.run(bad)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

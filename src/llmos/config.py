@@ -90,6 +90,9 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     seed: int = 1337
     log_every: int = 10
+    # Pretraining only: start from this checkpoint's weights instead of random ones (continued
+    # pretraining on new text; the data is tokenized with the checkpoint's tokenizer).
+    init_from: str = ""
 
 
 def _sft_train() -> TrainConfig:

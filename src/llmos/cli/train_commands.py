@@ -150,6 +150,9 @@ def add_pretrain(sub) -> None:
                    help="continue from RUNS_DIR/NAME/base/trainer_state")
     s.add_argument("--overwrite", action="store_true",
                    help="replace an existing checkpoint in RUNS_DIR/NAME/base")
+    s.add_argument("--init", metavar="CKPT",
+                   help="continued pretraining: start from this checkpoint's weights (its model "
+                        "shape and tokenizer) on the run's data (= --set train.init_from=CKPT)")
     s.set_defaults(func=cmd_pretrain)
 
 
@@ -157,6 +160,8 @@ def cmd_pretrain(args):
     from llmos.train import pretrain
 
     cfg = resolve_config(args)
+    if args.init:
+        cfg.train.init_from = args.init
     try:
         pretrain.run(cfg, resume=args.resume, overwrite=args.overwrite)
     except pretrain.AlreadyTrained as e:

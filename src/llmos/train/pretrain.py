@@ -28,24 +28,37 @@ class AlreadyTrained(Exception):
     pass
 
 
-def _check_existing(ckpt_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+class StaleCheckpoint(FileExistsError):
+    """The folder holds a checkpoint trained with other settings or on other data."""
+
+
+def _check_existing(ckpt_dir: Path, cfg: RunConfig, resume: bool, overwrite: bool,
+                    data_key: str) -> None:
     """Never silently overwrite a user's checkpoint; say exactly what to do instead."""
     if resume:
         if not (ckpt_dir / "trainer_state").exists():
             raise FileNotFoundError(f"--resume: {ckpt_dir} has no resumable checkpoint")
-        saved = checkpoint.read_info(ckpt_dir).get("config", {}).get("model")
+        info = checkpoint.read_info(ckpt_dir)
+        saved = info.get("config", {}).get("model")
         if saved and saved != cfg.to_dict()["model"]:
             raise ValueError(f"--resume: the model config differs from the one in {ckpt_dir}")
+        if info.get("data_manifest", data_key) != data_key:
+            raise StaleCheckpoint(f"--resume: {ckpt_dir} was trained on other data (the corpus "
+                                  "or the tokenizer changed); --overwrite starts again")
         return
     if ckpt_dir.exists() and not overwrite:
         info = checkpoint.read_info(ckpt_dir)
-        same = _pretrain_part(info.get("config")) == _pretrain_part(cfg.to_dict())
+        same = (_pretrain_part(info.get("config")) == _pretrain_part(cfg.to_dict())
+                and info.get("data_manifest") == data_key)
         if info.get("final") and same:
-            raise AlreadyTrained(f"{ckpt_dir} is already trained with this config "
+            raise AlreadyTrained(f"{ckpt_dir} is already trained with this config and data "
                                  "(pass --overwrite to train it again)")
-        hint = "--resume to continue it" if not info.get("final") else "another --name"
-        raise FileExistsError(f"{ckpt_dir} already holds a checkpoint; use {hint}, or "
-                              "--overwrite to replace it")
+        if not info.get("final"):
+            raise FileExistsError(f"{ckpt_dir} already holds a checkpoint; use --resume to "
+                                  "continue it, or --overwrite to replace it")
+        raise StaleCheckpoint(f"{ckpt_dir} already holds a checkpoint trained with other "
+                              "settings or data; use another --name, or --overwrite to "
+                              "replace it")
 
 
 def _pretrain_part(config: dict | None) -> dict:
@@ -54,11 +67,31 @@ def _pretrain_part(config: dict | None) -> dict:
     return {k: config.get(k) for k in ("model", "data", "train")}
 
 
+def _continued_from(cfg: RunConfig) -> Path | None:
+    """train.init_from: the checkpoint whose weights start the run. Its model shape and tokenizer
+    are the run's (data.tokenizer, if set, must be that same tokenizer)."""
+    if not cfg.train.init_from:
+        return None
+    init = Path(cfg.train.init_from)
+    tok = init / "tokenizer.json"
+    if not all((init / f).exists() for f in ("config.json", "model.safetensors", tok.name)):
+        raise FileNotFoundError(f"train.init_from {init}: not a checkpoint folder (it needs "
+                                "config.json, model.safetensors and tokenizer.json)")
+    same = tokenizers_.file_hash(cfg.data.tokenizer or tok) == tokenizers_.file_hash(tok)
+    if not same:
+        raise ValueError(f"train.init_from {init} has its own tokenizer; data.tokenizer "
+                         f"{cfg.data.tokenizer} differs (leave data.tokenizer empty)")
+    cfg.data.tokenizer = str(tok)
+    cfg.model = checkpoint.model_config_from_hf(json.loads((init / "config.json").read_text()))
+    return init
+
+
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         rt: Runtime | None = None) -> Path:
     own_runtime = rt is None
     rt = rt or setup()
     run_dir, data_dir, ckpt_dir = cfg.run_dir, cfg.run_dir / "data", cfg.run_dir / "base"
+    init = _continued_from(cfg)
     try:
         if rt.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,10 +105,13 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         if cfg.train.seq_len > cfg.model.max_seq_len:
             raise ValueError(f"train.seq_len {cfg.train.seq_len} exceeds model.max_seq_len "
                              f"{cfg.model.max_seq_len}")
-        _check_existing(ckpt_dir, cfg, resume, overwrite)
+        _check_existing(ckpt_dir, cfg, resume, overwrite, manifest["input_key"])
 
         torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
-        model = checkpoint.load_model(ckpt_dir) if resume else Transformer(cfg.model)
+        if resume:
+            model = checkpoint.load_model(ckpt_dir)
+        else:
+            model = checkpoint.load_model(init) if init else Transformer(cfg.model)
         model = model.to(rt.device)
         if rt.is_main:
             (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -112,7 +148,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         )
 
         def save(m, info, state):
-            info = {"stage": "pretrain", "parent": None, "data_manifest": manifest["input_key"],
+            info = {"stage": "pretrain", "parent": str(init) if init else None,
+                    "data_manifest": manifest["input_key"],
                     "tokenizer_sha256": manifest["tokenizer"]["sha256"], "config": cfg.to_dict(),
                     "world_size": rt.world_size, **info}
             checkpoint.save(ckpt_dir, m, data_dir / "tokenizer", info, state)
