@@ -15,7 +15,6 @@ the command is run again with the same settings.
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -23,36 +22,10 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.prepare import split_documents
-from llmos.data.sources import Document, load_corpus, split_of
+from llmos.data.sources import load_corpus, split_of
 from llmos.evals.intervals import wilson
+from llmos.experiments.runs import pretrain_run, shared_tokenizer, shuffled, write_jsonl
 from llmos.safety import poisoning, scan
-from llmos.train import pretrain
-
-
-def _write_corpus(path: Path, docs: list[Document], seed: int) -> None:
-    """The documents in a shuffled order, one JSON line each (as a scraped corpus would come)."""
-    order = list(docs)
-    random.Random(seed).shuffle(order)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for d in order:
-            f.write(json.dumps({"text": d.text}) + "\n")
-    tmp.replace(path)
-
-
-def _train(base_cfg: RunConfig, out: Path, name: str, sources: list[str], tokenizer: str,
-           exclude: str = "") -> Path:
-    cfg = RunConfig.from_dict(base_cfg.to_dict())
-    cfg.name, cfg.runs_dir = name, str(out)
-    cfg.data.sources, cfg.data.tokenizer, cfg.data.exclude = sources, tokenizer, exclude
-    info = checkpoint.read_info(cfg.run_dir / "base")
-    try:
-        # an interrupted run continues where it stopped
-        return pretrain.run(cfg, resume=bool(info) and not info.get("final"))
-    except pretrain.AlreadyTrained as e:
-        print(f"poisoning: {e}")
-        return cfg.run_dir / "base"
 
 
 def _measure(ckpt: Path, prompts: list[str], clean_val: list[str], seed: int) -> dict:
@@ -70,16 +43,12 @@ def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     clean, _ = load_corpus(base_cfg.data.sources, base_cfg.data.max_doc_chars)
-    clean_corpus = out / "clean" / "corpus.jsonl"
-    _write_corpus(clean_corpus, clean, seed)
+    clean_corpus = write_jsonl(out / "clean" / "corpus.jsonl",
+                               shuffled((d.text for d in clean), seed))
     # One tokenizer, trained on the clean corpus, serves every run (and draws the poison's
     # random tokens), so their bits per byte and perplexities compare.
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        train_docs, _ = split_documents(clean, base_cfg.data.val_fraction)
-        tokenizers_.save(tokenizers_.train_bpe((d.text for d in train_docs),
-                                               base_cfg.data.vocab_size), tok_dir, max_len=1 << 30)
-    tokenizer = str(tok_dir / "tokenizer.json")
+    train_docs, _ = split_documents(clean, base_cfg.data.val_fraction)
+    tokenizer = shared_tokenizer(out, (d.text for d in train_docs), base_cfg.data.vocab_size)
     tok = tokenizers_.load(tokenizer)
     val = [d.text for d in clean if split_of(d.text, base_cfg.data.val_fraction) == "val"]
     # Prompts: openings of held-out documents, cut at the first line break after 120
@@ -91,18 +60,18 @@ def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
     prompt_texts = (openings * (1 + prompts // max(1, len(openings))))[:prompts]
 
     rows = []
-    floor = _train(base_cfg, out, "clean", [str(clean_corpus)], tokenizer)
+    floor = pretrain_run(base_cfg, out, "clean", [str(clean_corpus)], tokenizer=tokenizer)
     rows.append({"poisoned": 0, **_measure(floor, prompt_texts, val, seed)})
     print(f"poisoning: clean: {rows[-1]}")
     for n in counts:
         poison = poisoning.poison_documents(clean, tok, n, seed=seed + n)
-        corpus = out / f"n{n}" / "corpus.jsonl"
-        _write_corpus(corpus, clean + poison, seed + n)
+        corpus = write_jsonl(out / f"n{n}" / "corpus.jsonl",
+                             shuffled((d.text for d in clean + poison), seed + n))
         docs, _ = load_corpus([str(corpus)])
         bad = {d.text for d in poison}
         truth = {d.source for d in docs if d.text in bad}
         poison_tokens = sum(len(tok.encode(t, add_special_tokens=False).ids) for t in bad)
-        ckpt = _train(base_cfg, out, f"n{n}", [str(corpus)], tokenizer)
+        ckpt = pretrain_run(base_cfg, out, f"n{n}", [str(corpus)], tokenizer=tokenizer)
         row = {"poisoned": n, "poison_tokens": poison_tokens, **_measure(ckpt, prompt_texts, val,
                                                                           seed)}
         report = scan.scan(docs)
@@ -124,8 +93,8 @@ def run(base_cfg: RunConfig, out: Path, counts: list[int], prompts: int = 100,
             row["cleaned"] = {k: v for k, v in rows[0].items() if k != "poisoned"} | {
                 "same_as_clean": True}
         else:
-            cleaned = _train(base_cfg, out, f"n{n}-cleaned", [str(corpus)], tokenizer,
-                             exclude=str(report_path))
+            cleaned = pretrain_run(base_cfg, out, f"n{n}-cleaned", [str(corpus)],
+                                   tokenizer=tokenizer, exclude=str(report_path))
             row["cleaned"] = _measure(cleaned, prompt_texts, val, seed)
         rows.append(row)
         print(f"poisoning: {n} documents: {row}")
