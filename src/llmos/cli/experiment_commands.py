@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from llmos.cli.flags import RAW, add_config_args, resolve_config
 
 
 def add_experiment(sub) -> None:
-    s = sub.add_parser("experiment", help="studies that train several models: poisoning",
+    s = sub.add_parser("experiment", help="studies that train models to test a claim: "
+                       "poisoning, reversal-curse, knowledge-extraction",
                        description="Heavier studies, each training several models and ending in "
                        "a table (docs/ quotes them).", formatter_class=RAW)
     names = s.add_subparsers(dest="name", required=True, metavar="NAME")
@@ -37,7 +39,92 @@ def add_experiment(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/poisoning", help="output folder (default "
                    "runs/poisoning)")
-    p.set_defaults(func=cmd_experiment_poisoning)
+    p.set_defaults(func=_stoppable(cmd_experiment_poisoning))
+    add_reversal_curse(names)
+    add_knowledge_extraction(names)
+
+
+def _stoppable(command):
+    """An experiment whose training was interrupted (and saved) ends with a message and exit
+    status 130, not a traceback and not a table of half-trained models."""
+    def run(args):
+        from llmos.experiments.runs import Stopped
+
+        try:
+            command(args)
+        except Stopped as e:
+            print(f"llmos experiment {args.name}: {e}", file=sys.stderr)
+            sys.exit(130)
+    return run
+
+
+def _add_scale(p) -> None:
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the people, the documents and the training steps by this, "
+                        "for a bigger model on a GPU (e.g. --preset gpu-d12 --scale 10)")
+
+
+def _scaled(n: int, scale: float) -> int:
+    if scale <= 0:
+        raise ValueError(f"--scale {scale}: give a positive number")
+    return max(1, round(n * scale)) if n else 0
+
+
+def add_reversal_curse(names) -> None:
+    p = names.add_parser(
+        "reversal-curse", formatter_class=RAW,
+        help="teach facts in one order ('A is B'), ask them in both: a model does not learn "
+             "'B is A'",
+        description="The reversal curse of Berglund et al. (2023) at CPU scale: fictitious "
+        "people taught in one order (name -> description, description -> name, both, child -> "
+        "mother) in 8 phrasings, asked in 4 held-out phrasings in the trained order and "
+        "reversed; exact match and the right answer's rank against 9 wrong ones, with 95% "
+        "intervals over people; then fresh people with the facts in the prompt (the reverse "
+        "works in context, once reading documents taught reading). By default the facts are "
+        "mixed into the preset's corpus and a model "
+        "is pretrained from scratch (about 5 minutes for cpu-tiny on 2 cores); --base CKPT "
+        "continues pretraining a checkpoint on the facts alone. Writes OUT/results.md, "
+        "OUT/results.json, OUT/items.jsonl and OUT/reversal.png.")
+    add_config_args(p, naming=False)
+    p.add_argument("--people", type=int, default=50,
+                   help="people in each of the four subsets (default 50)")
+    p.add_argument("--rounds", type=int, default=20,
+                   help="times every training sentence appears in the corpus (default 20)")
+    p.add_argument("--reading", type=int, default=3000,
+                   help="reading documents: facts about other people stated and then restated "
+                        "in either order, so the model learns to read a fact in its prompt "
+                        "(default 3000; 0 = none)")
+    p.add_argument("--base", default="", metavar="CKPT",
+                   help="continue pretraining this checkpoint on the facts alone instead of "
+                        "pretraining from scratch")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's when pretraining, 600 when "
+                        "continuing a --base)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/reversal-curse",
+                   help="output folder (default runs/reversal-curse)")
+    _add_scale(p)
+    p.set_defaults(func=_stoppable(cmd_experiment_reversal_curse))
+
+
+def cmd_experiment_reversal_curse(args):
+    from llmos.experiments import reversal_curse
+
+    people = _scaled(args.people, args.scale)
+    if people < reversal_curse.WRONG + 1:
+        raise ValueError(f"--people must be at least {reversal_curse.WRONG + 1} (each question "
+                         f"has {reversal_curse.WRONG} wrong answers from the same subset)")
+    if args.rounds < 1 or args.reading < 0 or (args.steps is not None and args.steps < 1):
+        raise ValueError("--rounds and --steps must be positive, --reading not negative")
+    if args.base and not (Path(args.base) / "model.safetensors").exists():
+        raise FileNotFoundError(f"--base {args.base}: not a checkpoint folder")
+    cfg = resolve_config(args)
+    steps = _scaled(args.steps or (600 if args.base else cfg.train.max_steps), args.scale)
+    results = reversal_curse.run(cfg, Path(args.out), people=people,
+                                 rounds=args.rounds, reading=_scaled(args.reading, args.scale),
+                                 base=args.base, steps=steps, seed=args.seed)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"experiment reversal-curse: {results['seconds']:.0f}s -> {args.out}/results.md")
 
 
 def cmd_experiment_poisoning(args):
@@ -58,3 +145,60 @@ def cmd_experiment_poisoning(args):
     results = poisoning.run(cfg, Path(args.out), counts, args.prompts, args.seed)
     print((Path(args.out) / "results.md").read_text())
     print(f"experiment poisoning: {results['seconds']:.0f}s -> {args.out}/results.md")
+
+
+def add_knowledge_extraction(names) -> None:
+    from llmos.experiments.knowledge_extraction import CONDITIONS
+
+    p = names.add_parser(
+        "knowledge-extraction", formatter_class=RAW,
+        help="memorized is not usable: QA on people known only from biographies, with and "
+             "without augmented biographies",
+        description="Allen-Zhu & Li (2023, Physics of Language Models 3.1) at CPU scale: "
+        "fictitious people with six attributes; pretrain on their biographies (single: one "
+        "each; augmented: five each, sentences shuffled, the full name in every sentence; "
+        "mixed: one each plus the training half's questions), finetune question answering on "
+        "half the people, and ask the same questions about the other half; also inverse "
+        "search ('Who was born on ... in ...?'). Exact match with 95% intervals over people. "
+        "Three pretrainings and two short finetunings (about 15 minutes for cpu-tiny on 2 "
+        "cores). Writes OUT/results.md, OUT/results.json, OUT/items.jsonl and "
+        "OUT/extraction.png.")
+    add_config_args(p, naming=False)
+    p.add_argument("--people", type=int, default=500, help="people (default 500; half are "
+                   "the training half)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="pretraining steps of each condition (default: the preset's)")
+    p.add_argument("--qa-steps", type=int, default=300,
+                   help="question-answering finetuning steps (default 300; at 150 the "
+                        "format was not learned: 39%% on the training half, docs/LOG.md)")
+    p.add_argument("--conditions", default=",".join(CONDITIONS),
+                   help=f"which pretraining texts, comma-separated (default "
+                        f"{','.join(CONDITIONS)})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/knowledge-extraction",
+                   help="output folder (default runs/knowledge-extraction)")
+    _add_scale(p)
+    p.set_defaults(func=_stoppable(cmd_experiment_knowledge_extraction))
+
+
+def cmd_experiment_knowledge_extraction(args):
+    from llmos.experiments import knowledge_extraction as ke
+
+    conditions = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    unknown = [c for c in conditions if c not in ke.CONDITIONS]
+    if unknown or not conditions:
+        raise ValueError(f"--conditions {args.conditions!r}: choose from "
+                         f"{', '.join(ke.CONDITIONS)}")
+    people = _scaled(args.people, args.scale)
+    if people < 2 * (ke.WRONG + 1):
+        raise ValueError(f"--people must be at least {2 * (ke.WRONG + 1)}")
+    if (args.steps is not None and args.steps < 1) or args.qa_steps < 1:
+        raise ValueError("--steps and --qa-steps must be positive")
+    cfg = resolve_config(args)
+    results = ke.run(cfg, Path(args.out), people=people,
+                     steps=_scaled(args.steps or cfg.train.max_steps, args.scale),
+                     qa_steps=_scaled(args.qa_steps, args.scale), conditions=conditions,
+                     seed=args.seed)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"experiment knowledge-extraction: {results['seconds']:.0f}s -> "
+          f"{args.out}/results.md")

@@ -86,10 +86,19 @@ def pretrain_run(base_cfg: RunConfig, out: Path, name: str, sources: list[str], 
     cfg.train.eval_every = min(cfg.train.eval_every, cfg.train.max_steps)
     info = checkpoint.read_info(cfg.run_dir / "base")
     try:
-        return pretrain.run(cfg, resume=bool(info) and not info.get("final"))
+        ckpt = pretrain.run(cfg, resume=bool(info) and not info.get("final"))
     except pretrain.AlreadyTrained as e:
         print(f"{name}: {e}")
         return cfg.run_dir / "base"
     except pretrain.StaleCheckpoint as e:
         print(f"{name}: {e}: training it again")
-        return pretrain.run(cfg, overwrite=True)
+        ckpt = pretrain.run(cfg, overwrite=True)
+    if not checkpoint.read_info(ckpt).get("final"):
+        # Ctrl-C or SIGTERM saved the run part-way: stop here rather than measure it.
+        raise Stopped(f"{name} stopped at a checkpoint before its last step; run the same "
+                      "command again to continue it")
+    return ckpt
+
+
+class Stopped(Exception):
+    """A run was interrupted (and saved); the experiment goes no further."""
