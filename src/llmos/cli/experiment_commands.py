@@ -79,10 +79,11 @@ def add_reversal_curse(names) -> None:
         "people taught in one order (name -> description, description -> name, both, child -> "
         "mother) in 8 phrasings, asked in 4 held-out phrasings in the trained order and "
         "reversed; exact match and the right answer's rank against 9 wrong ones, with 95% "
-        "intervals over people; then fresh people with the facts in the prompt (the reverse "
-        "works in context, once reading documents taught reading). By default the facts are "
-        "mixed into the preset's corpus and a model "
-        "is pretrained from scratch (about 5 minutes for cpu-tiny on 2 cores); --base CKPT "
+        "intervals over people; then, as a control, fresh people with four facts in the "
+        "prompt, asked in the order written and reversed (GPT-3 reverses what it reads; "
+        "cpu-tiny reads neither order, docs/experiments.md). By default the facts are mixed "
+        "into the preset's corpus and a model is pretrained from scratch (about 5 minutes "
+        "for cpu-tiny on 2 cores); --base CKPT "
         "continues pretraining a checkpoint on the facts alone. Writes OUT/results.md, "
         "OUT/results.json, OUT/items.jsonl and OUT/reversal.png.")
     add_config_args(p, naming=False)

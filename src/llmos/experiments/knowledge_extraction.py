@@ -93,6 +93,7 @@ def qa(bio: Biography, attribute: str) -> tuple[str, str]:
 
 
 def build(n_people: int, seed: int, val_fraction: float) -> dict:
+    """The people, every corpus the conditions draw on, and the questions, all from the seed."""
     rng = random.Random(seed)
     persons = fictional.people(n_people + 8, rng)
     bios = fictional.biographies(persons, rng)
@@ -112,14 +113,15 @@ def build(n_people: int, seed: int, val_fraction: float) -> dict:
                                                 for a in rng.sample(ATTRIBUTES, 4)),
                             "val", val_fraction) for _ in range(8)]
 
+    # Wrong answers: other people's values of the same attribute (or other names).
+    values = {a: sorted({qa(b, a)[1] for b in bios}) for a in (*ATTRIBUTES, "inverse")}
     items = []
     for half, bs in (("train", train_half), ("test", test_half)):
         for b in bs:
-            others = [o for o in bios if o is not b]
             for a in (*ATTRIBUTES, "inverse"):
                 prompt, answer = qa(b, a)
                 key = "person" if a == "inverse" else a
-                pool = sorted({qa(o, a)[1] for o in others} - {answer})
+                pool = [v for v in values[a] if v != answer]
                 wrong = rng.sample(pool, min(WRONG, len(pool)))
                 items.append(Item(b.person.name, prompt, answer, wrong,
                                   {"half": half, "attribute": key}))

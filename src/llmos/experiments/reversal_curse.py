@@ -8,11 +8,12 @@
 Four subsets of people, each taught in one order: name → description ("Daphne Barrington is the
 architect of the crimson harbor bridge"), description → name, both orders, and child → mother
 ("Jasper Lockhart's mother is Rowena Pickering"). A held-out question ends where the answer
-starts; the answer is scored against nine wrong answers of the same kind. Then fresh people, with
-their facts in the prompt instead of the parameters: the reverse works in context. A model of a
-few million parameters does not read facts off its prompt from the corpus alone (the first run
-found chance in both orders, docs/experiments.md), so the training text also has reading
-documents: facts about yet other people, then two of them restated, one in each order.
+starts; the answer is scored against nine wrong answers of the same kind. Then, as a control,
+fresh people with their facts in the prompt instead of the parameters, asked in the order
+written and reversed: GPT-3 reverses what it reads. The training text also has reading
+documents (facts about yet other people, then two of them restated, one in each order) to teach
+reading a fact off the page; cpu-tiny learned it neither with nor without them
+(docs/experiments.md).
 
 Writes OUT/results.json, OUT/items.jsonl (every question and what the model did),
 OUT/results.md (beside the paper's numbers) and OUT/reversal.png.
