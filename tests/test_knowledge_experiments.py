@@ -86,6 +86,16 @@ def test_training_documents_hold_every_sentence_once_a_round_and_stay_in_trainin
         runs.in_split(lambda: "always the same", "val", 0.0, tries=5)
 
 
+def test_the_shared_tokenizer_follows_the_experiment_text(tmp_path, capsys):
+    texts = [f"Ann Vale was born in Port Alder in {1900 + k}." for k in range(50)]
+    path = runs.shared_tokenizer(tmp_path, texts, 300)
+    first = (tmp_path / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+    assert runs.shared_tokenizer(tmp_path, texts, 300) == path  # the same text: reused
+    assert (tmp_path / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == first
+    runs.shared_tokenizer(tmp_path, texts + ["Zebedee Quartermain works in Westerly."], 300)
+    assert "training the tokenizer again" in capsys.readouterr().out
+
+
 def test_biographies_single_augmented_and_questions():
     data = ke.build(40, seed=1, val_fraction=0.05)
     assert data["single"] == ke.build(40, seed=1, val_fraction=0.05)["single"]

@@ -161,7 +161,7 @@ def add_knowledge_extraction(names) -> None:
         "mixed: one each plus the training half's questions), finetune question answering on "
         "half the people, and ask the same questions about the other half; also inverse "
         "search ('Who was born on ... in ...?'). Exact match with 95% intervals over people. "
-        "Three pretrainings and two short finetunings (about 15 minutes for cpu-tiny on 2 "
+        "Three pretrainings and two short finetunings (about 14 minutes for cpu-tiny on 2 "
         "cores). Writes OUT/results.md, OUT/results.json, OUT/items.jsonl and "
         "OUT/extraction.png.")
     add_config_args(p, naming=False)

@@ -4,6 +4,7 @@ interrupted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable
@@ -62,10 +63,19 @@ def packed(pieces: list[str], per_document: int, val_fraction: float, rng: rando
 
 def shared_tokenizer(out: Path, texts: Iterable[str], vocab_size: int) -> str:
     """One BPE tokenizer trained on `texts` for every run of an experiment (so their figures
-    compare), trained once and reused."""
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
+    compare), trained once and reused while the texts and vocab_size stay the same."""
+    texts = list(texts)
+    h = hashlib.sha256(str(vocab_size).encode())
+    for t in texts:
+        h.update(hashlib.sha256(t.encode()).digest())
+    tok_dir, stamp = out / "tokenizer", out / "tokenizer" / "inputs.sha256"
+    have = (tok_dir / "tokenizer.json").exists()
+    if have and stamp.exists() and stamp.read_text() != h.hexdigest():
+        print(f"{tok_dir}: the experiment's text changed; training the tokenizer again")
+        have = False
+    if not have:
         tokenizers_.save(tokenizers_.train_bpe(texts, vocab_size), tok_dir, max_len=1 << 30)
+    stamp.write_text(h.hexdigest())  # (a tokenizer from before stamps is taken as it is)
     return str(tok_dir / "tokenizer.json")
 
 
