@@ -58,7 +58,9 @@ def _stoppable(command):
     return run
 
 
-def _add_scale(p) -> None:
+def _add_seed_out_scale(p, out: str) -> None:
+    p.add_argument("--seed", type=int, default=0, help="draws the people and their facts")
+    p.add_argument("--out", default=out, help=f"output folder (default {out})")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply the people, the documents and the training steps by this, "
                         "for a bigger model on a GPU (e.g. --preset gpu-d12 --scale 10)")
@@ -101,10 +103,7 @@ def add_reversal_curse(names) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's when pretraining, 600 when "
                         "continuing a --base)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/reversal-curse",
-                   help="output folder (default runs/reversal-curse)")
-    _add_scale(p)
+    _add_seed_out_scale(p, "runs/reversal-curse")
     p.set_defaults(func=_stoppable(cmd_experiment_reversal_curse))
 
 
@@ -175,10 +174,7 @@ def add_knowledge_extraction(names) -> None:
     p.add_argument("--conditions", default=",".join(CONDITIONS),
                    help=f"which pretraining texts, comma-separated (default "
                         f"{','.join(CONDITIONS)})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/knowledge-extraction",
-                   help="output folder (default runs/knowledge-extraction)")
-    _add_scale(p)
+    _add_seed_out_scale(p, "runs/knowledge-extraction")
     p.set_defaults(func=_stoppable(cmd_experiment_knowledge_extraction))
 
 
