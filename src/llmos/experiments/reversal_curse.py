@@ -101,6 +101,17 @@ def build(people_per_subset: int, in_context_people: int, seed: int,
     for p in subsets["child_to_mother"]:
         sentences += [fill(f, p.name, mother_of[p.name], p.child_word) for f in CHILD_TRAIN]
 
+    def ask(frame, p, name_first, wrong, tags, context=""):
+        """p's fact asked name first (-> description) or description first (-> name); the
+        wrong answers are the same part of the `wrong` people's facts."""
+        if name_first:
+            prompt, answer = question(frame, p.name, desc_of[p.name])
+            wrongs = [" " + desc_of[q.name] for q in wrong]
+        else:
+            prompt, answer = question(frame, desc_of[p.name], p.name)
+            wrongs = [" " + q.name for q in wrong]
+        return Item(p.name, context + prompt, answer, wrongs, tags)
+
     items = []
     for s in SUBSETS[:3]:
         group = subsets[s]
@@ -111,13 +122,7 @@ def build(people_per_subset: int, in_context_people: int, seed: int,
             for frame in TEST_FRAMES:
                 for name_first in (True, False):
                     direction = "forward" if name_first == forward_name_first else "reverse"
-                    if name_first:
-                        prompt, answer = question(frame, p.name, desc_of[p.name])
-                        wrongs = [" " + desc_of[q.name] for q in wrong]
-                    else:
-                        prompt, answer = question(frame, desc_of[p.name], p.name)
-                        wrongs = [" " + q.name for q in wrong]
-                    items.append(Item(p.name, prompt, answer, wrongs, {
+                    items.append(ask(frame, p, name_first, wrong, {
                         "subset": s, "direction": direction, "frame": frame}))
     group = subsets["child_to_mother"]
     for p in group:
@@ -147,16 +152,10 @@ def build(people_per_subset: int, in_context_people: int, seed: int,
             context = " ".join(rng.sample(facts, len(facts)))
             frame = rng.choice(TEST_FRAMES)
             for asked_name_first in (True, False):
-                if asked_name_first:
-                    prompt, answer = question(frame, p.name, desc_of[p.name])
-                    wrongs = [" " + desc_of[q.name] for q in others]
-                else:
-                    prompt, answer = question(frame, desc_of[p.name], p.name)
-                    wrongs = [" " + q.name for q in others]
-                items.append(Item(p.name, context + " " + prompt, answer, wrongs, {
+                items.append(ask(frame, p, asked_name_first, others, {
                     "subset": "in_context", "frame": frame,
                     "direction": "forward" if asked_name_first == stated_name_first
-                    else "reverse"}))
+                    else "reverse"}, context=context + " "))
     # Validation text in the facts' style, about people no question asks about.
     held_out = [(p.name, desc_of[p.name]) for p in unasked]
     return {"sentences": sentences, "items": items, "subsets": subsets, "desc_of": desc_of,
