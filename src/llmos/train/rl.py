@@ -227,10 +227,17 @@ class Sampler:
         return {k: sum(s[k] for s in done) / len(done) for k in done[0]} if done else {}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "draws": self.draws}
+        # The batch in use too: a run stopped between two updates on one batch resumes with
+        # the second update on that batch, not a fresh sample.
+        return {"epoch": self.epoch, "index": self.index, "draws": self.draws,
+                "uses": self.uses, "cached": None if self.cached is None else {
+                    k: getattr(self.cached, k) for k in Batch.__dataclass_fields__}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index, self.draws = state["epoch"], state["index"], state["draws"]
+        self.uses, cached = state.get("uses", 0), state.get("cached")
+        self.cached = None if cached is None else Batch(
+            **{k: v.to(self.device) for k, v in cached.items()})
         self._order = self._shuffle()
 
 

@@ -160,7 +160,9 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
     rt = setup()
     try:
         tok = tokenizers_.load(parent)
-        model = checkpoint.load_model(out if resume else parent)
+        # A LoRA run resumes from its parent plus the adapters it saved (its merged weights
+        # would be adapted twice).
+        model = checkpoint.load_model(out if resume and not s.lora_rank else parent)
         if t.seq_len > model.cfg.max_seq_len:
             raise ValueError(f"sft.train.seq_len {t.seq_len} exceeds the model's context "
                              f"{model.cfg.max_seq_len}")
@@ -175,9 +177,10 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                  if packed.too_long + held.too_long else ""))
 
         if s.lora_rank:
-            if resume:
-                raise ValueError("--resume is for full finetuning; rerun LoRA from the parent")
             n = lora.add_adapters(model, s.lora_rank, s.lora_alpha, s.lora_targets)
+            if resume:
+                resume_adapters(model, out, {"rank": s.lora_rank, "alpha": s.lora_alpha,
+                                             "targets": s.lora_targets})
             print(f"sft: LoRA rank {s.lora_rank} on {', '.join(s.lora_targets)}: "
                   f"{n:,} trainable parameters of {model.num_params():,}")
         model = model.to(rt.device)
@@ -211,8 +214,9 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                                  "targets": s.lora_targets, "adapter": "adapter/"}
 
         def save(m, info, state):
-            checkpoint.save(out, m, tok_dir, {**info_base, **info},
-                            state if not s.lora_rank else None)
+            if s.lora_rank:  # the adapters themselves, exactly, for --resume
+                state = {**state, "lora": lora.adapter_state(m)}
+            checkpoint.save(out, m, tok_dir, {**info_base, **info}, state)
             if s.lora_rank:
                 lora.save_adapter(m, out / "adapter", s.lora_rank, s.lora_alpha,
                                   s.lora_targets, str(parent))
@@ -227,6 +231,22 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         return out
     finally:
         teardown()
+
+
+def resume_adapters(model, ckpt_dir: Path, wanted: dict) -> None:
+    """Put the adapters a stopped LoRA run kept in its trainer state back on `model` (already
+    adapted with the `wanted` rank, alpha and targets), refusing a run made with others."""
+    saved = checkpoint.read_info(ckpt_dir).get("lora")
+    if saved is None:
+        raise ValueError(f"--resume: {ckpt_dir} is not a LoRA run")
+    differs = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+    if differs:
+        raise ValueError(f"--resume: {ckpt_dir} was trained with other LoRA settings: "
+                         + ", ".join(f"{k} {a} (now {b})" for k, (a, b) in differs.items()))
+    weights = checkpoint.load_trainer_state(ckpt_dir).get("lora")
+    if weights is None or set(weights) != set(lora.adapter_state(model)):
+        raise ValueError(f"--resume: {ckpt_dir} holds no adapters for this model")
+    model.load_state_dict(weights, strict=False)
 
 
 def evaluate_tasks(model, tok, heldout: list[Conversation], limit: int, out: Path) -> dict:
