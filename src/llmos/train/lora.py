@@ -3,8 +3,11 @@
 
 The update is a `torch.nn.utils.parametrize` parametrization of each target's weight, so the
 model keeps its structure: `layer.weight` *is* the merged weight, a checkpoint saved from an
-adapted model is already merged, and the adapters alone (`adapter.safetensors` +
-`adapter.json`) can be saved, shipped and merged onto the base model later.
+adapted model is already merged, and the adapters alone can be saved, shipped and merged onto
+the base model later. They are saved in Hugging Face PEFT's layout (`adapter_config.json` +
+`adapter_model.safetensors`, see `peft_format`), so `peft` loads them onto the transformers
+model of the base checkpoint, and adapters trained with `peft` load here; llmos's earlier layout
+(`adapter.json` + `adapter.safetensors`) still loads.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
+from llmos.train import peft_format
+
 
 class LoRAUpdate(nn.Module):
-    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float):
+    def __init__(self, out_features: int, in_features: int, rank: int, scale: float):
         super().__init__()
-        self.scale = alpha / rank
+        self.scale = scale  # alpha / r when trained here; what the file says when loaded
         # B starts at zero, so the adapted model starts exactly at the base model.
         self.A = nn.Parameter(torch.empty(rank, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, rank))
@@ -48,7 +53,8 @@ def add_adapters(model: nn.Module, rank: int, alpha: float, names: list[str]) ->
         p.requires_grad_(False)
     for _, layer in targets(model, names):
         out_f, in_f = layer.weight.shape
-        parametrize.register_parametrization(layer, "weight", LoRAUpdate(out_f, in_f, rank, alpha))
+        update = LoRAUpdate(out_f, in_f, rank, alpha / rank)
+        parametrize.register_parametrization(layer, "weight", update.to(layer.weight.device))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -56,18 +62,75 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def adapters(model: nn.Module) -> dict[str, LoRAUpdate]:
+    """{layer name: its LoRA update} for every adapted layer."""
+    return {n: m.parametrizations.weight[0] for n, m in model.named_modules()
+            if parametrize.is_parametrized(m, "weight")
+            and isinstance(m.parametrizations.weight[0], LoRAUpdate)}
+
+
 def save_adapter(model: nn.Module, out_dir: str | Path, rank: int, alpha: float,
                  names: list[str], base: str) -> None:
+    """Write the adapters in PEFT's layout; `base` is recorded as base_model_name_or_path
+    (made absolute when it is a local folder, so `AutoPeftModelForCausalLM` finds it)."""
+    found = adapters(model)
+    odd = [n for n, u in found.items()
+           if u.A.shape[0] != rank or abs(u.scale - alpha / rank) > 1e-12 * abs(u.scale)]
+    if odd or not found:  # PEFT's config holds one r and one alpha for every module
+        raise ValueError(f"save_adapter: {odd[:2] or 'no layers'} are not rank {rank}, "
+                         f"alpha {alpha} adapters")
+    tensors = peft_format.to_peft(model.cfg, {n: (u.A, u.B) for n, u in found.items()})
+    modules = [k[len(peft_format.PREFIX):-len(".lora_A.weight")] for k in tensors
+               if k.endswith(".lora_A.weight")]
+    base = str(Path(base).resolve()) if Path(base).is_dir() else base
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state(model), str(out / "adapter.safetensors"))
-    (out / "adapter.json").write_text(json.dumps(
-        {"rank": rank, "alpha": alpha, "targets": names, "base": base}, indent=2))
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps(
+        peft_format.config(rank, alpha, modules, base), indent=2))
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path) -> dict:
-    """Attach the adapters saved in `adapter_dir` to a base model (then `merge` or use as is)."""
+    """Attach the adapters saved in `adapter_dir` (PEFT's layout or llmos's earlier one) to a
+    base model, then `merge` or use as is. Returns what the adapter says of itself."""
     d = Path(adapter_dir)
+    if (d / "adapter_config.json").exists():
+        return load_peft(model, d)
+    if (d / "adapter.json").exists():
+        return load_llmos(model, d)
+    if (d / "adapter_model.bin").exists():
+        raise ValueError(f"{d}: adapter_model.bin is a pickle, which llmos does not load; "
+                         "save it with safe_serialization=True (adapter_model.safetensors)")
+    raise FileNotFoundError(f"{d}: no adapter_config.json (PEFT) or adapter.json (llmos)")
+
+
+def load_peft(model: nn.Module, d: Path) -> dict:
+    cfg = json.loads((d / "adapter_config.json").read_text())
+    if not (d / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"{d}: adapter_config.json without adapter_model.safetensors")
+    weights = load_file(str(d / "adapter_model.safetensors"))
+    found = peft_format.from_peft(model.cfg, cfg, weights)
+    peft_format.check_base_copies(model.cfg, weights, lambda n: model.get_submodule(n).weight)
+    if not found:
+        raise ValueError(f"{d}: adapter_model.safetensors holds no LoRA tensors")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, (A, B, scale) in found.items():
+        layer = model.get_submodule(name)
+        if (B.shape[0], A.shape[1]) != tuple(layer.weight.shape):
+            raise ValueError(f"{d}: the adapter of {name} is {B.shape[0]}x{A.shape[1]}, the "
+                             f"model's weight {tuple(layer.weight.shape)}")
+        update = LoRAUpdate(B.shape[0], A.shape[1], A.shape[0], scale)
+        with torch.no_grad():
+            update.A.copy_(A)
+            update.B.copy_(B)
+        parametrize.register_parametrization(layer, "weight", update.to(layer.weight.device))
+    return {"format": "peft", "rank": cfg.get("r"), "alpha": cfg.get("lora_alpha"),
+            "targets": sorted({n.rsplit(".", 1)[-1] for n in found}),
+            "base": cfg.get("base_model_name_or_path")}
+
+
+def load_llmos(model: nn.Module, d: Path) -> dict:
     meta = json.loads((d / "adapter.json").read_text())
     add_adapters(model, meta["rank"], meta["alpha"], meta["targets"])
     weights = load_file(str(d / "adapter.safetensors"))
