@@ -94,8 +94,8 @@ def test_lora_trains_only_adapters_and_merges_back(base, tmp_path):
                      eval_every=0, dtype="fp32").items():
         setattr(cfg.sft.train, k, v)
     out = sft.run(cfg, ckpt, tmp_path / "sft-lora")
-    assert (out / "adapter" / "adapter.safetensors").exists()
-    assert json.loads((out / "adapter" / "adapter.json").read_text())["rank"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").exists()  # PEFT's layout
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
     base_model = checkpoint.load_model(ckpt)
     merged_saved = checkpoint.load_model(out)
