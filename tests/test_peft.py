@@ -210,6 +210,17 @@ def test_a_changed_base_weight_saved_with_the_adapter_is_refused(base_dir, tmp_p
         lora.load_adapter(checkpoint.load_model(base_dir), tmp_path)
 
 
+def test_lm_head_adapters_need_untied_embeddings(base_dir, tmp_path):
+    # Merged into a tied lm_head, the update would change the embedding matrix too.
+    peft_adapter(base_dir, tmp_path, r=2, lora_alpha=4, target_modules=["lm_head"])
+    tied = checkpoint.load_model(base_dir)
+    tied.cfg.tie_embeddings = True
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        lora.load_adapter(tied, tmp_path)
+    with pytest.raises(ValueError, match="untied"):
+        lora.add_adapters(tied, rank=2, alpha=4, names=["lm_head"])
+
+
 def test_an_adapter_for_another_model_is_refused(base_dir, tmp_path):
     peft_adapter(base_dir, tmp_path, r=2, lora_alpha=4, target_modules=["gate_proj"])
     other = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -239,7 +250,6 @@ def test_the_earlier_adapter_json_layout_still_loads(base_dir, tmp_path):
 # ---- end to end: llmos sft --lora-rank -> AutoPeftModelForCausalLM ---------------------------
 
 
-@pytest.mark.slow
 def test_a_lora_sft_run_loads_in_peft_from_its_adapter_folder(tmp_path_factory, tmp_path,
                                                               corpus_dir):
     from conftest import pretrained_tiny, write_jsonl

@@ -45,13 +45,22 @@ def targets(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Linear]]:
     return found
 
 
+def refuse_tied(model: nn.Module, name: str) -> None:
+    """A tied output matrix is the embedding itself: merging an adapter into it would change
+    the inputs too, and the checkpoint stores one matrix for both."""
+    if name == "lm_head" and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+        raise ValueError("LoRA on lm_head needs untied embeddings (this model ties them: "
+                         "tie_word_embeddings)")
+
+
 def add_adapters(model: nn.Module, rank: int, alpha: float, names: list[str]) -> int:
     """Freeze the model and attach adapters; returns the number of trainable parameters."""
     if rank <= 0:
         raise ValueError("LoRA rank must be positive")
     for p in model.parameters():
         p.requires_grad_(False)
-    for _, layer in targets(model, names):
+    for name, layer in targets(model, names):
+        refuse_tied(model, name)
         out_f, in_f = layer.weight.shape
         update = LoRAUpdate(out_f, in_f, rank, alpha / rank)
         parametrize.register_parametrization(layer, "weight", update.to(layer.weight.device))
@@ -113,6 +122,8 @@ def load_peft(model: nn.Module, d: Path) -> dict:
     peft_format.check_base_copies(model.cfg, weights, lambda n: model.get_submodule(n).weight)
     if not found:
         raise ValueError(f"{d}: adapter_model.safetensors holds no LoRA tensors")
+    for name in found:
+        refuse_tied(model, name)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, (A, B, scale) in found.items():
