@@ -177,6 +177,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                  if packed.too_long + held.too_long else ""))
 
         if s.lora_rank:
+            torch.manual_seed(t.seed)  # the adapters' random start: the same run, the same A
             n = lora.add_adapters(model, s.lora_rank, s.lora_alpha, s.lora_targets)
             if resume:
                 resume_adapters(model, out, {"rank": s.lora_rank, "alpha": s.lora_alpha,
