@@ -14,6 +14,7 @@ from llmos import checkpoint, cli
 from llmos import tokenizer as tk
 from llmos.chat_format import CHAT_TEMPLATE
 from llmos.export.gguf import export_gguf, permute, unpermute
+from llmos.export.ollama import go_template
 from llmos.infer.engine import Engine, SamplingParams
 
 gguf = pytest.importorskip("gguf")
@@ -210,11 +211,8 @@ def test_modelfile(exported):
     assert text.startswith("FROM ./model.gguf\n")
     assert 'PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|endoftext|>"\n' in text
     template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
-    assert template == (
-        '{{ range .Messages }}{{ if eq .Role "system" }}<|im_start|>system\n{{ .Content }}'
-        '<|im_end|>\n{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
-        '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
-        '{{ end }}{{ end }}<|im_start|>assistant\n')
+    # llmos's own format: the whole ChatML with tools (its rendering: test_ollama_template.py).
+    assert template == go_template(None, tools=True)
     assert "{{-" not in template  # trimming would eat the format's newlines
 
 

@@ -25,9 +25,10 @@ import torch
 
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizer_
+from llmos.export.ollama import GGUF_NAME, modelfile
 from llmos.export.params import role_affixes, rope_frequencies, tokenizer_meta
 
-GGUF_NAME, MODELFILE_NAME = "model.gguf", "Modelfile"
+MODELFILE_NAME = "Modelfile"
 OUTTYPES = ("f32", "f16", "q8_0")
 
 # llama.cpp's pre-tokenizer for a `gpt2` vocabulary is chosen by name (llama-vocab.cpp). Both
@@ -147,35 +148,6 @@ def bos_token(src: Path, hf_tok, eot: int) -> tuple[int, bool]:
     return bos, hf_tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
 
 
-# ---- Ollama -----------------------------------------------------------------------------------
-
-
-def go_template(fmt: dict) -> str:
-    """The chat format (per-role prefix/suffix, generation prompt) as an Ollama TEMPLATE. Ollama
-    passes the system prompt as the first of .Messages. Only literal text and plain {{ }} actions:
-    a {{- would trim the newlines the format needs."""
-    parts = ["{{ range .Messages }}"]
-    for n, role in enumerate(("system", "user", "assistant")):
-        prefix, suffix = fmt[role]
-        parts.append(("{{ if" if n == 0 else "{{ else if") + f' eq .Role "{role}" }}}}'
-                     + prefix + "{{ .Content }}" + suffix)
-    parts.append("{{ end }}{{ end }}" + fmt["generation_prompt"])
-    text = "".join(parts)
-    if '"""' in text:
-        raise ValueError('the chat format contains """, which a Modelfile cannot quote')
-    return text
-
-
-def modelfile(fmt: dict | None, stops: list[str], note: str | None = None) -> str:
-    lines = [f"FROM ./{GGUF_NAME}", ""]
-    if fmt is not None:
-        lines += ['TEMPLATE """' + go_template(fmt) + '"""', ""]
-    else:
-        lines += [f"# no TEMPLATE: {note}", ""]
-    lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops]
-    return "\n".join(lines) + "\n"
-
-
 # ---- the two files ----------------------------------------------------------------------------
 
 
@@ -209,7 +181,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     except ValueError as e:
         chat_note = f"the chat template has no fixed per-role format ({e})"
     stops = fmt["stop"] if fmt else ends
-    modelfile_text = modelfile(fmt, stops, chat_note)
+    modelfile_text = modelfile(fmt, stops, chat_note, tools=template is None)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,3 @@
+module llmos/ollamarender
+
+go 1.19
