@@ -23,8 +23,8 @@ from llmos.export.params import role_affixes
 
 HARNESS = Path(__file__).parent / "ollama_render"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("go") is None, reason="needs Go to run text/template: apt-get install -y golang-go")
+pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="needs Go to run "
+                                "text/template: apt-get install -y golang-go")
 
 
 @pytest.fixture(scope="module")
