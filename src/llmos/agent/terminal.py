@@ -19,7 +19,9 @@ from llmos.agent.context import ContextBudget
 from llmos.agent.loop import describe_call, engine_stream, model_summarizer, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.infer.engine import Engine, SamplingParams
+from llmos.infer.llamacpp import LlamaCppDecoder
 from llmos.infer.strategies import think
+from llmos.infer.streamed import StreamedModel
 from llmos.infer.think import LocalModel, Think, Thought
 
 HELP = "commands: /reset  /save [FILE]  /system TEXT  /quit"
@@ -28,16 +30,20 @@ HELP = "commands: /reset  /save [FILE]  /system TEXT  /quit"
 class Session:
     def __init__(self, model_dir: str, system: str = "", params: SamplingParams | None = None,
                  tools: bool | dict = True, out=None, thinking: Think | None = None,
-                 summarize: bool = False, prepare=None):
+                 summarize: bool = False, prepare=None, llamacpp=None):
         self.tok = tokenizers_.load(Path(model_dir))
-        model = checkpoint.load_model(model_dir)
-        self.generate = engine_stream(Engine(model))
         self.thinking = thinking.check() if thinking else None
-        self.lm = LocalModel(model, self.tok) if thinking else None
+        if llamacpp is not None:  # llama.cpp decodes; prompts, tools and stops stay ours
+            decoder = LlamaCppDecoder(model_dir, llamacpp)
+            self.generate, context = decoder.stream, decoder.context
+            self.lm = StreamedModel(decoder, self.tok) if thinking else None
+        else:
+            model = checkpoint.load_model(model_dir)
+            self.generate, context = engine_stream(Engine(model)), model.cfg.max_seq_len
+            self.lm = LocalModel(model, self.tok) if thinking else None
         self.params = params or SamplingParams(max_new_tokens=256, temperature=0.7, top_p=0.95)
         # The context window as RAM: each turn's prompt fits it, keeping a quarter (at most the
         # answer's length) for the answer; what gives way is printed.
-        context = model.cfg.max_seq_len
         self.budget = ContextBudget(context, min(self.params.max_new_tokens, context // 4))
         self.summarize = model_summarizer(self.generate, self.tok, context) if summarize else None
         # True: the built-in tools; False: none; a dict: those (a profile's, agent/profiles.py).

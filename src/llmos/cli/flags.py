@@ -90,3 +90,35 @@ def sampling_params(args, **extra):
 
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, seed=args.seed, **extra)
+
+
+# ---- which engine decodes: the native one, or llama.cpp ---------------------------------------
+
+
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """--backend, --gguf-type and --threads (serve, chat)."""
+    p.add_argument("--backend", choices=["native", "llamacpp"], default="native",
+                   help="what decodes: llmos's engine (default; batches concurrent requests) or "
+                   "llama.cpp (fastest single-stream CPU decoding; the checkpoint is exported to "
+                   "CKPT/gguf/ on first use and again when it changes; needs pip install "
+                   "'llmos[llamacpp]'; docs/serving.md)")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f16",
+                   help="--backend llamacpp: the weights' type in the GGUF (default f16; f32 "
+                   "decodes the engine's greedy tokens exactly)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="--backend llamacpp: llama.cpp's threads (default: as many as torch "
+                   "uses)")
+
+
+def llamacpp_options(args):
+    """The llama.cpp options the flags ask for, or None for the native engine."""
+    if args.backend != "llamacpp":
+        for flag, value, default in (("--gguf-type", args.gguf_type, "f16"),
+                                     ("--threads", args.threads, None)):
+            if value != default:
+                raise ValueError(f"{flag} is for --backend llamacpp")
+        return None
+    from llmos.infer.llamacpp import LlamaCppOptions, llama_cpp_module
+
+    llama_cpp_module()  # a missing extra is said before anything loads
+    return LlamaCppOptions(args.gguf_type, args.threads)

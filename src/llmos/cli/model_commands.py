@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llmos.cli.flags import add_sampling_flags, sampling_params
+from llmos.cli.flags import add_backend_flags, add_sampling_flags, llamacpp_options, sampling_params
 
 
 def add_generate(sub) -> None:
@@ -85,6 +85,7 @@ def add_chat(sub) -> None:
                    choices=["number", "choice", "code", "text"],
                    help="what a vote compares: the final number (default), a choice letter, "
                    "the program, or the normalized text")
+    add_backend_flags(s)
     s.set_defaults(func=cmd_chat)
 
 
@@ -148,7 +149,8 @@ def cmd_chat(args):
     if not model:
         raise ValueError("give --model DIR, or a --profile that names a model")
     session = Session(model, system, sampling_params(args), tools=tools, thinking=thinking,
-                      summarize=args.summarize, prepare=prepare)
+                      summarize=args.summarize, prepare=prepare,
+                      llamacpp=llamacpp_options(args))
     if args.message:  # one-shot: answer each message in turn, then exit
         for text in args.message:
             print(f"you> {text}\nassistant> ", end="", flush=True)
@@ -198,6 +200,7 @@ def add_serve(sub) -> None:
                    "that repeats the system prompt or does what the policy forbids (also "
                    "encoded) is withheld; streamed answers then arrive whole. POLICY: a .toml "
                    "file or a shipped policy (default: default; docs/security.md)")
+    add_backend_flags(s)
     s.set_defaults(func=cmd_serve)
 
 
@@ -207,7 +210,7 @@ def cmd_serve(args):
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
           max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
           tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant,
-          profiles=args.profile, guard=args.guard)
+          profiles=args.profile, guard=args.guard, llamacpp=llamacpp_options(args))
 
 
 def add_import(sub) -> None:

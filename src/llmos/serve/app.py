@@ -145,14 +145,15 @@ def output_guard(policy, messages: list[dict]) -> Guard:
 def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None,
                limits: Limits | None = None, builtin_tools: dict | None = None,
                database=None, contestants: list | None = None, device: str = "cpu",
-               max_batch: int = 16, guard_policy=None) -> FastAPI:
+               max_batch: int = 16, guard_policy=None, llamacpp=None) -> FastAPI:
     """The FastAPI app. `builtin_tools` run server-side (default: llmos.agent.tools'
     BUILTIN_TOOLS; {} for none). `database` (a URL or an Engine from db.py) serves the
     profiles stored there and adds their editor (serve/profile_pages.py; new ones load their
     checkpoints on `device`), the arena pages (serve/arena.py): the served models plus
     `contestants` (agent/peers.py), and the labeling pages (serve/labeling.py). With a
     `guard_policy` (agent/policy.py) every chat answer passes the output guard
-    (agent/output_guard.py) before it is sent."""
+    (agent/output_guard.py) before it is sent. `llamacpp` (infer/llamacpp.py's options): the
+    profiles stored in the database decode with llama.cpp, as the served checkpoints do."""
     limits = limits or Limits()
     keys = set(api_keys or [])
     host = None
@@ -161,7 +162,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             else database
         url = database.url.render_as_string(hide_password=False)
         host = ProfileHost(models, ProfileStore(database), url, device, max_batch,
-                           tools=builtin_tools != {})
+                           tools=builtin_tools != {}, llamacpp=llamacpp)
         host.start()
 
     @contextlib.asynccontextmanager
@@ -357,8 +358,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_keys: list[str] | None = None, max_tokens: int = 2048, max_batch: int = 16,
           device: str = "auto", tools: bool = True, database: str | None = None,
           arena_contestants: list[str] | None = None, profiles: list[str] | None = None,
-          guard: str | None = None) -> None:
-    """`guard`: a policy name or file; every chat answer then passes the output guard."""
+          guard: str | None = None, llamacpp=None) -> None:
+    """`guard`: a policy name or file; every chat answer then passes the output guard.
+    `llamacpp` (infer/llamacpp.py's options): decode with llama.cpp instead of the engine."""
     import torch
     import uvicorn
 
@@ -367,8 +369,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if arena_contestants and not database:
         raise ValueError("--arena-contestant needs --db (the arena stores its votes there)")
     guard_policy = load_policy(guard) if guard else None  # a bad file fails before loading
-    models = load_models(specs, device, max_batch)
-    add_profiles(models, profile_files(profiles or [], database), device, max_batch, database)
+    models = load_models(specs, device, max_batch, llamacpp)
+    add_profiles(models, profile_files(profiles or [], database), device, max_batch, database,
+                 llamacpp)
     if not models and not database:
         raise ValueError("nothing to serve: give checkpoints, --profile, or --db (the profiles "
                          "stored there)")
@@ -381,9 +384,11 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000,
     if arena_contestants:
         extra = parse_peers(arena_contestants, device, noun="contestant")
     app = create_app(models, api_keys, Limits(max_tokens=max_tokens), builtin, database, extra,
-                     device, max_batch, guard_policy)
+                     device, max_batch, guard_policy, llamacpp)
     for name, m in models.items():
-        print(f"serving {name} (context {m.context}) on http://{host}:{port}/v1")
+        engine = (f"llama.cpp, {m.scheduler.gguf.name}, {m.scheduler.threads} threads"
+                  if llamacpp else "the engine, batched")
+        print(f"serving {name} (context {m.context}; {engine}) on http://{host}:{port}/v1")
     if guard_policy is not None:
         print(f"output guard: on, policy {guard_policy.name!r} (answers are sent whole, once "
               "checked)")

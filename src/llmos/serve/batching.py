@@ -28,6 +28,7 @@ import torch
 
 from llmos.agent.loop import STOP
 from llmos.infer.engine import SamplingParams, sample_rows
+from llmos.infer.think import mean_logprobs
 from llmos.model import KVCache, Transformer, use_decode_layout
 
 _END = object()  # the row ended without a stop token (budget, context, cancel)
@@ -119,6 +120,10 @@ class Scheduler:
                     return
         finally:
             row.closed.set()  # a no-op for a finished row; drops a running one
+
+    def mean_logprobs(self, prompt, continuations) -> list[float]:
+        """infer/think.py's mean_logprobs on this scheduler's model (a vote's tie-break)."""
+        return mean_logprobs(self.model, prompt, continuations)
 
     def load(self) -> dict:
         """Live counts for /health: rows decoding now and requests waiting to join."""

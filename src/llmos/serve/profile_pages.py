@@ -43,9 +43,11 @@ class ProfileHost:
     as they are edited (one edit at a time)."""
 
     def __init__(self, models: dict[str, ServedModel], store: ProfileStore, database,
-                 device: str = "cpu", max_batch: int = 16, tools: bool = True):
+                 device: str = "cpu", max_batch: int = 16, tools: bool = True,
+                 llamacpp=None):
         self.models, self.store, self.database = models, store, database
         self.device, self.max_batch = device, max_batch
+        self.llamacpp = llamacpp  # infer/llamacpp.py's options: new profiles decode there too
         self.tools = tools  # False: `llmos serve --no-tools`, which holds for profiles too
         self.problems: dict[str, str] = {}  # stored profiles that could not be served: why
         self.installed: set[str] = set()  # the served names that are this host's profiles
@@ -81,7 +83,7 @@ class ProfileHost:
         """`p` ready to serve in place of `old` (None: a new one), not yet served. Raises
         ValueError, and changes nothing, when it cannot be served."""
         trial = {k: v for k, v in self.models.items() if k != old}
-        add_profiles(trial, [p], self.device, self.max_batch, self.database)
+        add_profiles(trial, [p], self.device, self.max_batch, self.database, self.llamacpp)
         if not self.tools:
             trial[p.name].tools, trial[p.name].memory = {}, None
         return trial[p.name]

@@ -2,8 +2,9 @@
 
     models = load_models(["runs/cpu-tiny/sft", "dpo=runs/cpu-tiny/dpo"])  # {"sft": ..., "dpo": ...}
 
-Each served model has its tokenizer, its batching `Scheduler` (serve/batching.py) and its
-context length; the API, the arena and the labeling pages all answer through this table.
+Each served model has its tokenizer, its batching `Scheduler` (serve/batching.py; or llama.cpp
+with `--backend llamacpp`, infer/llamacpp.py) and its context length; the API, the arena and
+the labeling pages all answer through this table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from llmos import checkpoint
 from llmos import tokenizer as tk
+from llmos.infer.llamacpp import LlamaCppDecoder, LlamaCppOptions
 from llmos.serve.batching import Scheduler
 
 
@@ -22,7 +24,7 @@ from llmos.serve.batching import Scheduler
 class ServedModel:
     name: str
     tok: Any  # tokenizers.Tokenizer
-    scheduler: Scheduler
+    scheduler: Scheduler  # or infer/llamacpp.py's LlamaCppDecoder: the same interface
     context: int  # max_seq_len: prompt + answer
     created: int = field(default_factory=lambda: int(time.time()))
     profile: Any = None  # a custom GPT (agent/profiles.py) answering through this model
@@ -54,19 +56,29 @@ def model_names(specs: list[str]) -> dict[str, Path]:
     return named
 
 
-def load_models(specs: list[str], device: str = "cpu", max_batch: int = 16
-                ) -> dict[str, ServedModel]:
-    served = {}
-    for name, path in model_names(specs).items():
-        model = checkpoint.load_model(path, device)
-        sched = Scheduler(model, max_batch=max_batch, name=name)
-        sched.path = Path(path).resolve()  # a profile of the same folder shares it
-        served[name] = ServedModel(name, tk.load(path), sched, model.cfg.max_seq_len)
-    return served
+def open_checkpoint(path: str | Path, name: str, device: str = "cpu", max_batch: int = 16,
+                    llamacpp: LlamaCppOptions | None = None) -> ServedModel:
+    """A checkpoint ready to answer: on the native engine's batching scheduler, or, with
+    `llamacpp` options, decoded by llama.cpp from a GGUF made next to it (infer/llamacpp.py)."""
+    path = Path(path)
+    if llamacpp is not None:
+        sched = LlamaCppDecoder(path, llamacpp, name=name)
+        return ServedModel(name, tk.load(path), sched, sched.context)
+    model = checkpoint.load_model(path, device)
+    sched = Scheduler(model, max_batch=max_batch, name=name)
+    sched.path = path.resolve()  # a profile of the same folder shares it
+    return ServedModel(name, tk.load(path), sched, model.cfg.max_seq_len)
+
+
+def load_models(specs: list[str], device: str = "cpu", max_batch: int = 16,
+                llamacpp: LlamaCppOptions | None = None) -> dict[str, ServedModel]:
+    return {name: open_checkpoint(path, name, device, max_batch, llamacpp)
+            for name, path in model_names(specs).items()}
 
 
 def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu",
-                 max_batch: int = 16, database: str | None = None) -> None:
+                 max_batch: int = 16, database: str | None = None,
+                 llamacpp: LlamaCppOptions | None = None) -> None:
     """Serve each profile (agent/profiles.py: a file, a shipped name or a Profile) as a model
     of its own name. Its checkpoint is
     shared with a served model of the same folder, else loaded once for it."""
@@ -89,10 +101,7 @@ def add_profiles(served: dict[str, ServedModel], specs: list, device: str = "cpu
         memory = p.memory_store(database) if p.uses_memory else None
         base = by_path.get(path)
         if base is None:
-            model = checkpoint.load_model(path, device)
-            sched = Scheduler(model, max_batch=max_batch, name=p.name)
-            sched.path = path
-            base = ServedModel(p.name, tk.load(path), sched, model.cfg.max_seq_len)
+            base = open_checkpoint(path, p.name, device, max_batch, llamacpp)
             by_path[path] = base
         served[p.name] = ServedModel(p.name, base.tok, base.scheduler, base.context,
                                      profile=p, tools=tools, memory=memory)

@@ -11,65 +11,15 @@ seconds) and what was weighed (answers and their votes or scores).
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 
-from llmos.agent.loop import STOP
 from llmos.envs.verifiers import judge_working
-from llmos.infer.engine import SamplingParams, TextStream
-from llmos.infer.sampling import Completion, cut
+from llmos.infer.engine import SamplingParams
 from llmos.infer.strategies import think
-from llmos.infer.think import Think, mean_logprobs, prompt_ids
+from llmos.infer.streamed import StreamedModel
+from llmos.infer.think import Think, prompt_ids
 from llmos.serve.openai_schema import APIError, Limits, ThinkRequest
 from llmos.serve.served import ServedModel
 from llmos.serve.workers import Emit, PromptTooLong
-
-
-class ScheduledModel:
-    """A `LanguageModel` (infer/think.py) over a served model's scheduler: each row of a batch
-    of completions is one request of the running batch, on its own thread."""
-
-    def __init__(self, served: ServedModel, cancel: threading.Event):
-        self.served, self.tok, self.cancel = served, served.tok, cancel
-
-    def complete(self, prompts, params: SamplingParams, stops=(), keep_stop=False
-                 ) -> list[Completion]:
-        out: list[Completion | None] = [None] * len(prompts)
-        errors: list[BaseException] = []
-
-        def row(i: int) -> None:
-            # Rows of one seeded request draw differently (seed + i), as n choices do.
-            p = params if params.seed is None else replace(params, seed=params.seed + i)
-            stream, text, ids, finish = TextStream(self.tok), "", [], "length"
-            tokens = self.served.scheduler.stream(list(prompts[i]), p, self.cancel)
-            try:
-                for t in tokens:
-                    if t == STOP:
-                        finish = "stop"
-                        break
-                    ids.append(t)
-                    text += stream.push(t)
-                    if stops and cut(text, stops)[1]:
-                        finish = "stop"
-                        break
-            except BaseException as e:  # noqa: BLE001 - handed to the request's thread
-                errors.append(e)
-            finally:
-                tokens.close()
-            text, stop = cut(text, stops, keep_stop)
-            out[i] = Completion(text, ids, finish, stop)
-
-        threads = [threading.Thread(target=row, args=(i,), daemon=True)
-                   for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return out
-
-    def mean_logprobs(self, prompt, continuations) -> list[float]:
-        return mean_logprobs(self.served.scheduler.model, prompt, continuations)
 
 
 def think_config(req: ThinkRequest, params: SamplingParams, limits: Limits,
@@ -92,7 +42,7 @@ def run_think(served: ServedModel, messages: list[dict], cfg: Think, emit: Emit,
         raise PromptTooLong(f"The prompt is {len(prompt)} tokens but model {served.name!r} has "
                             f"a context of {served.context} tokens; shorten the conversation.")
     emit(("started",))
-    thought = think(ScheduledModel(served, cancel), messages, cfg)
+    thought = think(StreamedModel(served.scheduler, served.tok, cancel), messages, cfg)
     if thought.text:
         emit(("delta", {"content": thought.text}))
     emit(("think", {**thought.spent(), "answer": thought.answer,

@@ -1,0 +1,225 @@
+"""llama.cpp as a decoding backend: `llmos serve --backend llamacpp`, `llmos chat --backend
+llamacpp`.
+
+The checkpoint is exported to GGUF on first use (`CKPT/gguf/model-TYPE.gguf`, rebuilt when its
+config, tokenizer or weights change) and decoded by llama-cpp-python. Everything above the
+tokens stays llmos's: the prompt is rendered with the checkpoint's own tokenizer and chat
+template, llama.cpp gets those ids and hands back ids, and the stop tokens are checked here. The
+GGUF carries the same vocabulary with the same ids, so chat format, tool calls, streaming and
+the API are the native engine's, and greedy decoding gives the native engine's tokens at F32.
+
+One llama.cpp context decodes one sequence at a time (single-stream speed is what it is for; the
+native engine batches): requests wait their turn on a lock. Its own prefix cache keeps the KV
+rows of the previous request's prompt, so the rounds of one tool-using answer re-read only what
+is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llmos.agent.loop import STOP
+from llmos.infer.engine import SamplingParams
+
+INSTALL = ("the llama.cpp backend needs llama-cpp-python: pip install 'llmos[llamacpp]' (it "
+           "compiles llama.cpp, about 7 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=OFF makes a "
+           "build that runs on other CPUs too)")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+# What a GGUF is made from: a change to any of these rebuilds it.
+SOURCES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+           "chat_template.jinja")
+
+
+def installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_cpp_module():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ValueError(INSTALL) from e
+    return llama_cpp
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    gguf_type: str = "f16"
+    threads: int | None = None  # None: as many as torch uses (the native engine's)
+
+    def __post_init__(self):
+        if self.gguf_type not in GGUF_TYPES:
+            raise ValueError(f"unknown GGUF type {self.gguf_type!r}: choose one of "
+                             + ", ".join(GGUF_TYPES))
+
+
+# ---- the GGUF next to the checkpoint ----------------------------------------------------------
+
+
+def _quick_key(ckpt: Path) -> list:
+    """Sizes and modification times: equal means unchanged without reading the weights."""
+    return [[name, (ckpt / name).stat().st_size, (ckpt / name).stat().st_mtime_ns]
+            for name in SOURCES if (ckpt / name).exists()]
+
+
+def _content_key(ckpt: Path) -> str:
+    h = hashlib.sha256()
+    for name in SOURCES:
+        if (ckpt / name).exists():
+            h.update(name.encode())
+            with open(ckpt / name, "rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    return h.hexdigest()
+
+
+def gguf_for(ckpt_dir: str | Path, gguf_type: str = "f16", log=print) -> Path:
+    """CKPT/gguf/model-TYPE.gguf, exported now unless one made from these very files is there.
+    A stamp beside it records what it was made from (sizes and times, then a hash of the
+    contents when those moved: a copied checkpoint keeps its GGUF)."""
+    from llmos.export.gguf import export_gguf
+
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / "model.safetensors").exists():
+        raise FileNotFoundError(f"{ckpt} is not a checkpoint directory (no model.safetensors)")
+    path = ckpt / "gguf" / f"model-{gguf_type}.gguf"
+    stamp_path = path.with_suffix(".json")
+    quick = _quick_key(ckpt)
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    if path.exists() and stamp.get("quick") == quick:
+        return path
+    content = _content_key(ckpt)
+    if path.exists() and stamp.get("content") == content:
+        stamp_path.write_text(json.dumps({**stamp, "quick": quick}))
+        return path
+    log(f"llama.cpp: exporting {ckpt} to GGUF ({gguf_type}) -> {path}")
+    tmp = path.parent / f".export-{os.getpid()}-{threading.get_ident()}"
+    try:
+        result = export_gguf(ckpt, tmp, gguf_type)
+        path.parent.mkdir(exist_ok=True)
+        os.replace(result["gguf"], path)  # whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp_path.write_text(json.dumps({"quick": quick, "content": content, "type": gguf_type}))
+    return path
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+
+class LlamaCppDecoder:
+    """The scheduler interface of serve/batching.py (`stream`, `load`, `close`,
+    `mean_logprobs`) over one llama.cpp context."""
+
+    backend = "llamacpp"
+
+    def __init__(self, ckpt_dir: str | Path, options: LlamaCppOptions | None = None,
+                 name: str = "model", log=print):
+        llama_cpp = llama_cpp_module()
+        import torch
+
+        self.options = options or LlamaCppOptions()
+        self.path = Path(ckpt_dir).resolve()
+        self.name = name
+        self.context = json.loads((self.path / "config.json").read_text())[
+            "max_position_embeddings"]
+        self.gguf = gguf_for(self.path, self.options.gguf_type, log)
+        self.threads = self.options.threads or torch.get_num_threads()
+        self._settings = dict(model_path=str(self.gguf), n_ctx=self.context,
+                              n_threads=self.threads, n_threads_batch=self.threads,
+                              verbose=False)
+        if self.options.gguf_type == "f32":  # F32 throughout: the KV cache too (default F16)
+            self._settings.update(type_k=0, type_v=0)  # GGML_TYPE_F32
+        self.llm = llama_cpp.Llama(**self._settings)
+        self._scorer = None  # a second context with every position's logits, made when needed
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.requests = self.tokens = 0
+
+    def stream(self, prompt: list[int], params: SamplingParams,
+               cancel: threading.Event | None = None) -> Iterator[int]:
+        """Generated ids, STOP last when a stop token ended the answer (Scheduler.stream)."""
+        if not prompt:
+            raise ValueError("every prompt needs at least one token")
+        budget = min(params.max_new_tokens, self.context - len(prompt))
+        if budget <= 0:
+            return
+        self._waiting += 1
+        with self._lock:
+            self._waiting -= 1
+            self.requests += 1
+            yield from self._decode(list(prompt), params, budget, cancel)
+
+    def _decode(self, prompt, params, budget, cancel) -> Iterator[int]:
+        stops = list(params.stop_tokens)
+        generated = 0
+
+        def no_stop_yet(_ids, scores):  # min_new_tokens: stop tokens masked until then
+            if generated < params.min_new_tokens and stops:
+                scores[stops] = -np.inf
+            return scores
+
+        if params.temperature > 0:  # llama.cpp's own sampler: seeded, not the engine's draws
+            self.llm.set_seed(params.seed if params.seed is not None
+                              else int.from_bytes(os.urandom(4), "little"))
+        tokens = self.llm.generate(
+            prompt, temp=max(params.temperature, 0.0), top_k=params.top_k, top_p=params.top_p,
+            min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
+            logits_processor=[no_stop_yet] if params.min_new_tokens and stops else None)
+        try:
+            for t in tokens:
+                if cancel is not None and cancel.is_set():
+                    return
+                if t in stops:
+                    yield STOP
+                    return
+                yield t
+                generated += 1
+                self.tokens += 1
+                if generated >= budget:
+                    return
+        finally:
+            tokens.close()
+
+    def mean_logprobs(self, prompt, continuations) -> list[float]:
+        """infer/think.py's mean_logprobs (a vote's tie-break) from llama.cpp's logits."""
+        if self._scorer is None:
+            self._scorer = llama_cpp_module().Llama(**self._settings, logits_all=True)
+        out = []
+        with self._lock:
+            for cont in continuations:
+                if not cont:
+                    out.append(float("-inf"))
+                    continue
+                ids = list(prompt) + list(cont)
+                self._scorer.reset()
+                self._scorer.eval(ids)
+                scores = np.asarray(self._scorer.scores[len(prompt) - 1:len(ids) - 1],
+                                    dtype=np.float64)
+                top = scores.max(-1, keepdims=True)
+                logz = top[:, 0] + np.log(np.exp(scores - top).sum(-1))
+                picked = scores[np.arange(len(cont)), cont]
+                out.append(float((picked - logz).mean()))
+        return out
+
+    def load(self) -> dict:
+        """Live counts for /health."""
+        return {"backend": "llamacpp", "gguf": str(self.gguf), "threads": self.threads,
+                "active": int(self._lock.locked()), "queued": self._waiting,
+                "requests": self.requests, "tokens_generated": self.tokens}
+
+    def close(self) -> None:
+        with self._lock:
+            for llm in (self.llm, self._scorer):
+                if llm is not None:
+                    llm.close()
