@@ -1,8 +1,9 @@
 """The params file of `llmos export --format run`: one self-describing file in the safetensors
-layout that `run.py` (numpy only) reads. docs/export.md documents the layout (format version 1).
+layout that `run.py` (numpy only) reads. docs/export.md documents the layout (format version 2).
 
 Metadata (all values strings, JSON where structured): format, format_version, config (the
-model's shape), tokenizer (vocabulary, merges, added tokens, byte-level flag, split pattern),
+model's shape), tokenizer (vocabulary, merges, added tokens, its kind and options: byte-level with
+GPT-4's or GPT-2's split, or SentencePiece-style; the ids added around a text),
 chat (per-role prefix/suffix derived from the checkpoint's chat template, generation prompt, stop
 tokens), dtype and group_size. Tensors carry llmos's own (fused) names; in int8 files each matrix
 W is stored as `W.q` (int8) and `W.scale` (float32, one per group of inputs).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from llmos import chat_format, checkpoint
 from llmos import tokenizer as tokenizer_
@@ -29,36 +31,125 @@ SENTINEL = "\x00{}\x00"  # contents no template writes by itself
 
 # ---- tokenizer --------------------------------------------------------------------------------
 
+# The pattern Hugging Face's ByteLevel pre-tokenizer cuts with when use_regex is on (GPT-2's),
+# recorded in the params file for reference as SPLIT_PATTERN is for GPT-4's split.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def steps(node: dict | None, key: str) -> list[dict]:
+    """The steps of a normalizer, pre-tokenizer or decoder: a Sequence's, one, or none."""
+    if not node:
+        return []
+    return node.get(key, []) if node.get("type") == "Sequence" else [node]
+
+
+def byte_level_split(pre: list[dict]) -> dict | None:
+    """run.py's split for a byte-level pre-tokenizer, or None when it has no such split."""
+    kinds = [s.get("type") for s in pre]
+    level = pre[-1] if kinds and kinds[-1] == "ByteLevel" else {}
+    if not level or level.get("add_prefix_space", True):
+        return None
+    if kinds == ["Split", "ByteLevel"] and not level.get("use_regex", True):
+        split = pre[0]
+        if (split.get("pattern", {}).get("Regex") == tokenizer_.SPLIT_PATTERN
+                and split.get("behavior") == "Isolated" and not split.get("invert")):
+            return {"split": "gpt4", "split_pattern": tokenizer_.SPLIT_PATTERN}
+    if level.get("use_regex", True) and (kinds == ["ByteLevel"] or (
+            kinds == ["Digits", "ByteLevel"] and pre[0].get("individual_digits"))):
+        return {"split": "gpt2", "split_pattern": GPT2_PATTERN, "digits": len(kinds) == 2}
+    return None
+
+
+def sentencepiece_options(norm: list[dict], pre: list[dict], dec: list[dict]) -> dict | None:
+    """run.py's options for the SentencePiece-style pipeline, or None when it is not one: spaces
+    made "▁" by a Replace normalizer (a Prepend("▁") before it puts one in front of every text
+    between special tokens: Llama 2's tokenizer.json) or by a Metaspace pre-tokenizer (newer
+    files; its prepend_scheme says where one goes in front), and a decoder that undoes it."""
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    if not pre and norm in ([{"type": "Prepend", "prepend": "▁"}, replace], [replace]):
+        opts = {"space_prefix": "every" if len(norm) == 2 else "never", "split_words": False}
+    elif not norm and len(pre) == 1 and pre[0].get("type") == "Metaspace" \
+            and pre[0].get("replacement") == "▁":
+        scheme = pre[0].get("prepend_scheme") or (
+            "always" if pre[0].get("add_prefix_space", True) else "never")
+        opts = {"space_prefix": scheme, "split_words": pre[0].get("split", True)}
+    else:
+        return None
+    kinds = {d.get("type") for d in dec}
+    strips = [(d.get("content"), d.get("start"), d.get("stop")) for d in dec
+              if d.get("type") == "Strip"]
+    undo = {"type": "Replace", "pattern": {"String": "▁"}, "content": " "} in dec
+    meta = [d for d in dec if d.get("type") == "Metaspace"]
+    known = {"Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"}
+    if not (undo or meta) or kinds - known or strips not in ([], [(" ", 0, 0)], [(" ", 1, 0)]):
+        return None  # a decoder run.py does not reproduce
+    # Strip(" ", 1, 0), or a Metaspace decoder that put a "▁" in front: one leading space goes.
+    opts["strip"] = strips == [(" ", 1, 0)] or any(
+        m.get("prepend_scheme", "always") != "never" for m in meta)
+    return opts
+
+
+def wrap_ids(tok_json: dict) -> list[list[int]]:
+    """The ids the tokenizer adds before and after a text when asked to (Llama's BOS)."""
+    hf = Tokenizer.from_str(json.dumps(tok_json))
+    bare, full = (hf.encode("a", add_special_tokens=s).ids for s in (False, True))
+    for k in range(len(full) - len(bare) + 1):
+        if full[k:k + len(bare)] == bare:
+            return [full[:k], full[k + len(bare):]]
+    raise ValueError("run.py cannot reproduce this tokenizer: its post-processor changes the "
+                     "text's own tokens")
+
 
 def tokenizer_meta(tok_json: dict) -> dict:
-    """What run.py needs of tokenizer.json; raises unless it is the byte-level BPE with GPT-4's
-    split that run.py implements (the kind `llmos data` trains)."""
-    model, pre = tok_json.get("model") or {}, tok_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    split = [s for s in steps if s.get("type") == "Split"]
-    byte_level = [s for s in steps if s.get("type") == "ByteLevel"]
+    """What run.py needs of tokenizer.json; raises ValueError naming what it cannot reproduce.
+    run.py implements BPE of two kinds: byte-level with GPT-4's split (llmos's own, Llama 3) or
+    GPT-2's (GPT-2; SmolLM cuts digits apart first), and SentencePiece-style (Llama 2,
+    TinyLlama, Mistral: "▁" for spaces, byte fallback)."""
+    model = tok_json.get("model") or {}
+    norm = steps(tok_json.get("normalizer"), "normalizers")
+    pre = steps(tok_json.get("pre_tokenizer"), "pretokenizers")
+    dec = steps(tok_json.get("decoder"), "decoders")
     problems = []
     if model.get("type") != "BPE":
         problems.append(f"model {model.get('type')!r} (run.py implements BPE)")
-    if tok_json.get("normalizer"):
-        problems.append(f"a {tok_json['normalizer'].get('type')} normalizer")
-    if (len(steps) != 2 or len(split) != 1 or len(byte_level) != 1
-            or split[0].get("pattern", {}).get("Regex") != tokenizer_.SPLIT_PATTERN
-            or split[0].get("behavior") != "Isolated" or split[0].get("invert")
-            or byte_level[0].get("use_regex") or byte_level[0].get("add_prefix_space")):
-        problems.append("a pre-tokenizer other than GPT-4's split + byte-level")
     if model.get("dropout") or model.get("continuing_subword_prefix") \
-            or model.get("end_of_word_suffix") or model.get("byte_fallback"):
-        problems.append("BPE options (dropout, subword prefix/suffix, byte fallback)")
+            or model.get("end_of_word_suffix"):
+        problems.append("BPE options (dropout, subword prefix/suffix)")
+    split, sp = byte_level_split(pre), sentencepiece_options(norm, pre, dec)
+    if split is not None:
+        kind = {"kind": "byte_level", **split}
+        if norm:
+            problems.append("a " + "+".join(n.get("type") for n in norm) + " normalizer")
+        if model.get("byte_fallback"):
+            problems.append("byte fallback in a byte-level BPE")
+        if [d.get("type") for d in dec] != ["ByteLevel"]:
+            problems.append("a decoder other than ByteLevel")
+    elif sp is not None:
+        kind = {"kind": "sentencepiece", **sp, "byte_fallback": bool(model.get("byte_fallback")),
+                "unk": model.get("unk_token"), "fuse_unk": bool(model.get("fuse_unk"))}
+        if model.get("byte_fallback") and "ByteFallback" not in [d.get("type") for d in dec]:
+            problems.append("byte fallback without a ByteFallback decoder")
+    else:
+        described = [f"{name} {'+'.join(s.get('type') for s in parts)}"
+                     for name, parts in (("normalizer", norm), ("pre-tokenizer", pre),
+                                         ("decoder", dec)) if parts]
+        problems.append(f"a pipeline ({', '.join(described) or 'nothing'}) that is neither "
+                        "byte-level BPE with GPT-4's or GPT-2's split nor SentencePiece-style "
+                        "BPE (▁ for spaces)")
+    added = tok_json.get("added_tokens", [])
+    odd = [t["content"] for t in added if t.get("lstrip") or t.get("rstrip")
+           or t.get("single_word") or (norm and t.get("normalized"))]
+    if odd:
+        problems.append("added tokens matched with lstrip/rstrip/single_word or after "
+                        "normalization: " + ", ".join(odd[:5]))
     if problems:
-        raise ValueError("run.py cannot reproduce this tokenizer: it has "
-                         + "; ".join(problems))
+        raise ValueError("run.py cannot reproduce this tokenizer: it has " + "; ".join(problems))
     merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
-    added = [{"id": t["id"], "content": t["content"], "special": t["special"]}
-             for t in tok_json.get("added_tokens", [])]
-    return {"vocab": model["vocab"], "merges": merges, "added": added, "byte_level": True,
-            "split_pattern": tokenizer_.SPLIT_PATTERN,
-            "ignore_merges": bool(model.get("ignore_merges"))}
+    return {"vocab": model["vocab"], "merges": merges,
+            "added": [{"id": t["id"], "content": t["content"], "special": t["special"]}
+                      for t in added],
+            **kind, "ignore_merges": bool(model.get("ignore_merges")),
+            "wrap": wrap_ids(tok_json)}
 
 
 # ---- chat format ------------------------------------------------------------------------------

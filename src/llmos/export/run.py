@@ -5,8 +5,8 @@ writes next to the params file (docs/export.md). One file, numpy and the standar
     python run.py model.llmos -m chat -i "What is 2+2?" -y "Be brief."  # one chat turn
     python run.py model.llmos -m chat                                  # chat on stdin
 
-Sections, as in llama2.c's run.c: the params file; the transformer; the byte-level BPE
-tokenizer; the sampler; generate and chat loops; the command line.
+Sections, as in llama2.c's run.c: the params file; the transformer; the BPE tokenizer
+(byte-level or SentencePiece-style); the sampler; generate and chat loops; the command line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import unicodedata
 
 import numpy as np
 
-FORMAT, FORMAT_VERSION = "llmos-run", 1
+FORMAT, FORMAT_VERSION = "llmos-run", 2
 
 # ----------------------------------------------------------------------------------------------
 # The params file: the safetensors layout. An 8-byte little-endian header length, a JSON header
@@ -167,14 +167,17 @@ class Transformer:
 
 
 # ----------------------------------------------------------------------------------------------
-# The tokenizer: byte-level BPE. Text is cut at special tokens, then into pieces by GPT-4's
-# split pattern (written out by hand: `re` has no \p{L} or \p{N}), each piece's UTF-8 bytes are
-# mapped to printable characters (GPT-2's table) and merged by rank.
+# The tokenizer: BPE of the two kinds models use, run as Hugging Face `tokenizers` runs them,
+# special tokens cut out first. Byte-level (llmos, Llama 3, GPT-2, SmolLM): pieces cut by GPT-4's
+# or GPT-2's pattern (by hand: `re` has no \p{L} or \p{N}), their UTF-8 bytes as GPT-2's
+# printable characters, merged by rank. SentencePiece-style (Llama 2, Mistral): spaces become
+# "▁", one goes in front, characters merge by rank, unknown ones become <0xNN> byte tokens.
 
 # Oniguruma's \s: the Unicode White_Space characters (Python's isspace adds \x1c-\x1f).
 SPACES = set("\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
     chr(c) for c in range(0x2000, 0x200B)}
 CONTRACTIONS = ("s", "t", "re", "ve", "m", "ll", "d")
+BYTE_TOKEN = re.compile(r"<0x([0-9A-F]{2})>")
 
 
 def byte_table():
@@ -192,42 +195,38 @@ def char_kind(c):
     return cat if cat in "LN" else "O"
 
 
-def fold(c):
-    f = c.casefold()
-    return f if len(f) == 1 else c
+def run_end(kinds, j, kind):
+    """The end of the run of `kind` characters from j."""
+    while j < len(kinds) and kinds[j] == kind:
+        j += 1
+    return j
 
 
-def split_text(text):
+def split_gpt4(text):
     """GPT-4's pattern: (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\\r\\n\\p{L}\\p{N}]?\\p{L}+ |
     \\p{N}{1,3} | ' '?[^\\s\\p{L}\\p{N}]+[\\r\\n]* | \\s*[\\r\\n]+ | \\s+(?!\\S) | \\s+ ;
     the first alternative that matches at a position wins, as in the regex engine."""
     kinds = [char_kind(c) for c in text]
     n, i, pieces = len(text), 0, []
-
-    def run(j, kind):  # end of the run of `kind` characters from j
-        while j < n and kinds[j] == kind:
-            j += 1
-        return j
-
     while i < n:
         c, k = text[i], kinds[i]
         nxt = kinds[i + 1] if i + 1 < n else ""
-        folded = "".join(fold(ch) for ch in text[i + 1:i + 3])
+        folded = "".join(f if len(f := ch.casefold()) == 1 else ch for ch in text[i + 1:i + 3])
         hit = [s for s in CONTRACTIONS if folded.startswith(s)] if c == "'" else []
         if hit:
             end = i + 1 + len(hit[0])
         elif k == "L":
-            end = run(i, "L")
+            end = run_end(kinds, i, "L")
         elif nxt == "L" and k != "N" and c not in "\r\n":
-            end = run(i + 1, "L")
+            end = run_end(kinds, i + 1, "L")
         elif k == "N":
-            end = min(run(i, "N"), i + 3)
+            end = min(run_end(kinds, i, "N"), i + 3)
         elif k == "O" or (c == " " and nxt == "O"):
-            end = run(i + 1 if c == " " else i, "O")
+            end = run_end(kinds, i + 1 if c == " " else i, "O")
             while end < n and text[end] in "\r\n":
                 end += 1
         else:  # whitespace: up to the last newline of the run, else leave one space for a word
-            end = run(i, "S")
+            end = run_end(kinds, i, "S")
             newlines = [j for j in range(i, end) if text[j] in "\r\n"]
             if newlines:
                 end = newlines[-1] + 1
@@ -238,26 +237,84 @@ def split_text(text):
     return pieces
 
 
+def split_gpt2(text):
+    """GPT-2's pattern: 's|'t|'re|'ve|'m|'ll|'d | ' '?\\p{L}+ | ' '?\\p{N}+ |
+    ' '?[^\\s\\p{L}\\p{N}]+ | \\s+(?!\\S) | \\s+ (contractions in lower case only)."""
+    kinds = [char_kind(c) for c in text]
+    n, i, pieces = len(text), 0, []
+    while i < n:
+        hit = [s for s in CONTRACTIONS if text.startswith(s, i + 1)] if text[i] == "'" else []
+        lead = i + 1 if text[i] == " " and i + 1 < n and kinds[i + 1] != "S" else i
+        if hit:
+            end = i + 1 + len(hit[0])
+        elif kinds[lead] != "S":
+            end = run_end(kinds, lead, kinds[lead])
+        else:  # whitespace: the run, but its last character when a non-space follows
+            end = run_end(kinds, i, "S")
+            end -= 1 if end < n and end - i >= 2 else 0
+        pieces.append(text[i:end])
+        i = end
+    return pieces
+
+
+def split_digits(text):
+    """Every number character on its own (SmolLM's Digits(individual_digits) step): cut the
+    text before and after each."""
+    cuts = [j + d for j, c in enumerate(text) if char_kind(c) == "N" for d in (0, 1)]
+    cuts = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if a < b]
+
+
 class Tokenizer:
     def __init__(self, meta):
         self.vocab = dict(meta["vocab"])
         self.added = {t["content"]: t["id"] for t in meta["added"]}
         self.vocab.update(self.added)
-        self.pieces = [""] * (max(self.vocab.values()) + 1)
-        for text, i in self.vocab.items():
-            self.pieces[i] = text
+        self.pieces = {i: text for text, i in self.vocab.items()}
         self.ranks = {tuple(m): r for r, m in enumerate(meta["merges"])}
         self.ignore_merges = meta.get("ignore_merges", False)
+        # Format 1 files hold llmos's own kind only (byte-level, GPT-4's split): the defaults.
+        self.sp = meta.get("kind", "byte_level") == "sentencepiece"
+        self.split = {"gpt4": split_gpt4, "gpt2": split_gpt2}[meta.get("split", "gpt4")]
+        self.digits, self.prefix = meta.get("digits", False), meta.get("space_prefix", "never")
+        self.words, self.fallback = meta.get("split_words", False), meta.get("byte_fallback")
+        self.unk, self.fuse_unk = meta.get("unk"), meta.get("fuse_unk", False)
+        self.strip, (self.before, self.after) = meta.get("strip", 0), meta.get("wrap", [[], []])
         self.to_char = byte_table()
         self.to_byte = {ch: b for b, ch in self.to_char.items()}
         self.special_re = re.compile("(" + "|".join(
             re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")")
         self.cache = {}
 
+    def pre_tokenize(self, part, first):
+        """The pieces BPE merges within; `part` lies between special tokens (`first`: it starts
+        the text). SentencePiece's prefix: "every" part (a Prepend normalizer), "always" or
+        "first" (a Metaspace pre-tokenizer: unless the part starts with a space), or "never"."""
+        if not self.sp:
+            return [p for q in (split_digits(part) if self.digits else [part])
+                    for p in self.split(q)]
+        text = part.replace(" ", "▁")
+        if self.prefix == "every" or not text.startswith("▁") and (
+                self.prefix == "always" or self.prefix == "first" and first):
+            text = "▁" + text
+        return re.findall("▁[^▁]*|[^▁]+", text) if self.words else [text]
+
     def bpe(self, piece):
-        word = [self.to_char[b] for b in piece.encode("utf-8")]
-        if self.ignore_merges and "".join(word) in self.vocab:
-            return [self.vocab["".join(word)]]
+        """Merge by rank, from: byte-level, each byte as GPT-2's character; SentencePiece, each
+        character, or its <0xNN> byte tokens when the vocabulary lacks it, else the unk token."""
+        if not self.sp:
+            word = [self.to_char[b] for b in piece.encode("utf-8")]
+        else:
+            word = []
+            for c in piece:
+                fallback = [f"<0x{b:02X}>" for b in c.encode("utf-8")]
+                if c in self.vocab or self.fallback and all(b in self.vocab for b in fallback):
+                    word += [c] if c in self.vocab else fallback
+                elif not (self.fuse_unk and word[-1:] == [self.unk]):  # fuse_unk: one per run
+                    word.append(self.unk)
+        whole = piece if self.sp else "".join(word)
+        if self.ignore_merges and whole in self.vocab:
+            return [self.vocab[whole]]
         while len(word) > 1:
             ranks = [self.ranks.get(pair, 1 << 60) for pair in zip(word, word[1:])]
             best = min(ranks)
@@ -274,27 +331,33 @@ class Tokenizer:
             word = out
         return [self.vocab[t] for t in word]
 
-    def encode(self, text):
-        """Token ids of `text`; special tokens written in the text are recognised."""
-        ids = []
+    def encode(self, text, wrap=False):
+        """Token ids of `text`; special tokens written in the text are recognised. `wrap` adds
+        what the tokenizer adds around a text (Llama's BOS)."""
+        ids = list(self.before) if wrap else []
         for n, part in enumerate(self.special_re.split(text) if self.added else [text]):
             if n % 2:
                 ids.append(self.added[part])
                 continue
-            for piece in split_text(part):
+            for piece in self.pre_tokenize(part, n == 0) if part else []:
                 if piece not in self.cache:
                     self.cache[piece] = self.bpe(piece)
                 ids.extend(self.cache[piece])
-        return ids
+        return ids + (list(self.after) if wrap else [])
 
     def token_bytes(self, i):
         text = self.pieces[i]
         if text in self.added:
             return text.encode("utf-8")
-        return bytes(self.to_byte[ch] for ch in text)
+        if not self.sp:
+            return bytes(self.to_byte[ch] for ch in text)
+        byte = BYTE_TOKEN.fullmatch(text) if self.fallback else None
+        return bytes([int(byte[1], 16)]) if byte else text.replace("▁", " ").encode("utf-8")
 
     def decode(self, ids):
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        text = b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+        # SentencePiece's decoder drops the space it put in front (HF's Strip(" ", 1, 0))
+        return text[1:] if self.strip and text.startswith(" ") else text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,10 +424,6 @@ class Generator:
         return out, time.time() - start
 
 
-def special_id(tok, text):
-    return tok.added.get(text, tok.vocab.get(text))
-
-
 def render_chat(fmt, messages, add_generation_prompt=True):
     """A conversation as text in the stored chat format: prefix + content + suffix per turn."""
     text = "".join(fmt[m["role"]][0] + m["content"] + fmt[m["role"]][1] for m in messages)
@@ -372,8 +431,8 @@ def render_chat(fmt, messages, add_generation_prompt=True):
 
 
 def run_generate(g, args):
-    eot = special_id(g.tok, g.meta["tokenizer"]["eot"])
-    ids = g.tok.encode(args.input) or [eot]
+    eot = g.tok.vocab[g.meta["tokenizer"]["eot"]]
+    ids = g.tok.encode(args.input, wrap=True) or [eot]
     out, secs = g.print_stream(ids, args, {eot})
     report(len(out), secs)
 
@@ -383,14 +442,13 @@ def run_chat(g, args):
     if not fmt:
         raise SystemExit("this params file has no chat format (its checkpoint's chat template "
                          "could not be stored); use -m generate")
-    stops = {special_id(g.tok, s) for s in fmt["stop"]} - {None}
+    stops = {g.tok.vocab.get(s) for s in fmt["stop"]} - {None}
     messages = [{"role": "system", "content": args.system}] if args.system else []
     while True:
         if args.input is not None:
             user = args.input
         else:
-            sys.stderr.write("user> ")
-            sys.stderr.flush()
+            print("user> ", end="", file=sys.stderr, flush=True)
             user = sys.stdin.readline()
             if not user:
                 return
@@ -418,12 +476,9 @@ def main(argv=None):
     p.add_argument("params", help="the params file (model.llmos)")
     p.add_argument("-i", "--input", default=None,
                    help="prompt (generate) or user message (chat; without it, read stdin)")
-    p.add_argument("-t", "--temperature", type=float, default=1.0,
-                   help="sampling temperature; 0 = greedy (default 1.0)")
-    p.add_argument("-p", "--top-p", type=float, default=0.9,
-                   help="nucleus sampling mass; 1 = off (default 0.9)")
-    p.add_argument("-n", "--steps", type=int, default=256,
-                   help="most new tokens (default 256; capped by the context length)")
+    p.add_argument("-t", "--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
+    p.add_argument("-p", "--top-p", type=float, default=0.9, help="1 = off (default 0.9)")
+    p.add_argument("-n", "--steps", type=int, default=256, help="most new tokens (default 256)")
     p.add_argument("-s", "--seed", type=int, default=None, help="random seed (default: time)")
     p.add_argument("-m", "--mode", choices=("generate", "chat"), default="generate",
                    help="generate: print the continuation of -i; chat: answer as the assistant")
