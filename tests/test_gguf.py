@@ -238,12 +238,12 @@ def test_cli_and_refusals(exported, tmp_path, capsys):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rope"):
         export_gguf(bad, tmp_path / "z")
-    # a tokenizer llama.cpp cannot reproduce (no GPT-4 split) is refused by name
+    # a tokenizer llama.cpp cannot reproduce (neither byte-level nor SentencePiece-style) is
+    # refused by name
     tok_json = json.loads((bad / "tokenizer.json").read_text())
-    tok_json["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
-                                 "trim_offsets": True, "use_regex": True}
+    tok_json["pre_tokenizer"] = {"type": "Whitespace"}
     (bad / "tokenizer.json").write_text(json.dumps(tok_json))
-    with pytest.raises(ValueError, match="llama.cpp's gpt2 tokenizer"):
+    with pytest.raises(ValueError, match="llama.cpp cannot reproduce this tokenizer.*Whitespace"):
         export_gguf(bad, tmp_path / "z")
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import sysconfig
 from pathlib import Path
 
 import pytest
-from test_export import PARITY, load_run
+import torch
+from test_export import PARITY, load_run, run_py
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
+from llmos import chat_format, checkpoint
 from llmos import tokenizer as tk
-from llmos.export.params import tokenizer_meta
+from llmos.config import ModelConfig
+from llmos.export.params import export_run, tokenizer_meta
+from llmos.infer.engine import Engine, SamplingParams
+from llmos.model import Transformer
 
 RUN_PY = Path(__file__).parents[1] / "src" / "llmos" / "export" / "run.py"
 
@@ -333,3 +339,175 @@ def test_real_vocabularies_give_transformers_ids(run_mod, name):
         assert ours.encode(text) == want, repr(text)
         assert ours.decode(want) == hf.decode(want, skip_special_tokens=False)
     assert len(cases) > 30
+
+
+# ---- (c) end to end: tiny models with each tokenizer -------------------------------------------
+
+# A chat template of the Zephyr/TinyLlama shape (role tag, content, the eos token), simple enough
+# that the export can store it as a prefix and suffix per role.
+TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token"
+            " + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}"
+            "{% endif %}")
+PROMPTS = ["def f(x):\n    return", "Café 中文 🦙 12345", " two  spaces"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(families, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """{family: (checkpoint dir, exported params file)}: random models (dim 64, 2 layers) with
+    each family's tokenizer.json and a tokenizer_config.json like the model's own."""
+    root = tmp_path_factory.mktemp("real")
+    out = {}
+    for seed, name in enumerate(FAMILIES):
+        tok_dir = root / f"tok-{name}"
+        tok_dir.mkdir()
+        (tok_dir / "tokenizer.json").write_text(json.dumps(families[name], ensure_ascii=False))
+        sp = name in SPM_PIPELINES
+        config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                  "bos_token": "<s>" if sp else "<|endoftext|>",
+                  "eos_token": "</s>" if sp else "<|endoftext|>",
+                  "unk_token": "<unk>" if sp else None, "chat_template": TEMPLATE,
+                  "clean_up_tokenization_spaces": False}
+        (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+        torch.manual_seed(seed)
+        vocab = Tokenizer.from_str(json.dumps(families[name])).get_vocab_size()
+        model = Transformer(ModelConfig(vocab_size=vocab, dim=64, n_layers=2, n_heads=4,
+                                        n_kv_heads=2, max_seq_len=160))
+        model.reset_parameters(std=0.3)  # peaked logits, varied greedy output
+        ckpt = checkpoint.save(root / name, model, tok_dir, {"chat_template": "model"})
+        out[name] = (ckpt, export_run(ckpt, root / f"out-{name}")["params"])
+    return out
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_greedy_tokens_match_the_engine(checkpoints, run_mod, name):
+    ckpt, params = checkpoints[name]
+    model, tok = checkpoint.load_model(ckpt), tk.load(ckpt)
+    gen = run_mod.Generator(params)
+    assert gen.meta["format_version"] == "2"
+    for text in PROMPTS:
+        ids = tok.encode(text).ids  # as `llmos sample` encodes a prompt: with Llama's BOS
+        assert gen.tok.encode(text, wrap=True) == ids
+        want = Engine(model).generate([ids], SamplingParams(max_new_tokens=32, temperature=0))[0]
+        assert len(set(want)) > 5
+        assert list(gen.stream(ids, 32)) == want
+    # The command line prints the text that continues the prompt, up to the end token.
+    eot = tk.eot_id(tok)
+    cont = want[:want.index(eot)] if eot in want else want
+    whole, prompt = (tok.decode(x, skip_special_tokens=False) for x in (ids + cont, ids))
+    assert whole.startswith(prompt)
+    # Byte tokens that make no UTF-8 character: HF's ByteFallback writes one U+FFFD per byte of
+    # the run, Python's decoder (run.py's) one per invalid sequence (docs/export.md).
+    same = re.compile("\ufffd+")
+    out = run_py(params, "-i", PROMPTS[-1], "-t", "0", "-n", "32")
+    assert same.sub("\ufffd", out) == same.sub("\ufffd", whole[len(prompt):])
+
+
+@pytest.mark.parametrize("name", ["llama2", "mistral", "smollm"])
+def test_chat_prompt_equals_the_models_template(checkpoints, run_mod, name):
+    ckpt, params = checkpoints[name]
+    tok = tk.load(ckpt)
+    gen = run_mod.Generator(params)
+    fmt = gen.meta["chat"]
+    assert fmt["user"] == ["<|user|>\n", tok.id_to_token(tk.eot_id(tok)) + "\n"]
+    conversations = [
+        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi 🦙"}],
+        [{"role": "user", "content": " 2+2?"}, {"role": "assistant", "content": "4"},
+         {"role": "user", "content": "and  3+3?\n"}],
+    ]
+    for messages in conversations:
+        want = chat_format.render(tok, messages, add_generation_prompt=True).ids
+        assert gen.tok.encode(run_mod.render_chat(fmt, messages)) == want
+
+
+# ---- (d) GGUF: the tokenizer llama.cpp expects for each family ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def ggufs(checkpoints, tmp_path_factory) -> dict[str, dict]:
+    pytest.importorskip("gguf")
+    from llmos.export.gguf import export_gguf
+    root = tmp_path_factory.mktemp("gguf")
+    return {name: export_gguf(ckpt, root / name) for name, (ckpt, _) in checkpoints.items()}
+
+
+def gguf_fields(path: Path) -> dict:
+    import gguf
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items()}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_gguf_tokenizer_metadata(checkpoints, families, ggufs, name):
+    meta, tok_json = gguf_fields(ggufs[name]["gguf"]), families[name]
+    vocab = tok_json["model"]["vocab"]
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert all(tokens[i] == t for t, i in vocab.items())
+    types = meta["tokenizer.ggml.token_type"]
+    if name in SPM_PIPELINES:
+        assert meta["tokenizer.ggml.model"] == "llama" and ggufs[name]["pre"] == "llama"
+        assert "tokenizer.ggml.merges" not in meta
+        assert types[:3] == [2, 3, 3] and set(types[3:259]) == {6}  # UNKNOWN, CONTROL, BYTE
+        assert set(types[259:]) == {1}
+        assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"],
+                meta["tokenizer.ggml.unknown_token_id"]) == (1, 2, 0)
+        assert meta["tokenizer.ggml.add_bos_token"] is True
+        assert meta["tokenizer.ggml.add_space_prefix"] is True
+        # The scores order merges as the ranks do: a token made by an earlier merge scores higher.
+        scores, merges = meta["tokenizer.ggml.scores"], tok_json["model"]["merges"]
+        made = [vocab["".join(m)] for m in merges]
+        firsts = list(dict.fromkeys(made))
+        assert all(scores[a] > scores[b] for a, b in zip(firsts, firsts[1:]))
+    else:
+        assert meta["tokenizer.ggml.model"] == "gpt2"
+        assert meta["tokenizer.ggml.pre"] == {"gpt2": "gpt-2", "smollm": "smollm"}[name]
+        assert meta["tokenizer.ggml.merges"] == [" ".join(m) for m in tok_json["model"]["merges"]]
+        assert meta["tokenizer.ggml.add_bos_token"] is False
+        specials = [tok_json["model"]["vocab"][s] for s in special_tokens(tok_json)]
+        assert {types[i] for i in specials} == {3}
+
+
+def llama_cpp_can_match(name: str, text: str, specials: list[str]) -> bool:
+    """Whether llama.cpp's SentencePiece tokenizer can give HF's ids: it puts a space in front
+    of the text and after every special token (add_space_prefix), as the Prepend normalizer
+    does; a Metaspace puts one only where the text does not start with a space (or a "▁"
+    written in it: "always"), and only at the start of the whole text ("first")."""
+    if name == "llama2" or name not in SPM_PIPELINES:
+        return True
+    parts = re.split("|".join(re.escape(s) for s in specials), text)
+    if name == "mistral":
+        return len(parts) == 1 and not text.startswith((" ", "▁"))
+    return not any(p.startswith((" ", "▁")) for p in parts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_llama_cpp_tokenizes_and_generates_as_llmos(checkpoints, families, ggufs, name):
+    """llama.cpp's own tokenizer on the GGUF gives HF's ids (where its SentencePiece rule can,
+    see llama_cpp_can_match) on the parity strings, and its greedy tokens on the f32 file equal
+    the engine's."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ckpt = checkpoints[name][0]
+    model, tok = checkpoint.load_model(ckpt).eval(), tk.load(ckpt)
+    f32 = 0  # GGML_TYPE_F32: a float32 KV cache (llama.cpp's default is float16)
+    llm = llama_cpp.Llama(str(ggufs[name]["gguf"]), n_ctx=160, n_threads=2, logits_all=True,
+                          type_k=f32, type_v=f32, verbose=False)
+    specials = special_tokens(families[name])
+    strings = parity_strings(specials, n_fuzz=2000, seed=1)
+    compared = 0
+    for text in strings:
+        if llama_cpp_can_match(name, text, specials):
+            want = tok.encode(text, add_special_tokens=False).ids
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == want, repr(text)
+            compared += 1
+    assert compared > len(strings) // 3
+    for text in PROMPTS:
+        ids = tok.encode(text).ids
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == ids or \
+            not llama_cpp_can_match(name, text, specials)
+        want = Engine(model).generate([ids], SamplingParams(max_new_tokens=32, temperature=0))[0]
+        llm.reset()
+        llm.eval(ids)
+        got = []
+        for _ in range(32):  # greedy on llama.cpp's logits, the token ids fed in directly
+            got.append(int(llm.scores[llm.n_tokens - 1].argmax()))
+            llm.eval([got[-1]])
+        assert got == want, text

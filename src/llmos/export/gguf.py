@@ -7,9 +7,10 @@ The GGUF file is what llama.cpp's convert_hf_to_gguf.py writes for a Llama check
   layout to GGML's interleaved one (`permute`, as LlamaModel.permute in the convert script);
 - Llama 3.1 rope scaling as llama.cpp stores it: a `rope_freqs.weight` tensor of per-frequency
   divisors (the convert script's `generate_extra_tensors`), no rope-scaling keys;
-- the tokenizer as a `gpt2` (byte-level BPE) vocabulary: tokens, types (special added tokens
-  are CONTROL), merges, and `tokenizer.ggml.pre` naming llama.cpp's pre-tokenizer for GPT-4's
-  split pattern (see `PRE`);
+- the tokenizer as llama.cpp's tokenizers read it: byte-level BPE as a `gpt2` vocabulary (tokens,
+  types: special added tokens are CONTROL; merges; `tokenizer.ggml.pre` naming llama.cpp's
+  pre-tokenizer for the split, see `pre_name`), SentencePiece-style BPE as a `llama` one
+  (tokens, scores that order merges as the merge ranks do, types: <0xNN> are BYTE);
 - the chat template (Jinja) as `tokenizer.chat_template`.
 
 The Modelfile says the same chat format in Ollama's Go-template syntax, with its stop tokens.
@@ -18,6 +19,7 @@ The Modelfile says the same chat format in Ollama's Go-template syntax, with its
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,14 @@ from llmos.export.params import role_affixes, rope_frequencies, tokenizer_meta
 MODELFILE_NAME = "Modelfile"
 OUTTYPES = ("f32", "f16", "q8_0")
 
-# llama.cpp's pre-tokenizer for a `gpt2` vocabulary is chosen by name (llama-vocab.cpp). Both
-# names below select the regex of GPT-4's cl100k split, the one llmos trains with
-# (tokenizer.SPLIT_PATTERN, with (?i:...) spelled out as [sS] classes); they differ in
-# `ignore_merges` (a whole piece found in the vocabulary is taken without merging), which llama.cpp
-# turns on for llama-bpe (Llama 3's tokenizer.json has ignore_merges: true) and off for dbrx (as
-# in the tokenizers llmos trains). The name is picked from the tokenizer's own ignore_merges.
-PRE = {False: "dbrx", True: "llama-bpe"}
+# llama.cpp's pre-tokenizer for a `gpt2` vocabulary is chosen by name (llama-vocab.cpp). For
+# GPT-4's cl100k split, the one llmos trains with (tokenizer.SPLIT_PATTERN, with (?i:...) spelled
+# out as [sS] classes), two names select it; they differ in `ignore_merges` (a whole piece found
+# in the vocabulary is taken without merging), which llama.cpp turns on for llama-bpe (Llama 3's
+# tokenizer.json has ignore_merges: true) and off for dbrx (as in the tokenizers llmos trains).
+# GPT-2's split is "gpt-2"; "smollm" cuts every digit apart first, as SmolLM's Digits step does.
+PRE = {("gpt4", False, False): "dbrx", ("gpt4", False, True): "llama-bpe",
+       ("gpt2", False, False): "gpt-2", ("gpt2", True, False): "smollm"}
 
 
 def gguf_module():
@@ -134,6 +137,72 @@ def vocabulary(gguf, tok: dict, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def pre_name(tok: dict) -> str:
+    """llama.cpp's name for a byte-level tokenizer's split (split, digits, ignore_merges)."""
+    key = (tok["split"], tok.get("digits", False), tok["ignore_merges"])
+    if key not in PRE:
+        raise ValueError("llama.cpp cannot reproduce this tokenizer: no pre-tokenizer of "
+                         f"llama.cpp has {tok['split']}'s split with ignore_merges "
+                         f"{tok['ignore_merges']}")
+    return PRE[key]
+
+
+def piece_scores(tok: dict, vocab_size: int) -> list[float]:
+    """Scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose joined
+    text is the vocabulary entry of highest score, where Hugging Face's BPE merges the pair of
+    lowest rank. A token scores minus the rank of the first merge that makes it, so both pick
+    the same pair; files converted from SentencePiece list every split of a token as a merge,
+    so a joined text in the vocabulary always is a merge. Tokens no merge makes score lowest."""
+    scores = [-float(len(tok["merges"]) + 1)] * vocab_size
+    for rank in range(len(tok["merges"]) - 1, -1, -1):
+        i = tok["vocab"].get("".join(tok["merges"][rank]))
+        if i is not None and i < vocab_size:
+            scores[i] = -float(rank)
+    return scores
+
+
+def write_tokenizer(gguf, w, tok: dict, src: Path, hf_tok, vocab_size: int) -> str:
+    """The tokenizer keys; returns the pre-tokenizer's name (`llama` for SentencePiece)."""
+    tokens, types = vocabulary(gguf, tok, vocab_size)
+    eot = tokenizer_.eot_id(hf_tok)
+    bos, add_bos = bos_token(src, hf_tok, eot)
+    if tok["kind"] == "sentencepiece":
+        name = "llama"
+        for i, text in enumerate(tokens):  # byte-fallback tokens and the unknown token
+            if types[i] == gguf.TokenType.NORMAL and tok["byte_fallback"] \
+                    and re.fullmatch(r"<0x[0-9A-F]{2}>", text):
+                types[i] = int(gguf.TokenType.BYTE)
+            elif text == tok["unk"]:
+                types[i] = int(gguf.TokenType.UNKNOWN)
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(piece_scores(tok, vocab_size))
+        w.add_token_types(types)
+        # llama.cpp puts a space before the text and after each special token when this is on:
+        # the Prepend normalizer exactly, a Metaspace "always"/"first" only where the text does
+        # not already start with a space (docs/export.md).
+        w.add_add_space_prefix(tok["space_prefix"] != "never")
+        if tok["unk"] is not None and hf_tok.token_to_id(tok["unk"]) is not None:
+            w.add_unk_token_id(hf_tok.token_to_id(tok["unk"]))
+    else:
+        name = pre_name(tok)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(name)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges([" ".join(m) for m in tok["merges"]])
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(eot)
+    if "<|im_end|>" in tok["vocab"] or any(t["content"] == "<|im_end|>" for t in tok["added"]):
+        w.add_eot_token_id(hf_tok.token_to_id("<|im_end|>"))
+    pad = hf_tok.token_to_id("<|pad|>")
+    w.add_pad_token_id(eot if pad is None else pad)
+    w.add_add_bos_token(add_bos)
+    w.add_add_eos_token(bool(tok["wrap"][1]))
+    return name
+
+
 def bos_token(src: Path, hf_tok, eot: int) -> tuple[int, bool]:
     """(BOS id, whether the tokenizer adds it). llmos tokenizers have none: the id names the eot
     (GPT-2's convention; without any, llama.cpp would take id 11) and is never added. An
@@ -163,9 +232,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     try:
         tok = tokenizer_meta(json.loads((src / "tokenizer.json").read_text()))
     except ValueError as e:  # the same tokenizers run.py reads are the ones llama.cpp's can
-        raise ValueError(str(e).replace("run.py cannot reproduce this tokenizer",
-                                        "llama.cpp's gpt2 tokenizer with GPT-4's split cannot "
-                                        "reproduce this tokenizer")) from e
+        raise ValueError(str(e).replace("run.py cannot", "llama.cpp cannot")) from e
     hf_tok = tokenizer_.load(src)
     model = checkpoint.load_model(src)
     c = model.cfg
@@ -204,22 +271,7 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     w.add_rope_freq_base(float(c.rope_theta))
     w.add_layer_norm_rms_eps(float(c.norm_eps))
 
-    tokens, types = vocabulary(gguf, tok, c.vocab_size)
-    eot = tokenizer_.eot_id(hf_tok)
-    bos, add_bos = bos_token(src, hf_tok, eot)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(PRE[tok["ignore_merges"]])
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges([" ".join(m) for m in tok["merges"]])
-    w.add_bos_token_id(bos)
-    w.add_eos_token_id(eot)
-    if "<|im_end|>" in specials:
-        w.add_eot_token_id(hf_tok.token_to_id("<|im_end|>"))
-    pad = hf_tok.token_to_id("<|pad|>")
-    w.add_pad_token_id(eot if pad is None else pad)
-    w.add_add_bos_token(add_bos)
-    w.add_add_eos_token(False)
+    pre = write_tokenizer(gguf, w, tok, src, hf_tok, c.vocab_size)
     w.add_chat_template(jinja)
 
     types_written = {}
@@ -240,4 +292,4 @@ def export_gguf(model_dir: str | Path, out_dir: str | Path, outtype: str = "f32"
     mf = out / MODELFILE_NAME
     mf.write_text(modelfile_text)
     return {"gguf": path, "modelfile": mf, "gguf_bytes": path.stat().st_size,
-            "pre": PRE[tok["ignore_merges"]], "types": types_written, "chat_note": chat_note}
+            "pre": pre, "types": types_written, "chat_note": chat_note}
