@@ -262,6 +262,11 @@ def test_other_tokenizers_are_refused_by_name(families):
         with pytest.raises(ValueError, match="run.py cannot reproduce this tokenizer") as e:
             tokenizer_meta({**base, **change})
         assert name in str(e.value)
+    # GGUF: llama.cpp has GPT-2's split only without ignore_merges
+    from llmos.export.gguf import pre_name
+    assert pre_name({"split": "gpt2", "digits": True, "ignore_merges": False}) == "smollm"
+    with pytest.raises(ValueError, match="llama.cpp cannot reproduce this tokenizer"):
+        pre_name({"split": "gpt2", "digits": False, "ignore_merges": True})
 
 
 # ---- (b) real vocabularies: llama.cpp's test files ---------------------------------------------
@@ -339,6 +344,8 @@ def test_real_vocabularies_give_transformers_ids(run_mod, name):
         assert ours.encode(text) == want, repr(text)
         assert ours.decode(want) == hf.decode(want, skip_special_tokens=False)
     assert len(cases) > 30
+    specials = [t["content"] for t in tok_json["added_tokens"]][:20]
+    assert check_parity(run_mod, tok_json, parity_strings(specials, n_fuzz=1000)) > 1000
 
 
 # ---- (c) end to end: tiny models with each tokenizer -------------------------------------------
@@ -385,7 +392,7 @@ def test_greedy_tokens_match_the_engine(checkpoints, run_mod, name):
     gen = run_mod.Generator(params)
     assert gen.meta["format_version"] == "2"
     for text in PROMPTS:
-        ids = tok.encode(text).ids  # as `llmos sample` encodes a prompt: with Llama's BOS
+        ids = tok.encode(text).ids  # as `llmos generate` encodes a prompt: with the BOS
         assert gen.tok.encode(text, wrap=True) == ids
         want = Engine(model).generate([ids], SamplingParams(max_new_tokens=32, temperature=0))[0]
         assert len(set(want)) > 5
