@@ -346,7 +346,7 @@ class Tokenizer:
         return ids + (list(self.after) if wrap else [])
 
     def token_bytes(self, i):
-        text = self.pieces[i]
+        text = self.pieces.get(i, "")  # an id past the tokenizer (padded embedding): nothing
         if text in self.added:
             return text.encode("utf-8")
         if not self.sp:
