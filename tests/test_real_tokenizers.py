@@ -247,6 +247,16 @@ def test_unknown_characters_without_byte_fallback(families, run_mod):
     assert ours.encode("a🦙🦙b").count(0) == 1
 
 
+def test_a_metaspace_decoder(families, run_mod):
+    """Older files undo the "▁" with a Metaspace decoder (after ByteFallback) instead of
+    Replace + Strip; both the current and the legacy spelling of its options decode alike."""
+    for meta in ({"prepend_scheme": "always", "split": True}, {"add_prefix_space": True}):
+        decoder = {"type": "Sequence", "decoders": [
+            {"type": "ByteFallback"}, {"type": "Metaspace", "replacement": "▁", **meta}]}
+        tok_json = {**families["metaspace"], "decoder": decoder}
+        assert check_parity(run_mod, tok_json, parity_strings(["<s>"], n_fuzz=500)) > 500
+
+
 def test_other_tokenizers_are_refused_by_name(families):
     base = families["llama2"]
     cases = [

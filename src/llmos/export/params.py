@@ -84,8 +84,8 @@ def sentencepiece_options(norm: list[dict], pre: list[dict], dec: list[dict]) ->
     if not (undo or meta) or kinds - known or strips not in ([], [(" ", 0, 0)], [(" ", 1, 0)]):
         return None  # a decoder run.py does not reproduce
     # Strip(" ", 1, 0), or a Metaspace decoder that put a "▁" in front: one leading space goes.
-    opts["strip"] = strips == [(" ", 1, 0)] or any(
-        m.get("prepend_scheme", "always") != "never" for m in meta)
+    opts["strip"] = strips == [(" ", 1, 0)] or any(m.get("prepend_scheme", "always" if m.get(
+        "add_prefix_space", True) else "never") != "never" for m in meta)
     return opts
 
 
