@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ INSTALL = ("the llama.cpp backend needs llama-cpp-python: pip install 'llmos[lla
            "compiles llama.cpp, about 7 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=OFF makes a "
            "build that runs on other CPUs too)")
 GGUF_TYPES = ("f32", "f16", "q8_0")
+_END = object()  # a decoding ended without a stop token (budget, cancel, a closed stream)
 # What a GGUF is made from: a change to any of these rebuilds it.
 SOURCES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
            "chat_template.jinja")
@@ -119,7 +121,12 @@ def gguf_for(ckpt_dir: str | Path, gguf_type: str = "f16", log=print) -> Path:
 
 class LlamaCppDecoder:
     """The scheduler interface of serve/batching.py (`stream`, `load`, `close`,
-    `mean_logprobs`) over one llama.cpp context."""
+    `mean_logprobs`) over one llama.cpp context.
+
+    Every llama.cpp call runs on one thread of the decoder's own, whichever thread asks: a
+    llama.cpp context is not for several threads at once, and OpenMP keeps one team of threads
+    for it instead of one per request thread (see llmos/__init__.py for how GNU OpenMP treats
+    a team started off the main thread)."""
 
     backend = "llamacpp"
 
@@ -140,27 +147,70 @@ class LlamaCppDecoder:
                               verbose=False)
         if self.options.gguf_type == "f32":  # F32 throughout: the KV cache too (default F16)
             self._settings.update(type_k=0, type_v=0)  # GGML_TYPE_F32
-        self.llm = llama_cpp.Llama(**self._settings)
-        self._scorer = None  # a second context with every position's logits, made when needed
-        self._lock = threading.Lock()
+        self._busy = False
         self._waiting = 0
         self.requests = self.tokens = 0
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run_jobs, name=f"llmos-llamacpp-{name}",
+                                        daemon=True)
+        self._thread.start()
+        self._llama = llama_cpp.Llama
+        self.llm = self._call(lambda: self._llama(**self._settings))
+        self._scorer = None  # a second context with every position's logits, made when needed
+
+    # ---- the decoding thread ------------------------------------------------------------------
+
+    def _run_jobs(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, out = job
+            self._waiting -= 1
+            self._busy = True
+            try:
+                work(out)
+            except BaseException as e:  # noqa: BLE001 - handed to the asking thread
+                out.put(e)
+            finally:
+                self._busy = False
+
+    def _submit(self, work) -> queue.SimpleQueue:
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting += 1
+        self._jobs.put((work, out))
+        return out
+
+    def _call(self, fn):
+        """fn() on the decoding thread; its result here."""
+        result = self._submit(lambda out: out.put((fn(),))).get()
+        if isinstance(result, BaseException):
+            raise result
+        return result[0]
+
+    # ---- the scheduler interface --------------------------------------------------------------
 
     def stream(self, prompt: list[int], params: SamplingParams,
                cancel: threading.Event | None = None) -> Iterator[int]:
-        """Generated ids, STOP last when a stop token ended the answer (Scheduler.stream)."""
+        """Generated ids, STOP last when a stop token ended the answer (Scheduler.stream).
+        Closing the iterator, or setting `cancel`, ends the decoding at the next token."""
         if not prompt:
             raise ValueError("every prompt needs at least one token")
         budget = min(params.max_new_tokens, self.context - len(prompt))
         if budget <= 0:
             return
-        self._waiting += 1
-        with self._lock:
-            self._waiting -= 1
-            self.requests += 1
-            yield from self._decode(list(prompt), params, budget, cancel)
+        closed = threading.Event()
+        out = self._submit(lambda o: self._decode(o, list(prompt), params, budget,
+                                                  closed, cancel))
+        try:
+            while (item := out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"generation failed: {item}") from item
+                yield item
+                if item == STOP:
+                    return
+        finally:
+            closed.set()
 
-    def _decode(self, prompt, params, budget, cancel) -> Iterator[int]:
+    def _decode(self, out, prompt, params, budget, closed, cancel) -> None:
+        self.requests += 1
         stops = list(params.stop_tokens)
         generated = 0
 
@@ -178,48 +228,55 @@ class LlamaCppDecoder:
             logits_processor=[no_stop_yet] if params.min_new_tokens and stops else None)
         try:
             for t in tokens:
-                if cancel is not None and cancel.is_set():
-                    return
+                if closed.is_set() or (cancel is not None and cancel.is_set()):
+                    break
                 if t in stops:
-                    yield STOP
-                    return
-                yield t
+                    out.put(STOP)
+                    break
+                out.put(t)
                 generated += 1
                 self.tokens += 1
                 if generated >= budget:
-                    return
+                    break
         finally:
             tokens.close()
+            out.put(_END)
 
     def mean_logprobs(self, prompt, continuations) -> list[float]:
         """infer/think.py's mean_logprobs (a vote's tie-break) from llama.cpp's logits."""
+        return self._call(lambda: self._score(list(prompt), continuations))
+
+    def _score(self, prompt, continuations) -> list[float]:
         if self._scorer is None:
-            self._scorer = llama_cpp_module().Llama(**self._settings, logits_all=True)
+            self._scorer = self._llama(**self._settings, logits_all=True)
         out = []
-        with self._lock:
-            for cont in continuations:
-                if not cont:
-                    out.append(float("-inf"))
-                    continue
-                ids = list(prompt) + list(cont)
-                self._scorer.reset()
-                self._scorer.eval(ids)
-                scores = np.asarray(self._scorer.scores[len(prompt) - 1:len(ids) - 1],
-                                    dtype=np.float64)
-                top = scores.max(-1, keepdims=True)
-                logz = top[:, 0] + np.log(np.exp(scores - top).sum(-1))
-                picked = scores[np.arange(len(cont)), cont]
-                out.append(float((picked - logz).mean()))
+        for cont in continuations:
+            if not cont:
+                out.append(float("-inf"))
+                continue
+            ids = prompt + list(cont)
+            self._scorer.reset()
+            self._scorer.eval(ids)
+            scores = np.asarray(self._scorer.scores[len(prompt) - 1:len(ids) - 1],
+                                dtype=np.float64)
+            top = scores.max(-1, keepdims=True)
+            logz = top[:, 0] + np.log(np.exp(scores - top).sum(-1))
+            picked = scores[np.arange(len(cont)), cont]
+            out.append(float((picked - logz).mean()))
         return out
 
     def load(self) -> dict:
         """Live counts for /health."""
         return {"backend": "llamacpp", "gguf": str(self.gguf), "threads": self.threads,
-                "active": int(self._lock.locked()), "queued": self._waiting,
+                "active": int(self._busy), "queued": max(self._waiting, 0),
                 "requests": self.requests, "tokens_generated": self.tokens}
 
     def close(self) -> None:
-        with self._lock:
+        def release(_out):
             for llm in (self.llm, self._scorer):
                 if llm is not None:
                     llm.close()
+
+        self._submit(release)
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
