@@ -15,12 +15,11 @@ from llmos import chat_format
 from llmos import tokenizer as tokenizers_
 from llmos.agent.context import ContextBudget, fit
 from llmos.agent.tools import BUILTIN_TOOLS, Tool, call_tool
-from llmos.infer.engine import SamplingParams, TextStream
+from llmos.infer.engine import STOP, SamplingParams, TextStream
 
 # prompt ids, sampling -> generated ids; the last item is STOP when a stop token ended it
 # (the stop token itself is not part of the answer).
 TokenStream = Callable[[list[int], SamplingParams], Iterator[int]]
-STOP = -1
 
 
 @dataclass

@@ -14,6 +14,10 @@ import torch
 
 from llmos.model import KVCache, Transformer, use_decode_layout
 
+# Ends a token stream (agent/loop.py's TokenStream, the schedulers' `stream`) when a stop token
+# ended the answer; the stop token itself is not part of it.
+STOP = -1
+
 
 @dataclass
 class SamplingParams:

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmos.agent.loop import STOP
-from llmos.infer.engine import SamplingParams
+from llmos.infer.engine import STOP, SamplingParams
 
 INSTALL = ("the llama.cpp backend needs llama-cpp-python: pip install 'llmos[llamacpp]' (it "
            "compiles llama.cpp, about 7 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=OFF makes a "

@@ -6,8 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from llmos.agent.loop import STOP
-from llmos.infer.engine import SamplingParams, TextStream
+from llmos.infer.engine import STOP, SamplingParams, TextStream
 from llmos.infer.sampling import Completion, cut
 
 
