@@ -13,7 +13,7 @@ on the same weights and threads:
 Each server runs in its own process on a loopback port, started and stopped here; the clients
 are asyncio tasks in this process that stream /v1/completions requests back to back for a fixed
 time, each asking for exactly --max-tokens tokens (llmos and llama-server: `ignore_eos` (+
-`min_tokens`); llama_cpp.server: a -100 logit bias on the end token), so a random model's
+`min_tokens`); llama_cpp.server: a -100 logit bias on the end tokens), so a random model's
 lengths are fixed. The peers read model-f32.gguf, made from the same checkpoint.
 
     python benchmarks/serve_throughput.py                            # random cpu-tiny shape
@@ -147,9 +147,9 @@ def start_peer(peer: str, ckpt: Path, port: int, args) -> tuple[subprocess.Popen
                "--n_threads_batch", threads,
                # its default: a new request cuts the one streaming off; they queue instead
                "--interrupt_requests", "False"]
-        eot = tk.eot_id(tk.load(ckpt))
+        ends = tk.end_ids(tk.load(ckpt))  # llama.cpp stops at any of them
         return wait_healthy(launch(cmd), f"http://127.0.0.1:{port}/v1/models", peer), {
-            "logit_bias": {str(eot): -100.0}}
+            "logit_bias": {str(t): -100.0 for t in ends}}
     binary = Path(args.llama_server)
     if not binary.exists():
         raise RuntimeError(f"skipped: no {binary} (bash benchmarks/build_llama_server.sh)")
@@ -164,7 +164,7 @@ async def one_request(http: httpx.AsyncClient, url: str, prompt: str, max_tokens
                       extra: dict) -> dict:
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}, **extra}
-    start, first, tokens, chunks = time.perf_counter(), None, 0, 0
+    start, first, tokens, reason = time.perf_counter(), None, 0, None
     async with http.stream("POST", url, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -173,13 +173,18 @@ async def one_request(http: httpx.AsyncClient, url: str, prompt: str, max_tokens
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices") and chunk["choices"][0].get("text"):
-                chunks += 1
-                first = first or time.perf_counter()
+            if chunk.get("choices"):
+                choice = chunk["choices"][0]
+                reason = choice.get("finish_reason") or reason
+                if choice.get("text"):
+                    first = first or time.perf_counter()
     end = time.perf_counter()
-    # A server that reports no usage while streaming streams a token a chunk.
+    # A server that reports no usage while streaming (llama_cpp.server) stopped at max_tokens
+    # when it says "length": its end tokens are biased away.
+    if not tokens and reason == "length":
+        tokens = max_tokens
     return {"start": start, "end": end, "latency": end - start,
-            "ttft": (first or end) - start, "tokens": tokens or chunks}
+            "ttft": (first or end) - start, "tokens": tokens}
 
 
 async def run_level(base: str, clients: int, duration: float, max_tokens: int,
