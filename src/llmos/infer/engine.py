@@ -7,6 +7,8 @@ tokens alone or in a batch.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +19,24 @@ from llmos.model import KVCache, Transformer, use_decode_layout
 # Ends a token stream (agent/loop.py's TokenStream, the schedulers' `stream`) when a stop token
 # ended the answer; the stop token itself is not part of it.
 STOP = -1
+# What a decoding thread puts last on a request's queue when the answer ended without a stop
+# token (its budget, the context, a cancel).
+END = object()
+
+
+def relay(out: queue.SimpleQueue, closed: threading.Event) -> Iterator[int]:
+    """The tokens a decoding thread puts on `out` for one request: ids, STOP when a stop token
+    ended them, END when something else did, or an exception, raised here. `closed` is set when
+    the reader stops, early or not, so the decoding thread can drop the request."""
+    try:
+        while (item := out.get()) is not END:
+            if isinstance(item, BaseException):
+                raise RuntimeError(f"generation failed: {item}") from item
+            yield item
+            if item == STOP:
+                return
+    finally:
+        closed.set()
 
 
 @dataclass

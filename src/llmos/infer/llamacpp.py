@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from llmos.infer.engine import STOP, SamplingParams
+from llmos.infer.engine import END, STOP, SamplingParams, relay
 
 INSTALL = ("the llama.cpp backend needs llama-cpp-python: pip install 'llmos[llamacpp]' (it "
            "compiles llama.cpp, about 7 minutes on 2 cores; CMAKE_ARGS=-DGGML_NATIVE=OFF makes a "
            "build that runs on other CPUs too)")
 GGUF_TYPES = ("f32", "f16", "q8_0")
-_END = object()  # a decoding ended without a stop token (budget, cancel, a closed stream)
 # What a GGUF is made from: a change to any of these rebuilds it.
 SOURCES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
            "chat_template.jinja")
@@ -198,15 +197,7 @@ class LlamaCppDecoder:
         closed = threading.Event()
         out = self._submit(lambda o: self._decode(o, list(prompt), params, budget,
                                                   closed, cancel))
-        try:
-            while (item := out.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"generation failed: {item}") from item
-                yield item
-                if item == STOP:
-                    return
-        finally:
-            closed.set()
+        yield from relay(out, closed)
 
     def _decode(self, out, prompt, params, budget, closed, cancel) -> None:
         self.requests += 1
@@ -239,7 +230,7 @@ class LlamaCppDecoder:
                     break
         finally:
             tokens.close()
-            out.put(_END)
+            out.put(END)
 
     def mean_logprobs(self, prompt, continuations) -> list[float]:
         """infer/think.py's mean_logprobs (a vote's tie-break) from llama.cpp's logits."""

@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmos.agent.loop import STOP
-from llmos.infer.engine import SamplingParams, sample_rows
+from llmos.infer.engine import END, STOP, SamplingParams, relay, sample_rows
 from llmos.infer.think import mean_logprobs
 from llmos.model import KVCache, Transformer, use_decode_layout
-
-_END = object()  # the row ended without a stop token (budget, context, cancel)
 
 
 @dataclass
@@ -108,18 +105,8 @@ class Scheduler:
             self._pending.append(row)
             self.stats.requests += 1
             self._wake.notify()
-        try:
-            while True:
-                item = row.out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"generation failed: {item}") from item
-                yield item
-                if item == STOP:
-                    return
-        finally:
-            row.closed.set()  # a no-op for a finished row; drops a running one
+        # closing a finished row is a no-op; a running one is dropped at the next step
+        yield from relay(row.out, row.closed)
 
     def mean_logprobs(self, prompt, continuations) -> list[float]:
         """infer/think.py's mean_logprobs on this scheduler's model (a vote's tie-break)."""
@@ -157,7 +144,7 @@ class Scheduler:
                         row.out.put(e)
                     self._rows, self._cache, self._logits = [], None, None
         for row in self._rows + list(self._pending):
-            row.out.put(_END)
+            row.out.put(END)
 
     def _admit(self) -> list[Row]:
         with self._wake:
@@ -167,7 +154,7 @@ class Scheduler:
                 row = self._pending.popleft()
                 if row.cancelled():
                     self.stats.cancelled += 1
-                    row.out.put(_END)
+                    row.out.put(END)
                 else:
                     new.append(row)
             return new
@@ -201,7 +188,7 @@ class Scheduler:
             row.generated += 1
             self.stats.tokens += 1
             if row.generated >= row.budget:
-                row.out.put(_END)
+                row.out.put(END)
                 finished.append(i)
         keep = [i for i in range(B) if i not in set(finished)]
         tokens = tokens[keep]
@@ -254,7 +241,7 @@ class Scheduler:
             return
         for i in indices:
             if cancelled:
-                self._rows[i].out.put(_END)
+                self._rows[i].out.put(END)
                 self.stats.cancelled += 1
         keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
