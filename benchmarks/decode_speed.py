@@ -252,12 +252,14 @@ def main() -> None:
                     row["skipped"] = go
                 else:
                     n = min(NEW_TOKENS, SHAPES[shape]["max_seq_len"] - 1)
-                    seconds = best_time(go, args.repeats)
+                    try:
+                        seconds = best_time(go, args.repeats)
+                    finally:
+                        if hasattr(go, "close"):  # a server process: stopped, whatever happened
+                            go.close()
                     speeds[name] = n / seconds
                     row |= {"new_tokens": n, "tok_s": round(n / seconds, 1),
                             "ms_per_token": round(1000 * seconds / n, 3)}
-                    if hasattr(go, "close"):
-                        go.close()
                     del go  # free the model before loading the next
                 log(f"{shape:>6} {name:<18} {row.get('tok_s', row.get('skipped'))}")
                 print(json.dumps(row), flush=True)

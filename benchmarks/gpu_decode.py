@@ -97,6 +97,7 @@ def main() -> None:
                 for name in args.runners.split(","):
                     row = {"bench": "gpu_decode", "device": device_name, "shape": shape,
                            "runner": name, "batch": batch, "dtype": str(dtype)}
+                    go = None
                     try:
                         go = runner(name, ckpt, args.device, dtype, batch, args.tokens)
                         t = time.perf_counter()
@@ -118,7 +119,7 @@ def main() -> None:
                     log(f"{shape:>6} {name:<16} batch {batch:>3}: "
                         f"{row.get('tok_s', row.get('error'))}")
                     print(json.dumps(row), flush=True)
-                    del go
+                    go = None  # free the model before loading the next
                     if args.device.startswith("cuda"):
                         torch.cuda.empty_cache()
         runner_name, base, need, target_shape, batch = TARGET

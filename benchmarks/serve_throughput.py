@@ -137,11 +137,11 @@ def start_peer(peer: str, ckpt: Path, port: int, args) -> tuple[subprocess.Popen
     from llmos import tokenizer as tk
     from llmos.infer.llamacpp import gguf_for, installed
 
+    if not installed():
+        raise RuntimeError("skipped: llama-cpp-python or gguf is not installed")
     gguf = gguf_for(ckpt, "f32", log=log)
     context = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
     if peer == "llama_cpp.server":
-        if not installed():
-            raise RuntimeError("skipped: llama-cpp-python is not installed")
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port",
                str(port), "--n_ctx", str(context), "--n_threads", threads,
                "--n_threads_batch", threads,

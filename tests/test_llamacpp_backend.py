@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 
 import pytest
 import torch
@@ -91,6 +92,36 @@ def test_sampling_is_seeded_and_the_vote_tie_break_scores_like_the_engine(ckpts)
         decoder.close()
 
 
+@needs_llama_cpp
+def test_a_failed_decode_is_an_error_and_a_closed_decoder_says_so(ckpts):
+    decoder = LlamaCppDecoder(ckpts["tied"], F32, log=lambda *a: None)
+    real = decoder.llm
+
+    class Failing:  # llama.cpp failing after one token (a real one first)
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def generate(self, prompt, **kw):
+            yield next(real.generate(prompt, **kw))
+            raise RuntimeError("llama_decode returned -1")
+
+    decoder.llm = Failing()
+    tokens = []
+    with pytest.raises(RuntimeError, match="llama_decode returned -1"):
+        for t in decoder.stream([1, 2, 3], greedy()):
+            tokens.append(t)
+    assert len(tokens) == 1  # what came before the failure, then the error, not a short answer
+    decoder.llm = real
+    assert len(list(decoder.stream([1, 2, 3], greedy(5)))) == 5  # it goes on serving
+    cancel = threading.Event()
+    cancel.set()  # given up before its turn: nothing decoded
+    assert list(decoder.stream([1, 2, 3], greedy(5), cancel)) == []
+    decoder.close()
+    with pytest.raises(RuntimeError, match="shut down"):
+        list(decoder.stream([1, 2, 3], greedy(5)))
+    decoder.close()  # twice is fine
+
+
 def test_the_gguf_is_made_once_and_again_when_the_checkpoint_changes(ckpts, tmp_path):
     import shutil
 
@@ -104,14 +135,18 @@ def test_the_gguf_is_made_once_and_again_when_the_checkpoint_changes(ckpts, tmp_
     (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes())
     gguf_for(ckpt, "f16", log=said.append)
     assert len(said) == 1 and path.stat().st_mtime_ns == made
+    # A damaged stamp (a crash while writing it) means: make the GGUF again, no error.
+    path.with_suffix(".json").write_text("{\"quick\": [")
+    gguf_for(ckpt, "f16", log=said.append)
+    assert len(said) == 2
     # Other weights: made again. Another type: a file of its own.
     model = checkpoint.load_model(ckpt)
     with torch.no_grad():
         model.norm.weight.mul_(2)
     checkpoint.save(ckpt, model, ckpt, {})
     gguf_for(ckpt, "f16", log=said.append)
-    assert len(said) == 2 and not list((ckpt / "gguf").glob(".export-*"))
-    assert gguf_for(ckpt, "q8_0", log=said.append).name == "model-q8_0.gguf" and len(said) == 3
+    assert len(said) == 3 and not list((ckpt / "gguf").glob(".export-*"))
+    assert gguf_for(ckpt, "q8_0", log=said.append).name == "model-q8_0.gguf" and len(said) == 4
     with pytest.raises(ValueError, match="unknown GGUF type 'q4'"):
         LlamaCppOptions("q4")
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):

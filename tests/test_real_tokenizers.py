@@ -233,7 +233,8 @@ def test_run_py_tokenizes_as_hf_tokenizers(families, run_mod, name):
     else:
         assert meta["kind"] == "byte_level" and meta["split"] == "gpt2"
         assert meta.get("digits", False) == (name == "smollm")
-        assert len(ours.encode("12345")) == (5 if name == "smollm" else 1) or name == "gpt2"
+        if name == "smollm":  # every digit cut apart before the merges
+            assert len(ours.encode("12345")) == 5
 
 
 def test_unknown_characters_without_byte_fallback(families, run_mod):

@@ -101,7 +101,8 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
                    help="what decodes: llmos's engine (default; batches concurrent requests) or "
                    "llama.cpp (fastest single-stream CPU decoding; the checkpoint is exported to "
                    "CKPT/gguf/ on first use and again when it changes; needs pip install "
-                   "'llmos[llamacpp]'; docs/serving.md)")
+                   "'llmos[llamacpp]'; docs/serving.md; on the CPU, one request at a time: "
+                   "--device and --max-batch are the engine's)")
     p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f16",
                    help="--backend llamacpp: the weights' type in the GGUF (default f16; f32 "
                    "decodes the engine's greedy tokens exactly)")
@@ -118,7 +119,25 @@ def llamacpp_options(args):
             if value != default:
                 raise ValueError(f"{flag} is for --backend llamacpp")
         return None
+    if getattr(args, "device", "auto") not in ("auto", "cpu"):
+        raise ValueError(f"--backend llamacpp decodes on the CPU; --device {args.device} is for "
+                         "the native engine")
     from llmos.infer.llamacpp import LlamaCppOptions, llama_cpp_module
 
     llama_cpp_module()  # a missing extra is said before anything loads
     return LlamaCppOptions(args.gguf_type, args.threads)
+
+
+def prefer_spinning() -> None:
+    """For `llmos serve` and `llmos chat`, before torch loads. GNU OpenMP (torch's, which
+    llama.cpp shares in this process) sleeps almost at once between parallel steps when it
+    counts more of its threads than cores, and it counts a team for each thread that starts
+    parallel work: a server's decoding thread beside the main thread's. Spinning a little first,
+    as it does when not oversubscribed, made llama.cpp behind `llmos serve` 4.8x faster and the
+    served engine 1.26x (2 cores; docs/serving.md). Only where one process decodes: several
+    training processes sharing the cores would spin against each other. A user's own setting
+    wins, and once torch is loaded it changes nothing."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "300000")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llmos.cli.flags import add_backend_flags, add_sampling_flags, llamacpp_options, sampling_params
+from llmos.cli.flags import (
+    add_backend_flags,
+    add_sampling_flags,
+    llamacpp_options,
+    prefer_spinning,
+    sampling_params,
+)
 
 
 def add_generate(sub) -> None:
@@ -130,6 +136,7 @@ def _chat_profile(args):
 
 
 def cmd_chat(args):
+    prefer_spinning()
     from llmos.agent.terminal import Session, repl
 
     model, system, tools, prepare = args.model, args.system or "", not args.no_tools, None
@@ -205,6 +212,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_serve(args):
+    prefer_spinning()
     from llmos.serve.app import serve
 
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,

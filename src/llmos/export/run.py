@@ -310,7 +310,7 @@ class Tokenizer:
                 fallback = [f"<0x{b:02X}>" for b in c.encode("utf-8")]
                 if c in self.vocab or self.fallback and all(b in self.vocab for b in fallback):
                     word += [c] if c in self.vocab else fallback
-                elif not (self.fuse_unk and word[-1:] == [self.unk]):  # fuse_unk: one per run
+                elif self.unk and not (self.fuse_unk and word[-1:] == [self.unk]):  # no unk: drop
                     word.append(self.unk)
         whole = piece if self.sp else "".join(word)
         if self.ignore_merges and whole in self.vocab:

@@ -40,16 +40,18 @@ SOURCES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_conf
 
 
 def installed() -> bool:
+    """Both halves of the extra: llama-cpp-python decodes, `gguf` writes what it reads."""
     import importlib.util
 
-    return importlib.util.find_spec("llama_cpp") is not None
+    return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "gguf"))
 
 
 def llama_cpp_module():
     try:
+        import gguf  # noqa: F401 - the export to GGUF needs it
         import llama_cpp
     except ImportError as e:
-        raise ValueError(INSTALL) from e
+        raise ValueError(f"{INSTALL}; missing: {e.name}") from e
     return llama_cpp
 
 
@@ -95,12 +97,15 @@ def gguf_for(ckpt_dir: str | Path, gguf_type: str = "f16", log=print) -> Path:
     path = ckpt / "gguf" / f"model-{gguf_type}.gguf"
     stamp_path = path.with_suffix(".json")
     quick = _quick_key(ckpt)
-    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    try:  # a missing or damaged stamp means: make the GGUF again
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        stamp = {}
     if path.exists() and stamp.get("quick") == quick:
         return path
     content = _content_key(ckpt)
     if path.exists() and stamp.get("content") == content:
-        stamp_path.write_text(json.dumps({**stamp, "quick": quick}))
+        write_stamp(stamp_path, {**stamp, "quick": quick})
         return path
     log(f"llama.cpp: exporting {ckpt} to GGUF ({gguf_type}) -> {path}")
     tmp = path.parent / f".export-{os.getpid()}-{threading.get_ident()}"
@@ -110,8 +115,14 @@ def gguf_for(ckpt_dir: str | Path, gguf_type: str = "f16", log=print) -> Path:
         os.replace(result["gguf"], path)  # whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    stamp_path.write_text(json.dumps({"quick": quick, "content": content, "type": gguf_type}))
+    write_stamp(stamp_path, {"quick": quick, "content": content, "type": gguf_type})
     return path
+
+
+def write_stamp(path: Path, stamp: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(stamp))
+    os.replace(tmp, path)  # whole or not at all
 
 
 # ---- decoding ---------------------------------------------------------------------------------
@@ -123,8 +134,8 @@ class LlamaCppDecoder:
 
     Every llama.cpp call runs on one thread of the decoder's own, whichever thread asks: a
     llama.cpp context is not for several threads at once, and OpenMP keeps one team of threads
-    for it instead of one per request thread (see llmos/__init__.py for how GNU OpenMP treats
-    a team started off the main thread)."""
+    for it instead of one per request thread (docs/serving.md: OpenMP slows down when it counts
+    more threads than cores)."""
 
     backend = "llamacpp"
 
@@ -145,7 +156,8 @@ class LlamaCppDecoder:
                               verbose=False)
         if self.options.gguf_type == "f32":  # F32 throughout: the KV cache too (default F16)
             self._settings.update(type_k=0, type_v=0)  # GGML_TYPE_F32
-        self._busy = False
+        self._busy = self._closed = False
+        self._count = threading.Lock()  # the counters below, changed from several threads
         self._waiting = 0
         self.requests = self.tokens = 0
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -153,15 +165,20 @@ class LlamaCppDecoder:
                                         daemon=True)
         self._thread.start()
         self._llama = llama_cpp.Llama
-        self.llm = self._call(lambda: self._llama(**self._settings))
-        self._scorer = None  # a second context with every position's logits, made when needed
+        self.llm = self._scorer = None  # the scorer keeps every position's logits, made on use
+        try:
+            self.llm = self._call(lambda: self._llama(**self._settings))
+        except BaseException:
+            self.close()
+            raise
 
     # ---- the decoding thread ------------------------------------------------------------------
 
     def _run_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
             work, out = job
-            self._waiting -= 1
+            with self._count:
+                self._waiting -= 1
             self._busy = True
             try:
                 work(out)
@@ -169,10 +186,20 @@ class LlamaCppDecoder:
                 out.put(e)
             finally:
                 self._busy = False
+        while True:  # closed: whoever still waits hears so
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job[1].put(RuntimeError("the llama.cpp decoder is shut down"))
 
     def _submit(self, work) -> queue.SimpleQueue:
+        if self._closed:
+            raise RuntimeError("the llama.cpp decoder is shut down")
         out: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting += 1
+        with self._count:
+            self._waiting += 1
         self._jobs.put((work, out))
         return out
 
@@ -200,22 +227,35 @@ class LlamaCppDecoder:
         yield from relay(out, closed)
 
     def _decode(self, out, prompt, params, budget, closed, cancel) -> None:
-        self.requests += 1
+        """Runs on the decoding thread: tokens onto `out`, then STOP or END. An error goes
+        to `out` instead of END (by _run_jobs), so the reader raises it."""
+        if closed.is_set() or (cancel is not None and cancel.is_set()):
+            out.put(END)  # given up while it waited: not even the prompt is read
+            return
+        with self._count:
+            self.requests += 1
         stops = list(params.stop_tokens)
         generated = 0
+        sampled = params.temperature > 0
 
-        def no_stop_yet(_ids, scores):  # min_new_tokens: stop tokens masked until then
+        def shape(_ids, scores):
+            # The engine's order: temperature first, then top-k and top-p on the tempered
+            # distribution (llama.cpp's own chain applies the temperature after them, so it
+            # is given 1.0); stop tokens masked until min_new_tokens.
+            if sampled and params.temperature != 1.0:
+                scores = scores / params.temperature
             if generated < params.min_new_tokens and stops:
                 scores[stops] = -np.inf
             return scores
 
-        if params.temperature > 0:  # llama.cpp's own sampler: seeded, not the engine's draws
+        if sampled:  # llama.cpp's own sampler: seeded, not the engine's draws
             self.llm.set_seed(params.seed if params.seed is not None
                               else int.from_bytes(os.urandom(4), "little"))
+        needed = (sampled and params.temperature != 1.0) or (params.min_new_tokens and stops)
         tokens = self.llm.generate(
-            prompt, temp=max(params.temperature, 0.0), top_k=params.top_k, top_p=params.top_p,
+            prompt, temp=1.0 if sampled else 0.0, top_k=params.top_k, top_p=params.top_p,
             min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
-            logits_processor=[no_stop_yet] if params.min_new_tokens and stops else None)
+            logits_processor=[shape] if needed else None)  # a copy of the logits a token
         try:
             for t in tokens:
                 if closed.is_set() or (cancel is not None and cancel.is_set()):
@@ -225,12 +265,13 @@ class LlamaCppDecoder:
                     break
                 out.put(t)
                 generated += 1
-                self.tokens += 1
+                with self._count:
+                    self.tokens += 1
                 if generated >= budget:
                     break
         finally:
             tokens.close()
-            out.put(END)
+        out.put(END)  # only when nothing failed: an exception goes to `out` instead
 
     def mean_logprobs(self, prompt, continuations) -> list[float]:
         """infer/think.py's mean_logprobs (a vote's tie-break) from llama.cpp's logits."""
@@ -258,15 +299,23 @@ class LlamaCppDecoder:
     def load(self) -> dict:
         """Live counts for /health."""
         return {"backend": "llamacpp", "gguf": str(self.gguf), "threads": self.threads,
-                "active": int(self._busy), "queued": max(self._waiting, 0),
+                "active": int(self._busy), "queued": self._waiting,
                 "requests": self.requests, "tokens_generated": self.tokens}
 
     def close(self) -> None:
+        """Release llama.cpp once the request decoding now has finished; later requests (and
+        any still queued) fail with "shut down" instead of waiting."""
+        if self._closed:
+            return
+        self._closed = True
+
         def release(_out):
             for llm in (self.llm, self._scorer):
                 if llm is not None:
                     llm.close()
 
-        self._submit(release)
+        with self._count:
+            self._waiting += 1
+        self._jobs.put((release, queue.SimpleQueue()))
         self._jobs.put(None)
         self._thread.join(timeout=30)

@@ -68,7 +68,11 @@ class StaticEngine:
         self.cols = torch.arange(self.max_len, device=self.device)
         step = self._step
         if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
+            cuda = self.device.type == "cuda"
+            if cuda:  # changed in place by every step: a CUDA graph must see them as fixed
+                for t in (self.cache.k, self.cache.v, self.cache.pos, self.cols):
+                    torch._dynamo.mark_static_address(t)
+            mode = "reduce-overhead" if cuda else None  # CUDA graphs
             step = torch.compile(step, mode=mode, dynamic=False)
         self.step = step
 
