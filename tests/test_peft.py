@@ -277,3 +277,25 @@ def test_a_lora_sft_run_loads_in_peft_from_its_adapter_folder(tmp_path_factory, 
     print(f"sft run -> peft: max logit difference {diff:.2e}")
     assert max_diff(merged, base) > 1e-3  # training moved the adapters off zero
     assert diff < 1e-4
+
+
+def test_llmos_import_peft_writes_a_merged_checkpoint(tmp_path, capsys):
+    """`llmos import peft`: a peft adapter folded into its base, a checkpoint that loads like
+    any other and gives the peft model's logits."""
+    from test_export import make_checkpoint
+
+    from llmos.cli import main
+
+    base = make_checkpoint(tmp_path, "untied")
+    theirs = peft_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=ALL)
+    main(["import", "peft", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")])
+    assert "merged" in capsys.readouterr().out  # the base came from the adapter's own config
+    model = checkpoint.load_model(tmp_path / "merged")
+    assert not lora.adapters(model)
+    assert max_diff(llmos_logits(model), theirs) < 1e-4
+    info = checkpoint.read_info(tmp_path / "merged")
+    assert info["stage"] == "adapter" and info["parent"] == str(base)
+    assert info["lora"] == {"format": "peft", "rank": 4, "alpha": 8}
+    with pytest.raises(SystemExit):  # an existing output is not replaced unasked
+        main(["import", "peft", str(tmp_path / "adapter"), "--out", str(tmp_path / "merged")])
+    assert "--overwrite" in capsys.readouterr().err

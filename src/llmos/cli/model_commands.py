@@ -236,6 +236,25 @@ def add_import(sub) -> None:
     h.add_argument("--out", help="output checkpoint (default runs/imported/<SRC_DIR's name>)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     h.set_defaults(func=cmd_import)
+    a = formats.add_parser("peft", help="a LoRA adapter (PEFT's or llmos's) merged into its base",
+                           description="Fold a LoRA adapter folder (PEFT's adapter_config.json + "
+                           "adapter_model.safetensors, e.g. trained with peft, or an llmos "
+                           "run's adapter/) into the base checkpoint's weights and write a "
+                           "checkpoint that chat, serve, eval and export use. docs/interop.md.")
+    a.add_argument("src", metavar="ADAPTER_DIR", help="the adapter folder")
+    a.add_argument("--base", help="the base checkpoint (default: the folder the adapter names as "
+                   "base_model_name_or_path, when it is one here)")
+    a.add_argument("--out", help="output checkpoint (default runs/imported/<ADAPTER_DIR's name>)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    a.set_defaults(func=cmd_import_peft)
+
+
+def cmd_import_peft(args):
+    from llmos.train.lora import merged_checkpoint
+
+    out = args.out or str(Path("runs") / "imported" / Path(args.src).resolve().name)
+    out = merged_checkpoint(args.src, args.base, out, overwrite=args.overwrite)
+    print(f"merged {args.src} into its base -> {out} (chat: llmos chat --model {out})")
 
 
 def cmd_import(args):

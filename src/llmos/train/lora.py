@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
+from llmos import checkpoint
 from llmos.train import peft_format
 
 
@@ -162,3 +163,29 @@ def merge(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def merged_checkpoint(adapter_dir: str | Path, base: str | Path | None, out: str | Path,
+                      overwrite: bool = False) -> Path:
+    """`llmos import peft`: the base checkpoint with the adapter folded into its weights, as a
+    checkpoint of its own (chat, serve, eval and export take it like any other). `base`
+    defaults to the folder the adapter names (PEFT's base_model_name_or_path) when it is one."""
+    adapter_dir, out = Path(adapter_dir), Path(out)
+    if base is None:
+        config = adapter_dir / "adapter_config.json"
+        named = json.loads(config.read_text()).get("base_model_name_or_path") \
+            if config.exists() else None
+        if not named or not (Path(named) / "config.json").exists():
+            raise ValueError(f"{adapter_dir}: give --base, the checkpoint the adapter was trained "
+                             f"on (it names {named!r}, which is not a checkpoint folder here)")
+        base = named
+    base = Path(base)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; give another --out or --overwrite")
+    model = checkpoint.load_model(base)
+    meta = load_adapter(model, adapter_dir)
+    merge(model)
+    info = {"stage": "adapter", "parent": str(base), "adapter": str(adapter_dir.resolve()),
+            "parent_info": checkpoint.parent_identity(base),
+            "lora": {k: meta[k] for k in ("format", "rank", "alpha") if k in meta}}
+    return checkpoint.save(out, model, base, info)
