@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmos.export.gguf import export_gguf
 from llmos.infer.engine import END, STOP, SamplingParams, relay
 
 INSTALL = ("the llama.cpp backend needs llama-cpp-python: pip install 'llmos[llamacpp]' (it "
@@ -89,8 +90,6 @@ def gguf_for(ckpt_dir: str | Path, gguf_type: str = "f16", log=print) -> Path:
     """CKPT/gguf/model-TYPE.gguf, exported now unless one made from these very files is there.
     A stamp beside it records what it was made from (sizes and times, then a hash of the
     contents when those moved: a copied checkpoint keeps its GGUF)."""
-    from llmos.export.gguf import export_gguf
-
     ckpt = Path(ckpt_dir)
     if not (ckpt / "model.safetensors").exists():
         raise FileNotFoundError(f"{ckpt} is not a checkpoint directory (no model.safetensors)")

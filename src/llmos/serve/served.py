@@ -9,8 +9,8 @@ the labeling pages all answer through this table.
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,24 +75,11 @@ def load_off_main(path: Path, device: str):
     """checkpoint.load_model on a thread of its own. GNU OpenMP keeps a team of threads for each
     thread that runs parallel work; once the main thread has one (loading a checkpoint copies
     tensors in parallel), the scheduler thread's team is oversubscribed and a decoding step of
-    the cpu-tiny shape at 8 rows took 3.0 ms instead of 1.4 (2 cores; docs/LOG.md, 2026-12-03).
-    A thread's team goes when the thread ends, so loading elsewhere leaves the main thread
+    the cpu-tiny shape at 8 rows took 3.0 ms instead of 1.4 (2 cores; docs/serving.md). A
+    thread's team goes when the thread ends, so loading elsewhere leaves the main thread
     without one."""
-    out: list = []
-    worker = threading.Thread(target=lambda: out.append(_try(checkpoint.load_model, path,
-                                                                 device)))
-    worker.start()
-    worker.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
-
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
-        return e
+    with ThreadPoolExecutor(1) as pool:  # its thread ends with the block; errors re-raise here
+        return pool.submit(checkpoint.load_model, path, device).result()
 
 
 def load_models(specs: list[str], device: str = "cpu", max_batch: int = 16,
