@@ -572,8 +572,8 @@ def test_stop_text_across_pieces():
 
 def test_scheduler_matches_the_engine_with_staggered_joins():
     from llmos.agent.loop import STOP
+    from llmos.infer.batching import Scheduler
     from llmos.infer.engine import Engine, SamplingParams
-    from llmos.serve.batching import Scheduler
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,

@@ -20,39 +20,57 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from llmos.agent.loop import engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.data.records import Conversation, prompt_of
 from llmos.envs.verifiers import FREE_TEXT_TASKS, passed, score
+from llmos.infer.batching import Scheduler
 from llmos.infer.engine import Engine, SamplingParams
+
+# Questions answered at once: each runs the agent loop in its own thread on one continuous-
+# batching scheduler, so their decoding steps share one forward pass.
+CONCURRENT = 16
 
 
 def run_items(model, tok, conversations: list[Conversation], tools=None,
-              max_new_tokens: int = 128) -> list[dict]:
-    """Answer each conversation greedily; one record per item with everything needed to audit."""
-    generate = engine_stream(Engine(model))
+              max_new_tokens: int = 128, concurrent: int = CONCURRENT) -> list[dict]:
+    """Answer each conversation greedily; one record per item with everything needed to audit.
+    With `concurrent` > 1 the answers are decoded together (infer/batching.py); a greedy answer
+    is the same alone or in company."""
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    records = []
-    for conv in conversations:
-        events = list(respond(generate, tok, prompt_of(conv), params, tools=tools))
-        turns = [e for e in events if e.kind == "turn"]
-        finish = events[-1].data["finish_reason"]
-        answer = turns[-1].data.get("content", "") if turns else ""
-        calls = sum(e.kind == "tool_call" for e in events)
-        errors = sum(e.kind == "error" for e in events)
-        # A valid call parsed, named a known tool and passed its argument checks; a program
-        # that raises inside the Python tool was still a valid call.
-        ok_results = sum(e.kind == "tool_result" and not e.text.startswith("error: ")
-                         for e in events)
-        records.append({
-            "task": conv.task, "subject": conv.subject, "expected": conv.answer,
-            "answer": answer, "score": score(conv.task, conv.answer, answer),
-            "turns": len(turns), "malformed_turns": errors + (finish == "length"),
-            "tool_calls": calls + errors, "valid_tool_calls": ok_results, "finish": finish,
-            "transcript": [e.data for e in events if e.kind in ("turn", "tool_result")],
-        })
-    return records
+    if concurrent <= 1 or len(conversations) <= 1:
+        generate = engine_stream(Engine(model))
+        return [_answer(generate, tok, c, params, tools) for c in conversations]
+    scheduler = Scheduler(model, max_batch=concurrent, name="eval")
+    try:
+        with ThreadPoolExecutor(concurrent) as pool:
+            return list(pool.map(
+                lambda c: _answer(scheduler.stream, tok, c, params, tools), conversations))
+    finally:
+        scheduler.close()
+
+
+def _answer(generate, tok, conv: Conversation, params: SamplingParams, tools) -> dict:
+    """One question through the agent loop: its record, with the whole transcript."""
+    events = list(respond(generate, tok, prompt_of(conv), params, tools=tools))
+    turns = [e for e in events if e.kind == "turn"]
+    finish = events[-1].data["finish_reason"]
+    answer = turns[-1].data.get("content", "") if turns else ""
+    calls = sum(e.kind == "tool_call" for e in events)
+    errors = sum(e.kind == "error" for e in events)
+    # A valid call parsed, named a known tool and passed its argument checks; a program
+    # that raises inside the Python tool was still a valid call.
+    ok_results = sum(e.kind == "tool_result" and not e.text.startswith("error: ")
+                     for e in events)
+    return {
+        "task": conv.task, "subject": conv.subject, "expected": conv.answer,
+        "answer": answer, "score": score(conv.task, conv.answer, answer),
+        "turns": len(turns), "malformed_turns": errors + (finish == "length"),
+        "tool_calls": calls + errors, "valid_tool_calls": ok_results, "finish": finish,
+        "transcript": [e.data for e in events if e.kind in ("turn", "tool_result")],
+    }
 
 
 # Asked with no tools offered: the question rules the calculator out.

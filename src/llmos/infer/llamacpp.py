@@ -128,7 +128,7 @@ def write_stamp(path: Path, stamp: dict) -> None:
 
 
 class LlamaCppDecoder:
-    """The scheduler interface of serve/batching.py (`stream`, `load`, `close`,
+    """The scheduler interface of infer/batching.py (`stream`, `load`, `close`,
     `mean_logprobs`) over one llama.cpp context.
 
     Every llama.cpp call runs on one thread of the decoder's own, whichever thread asks: a

@@ -2,7 +2,7 @@
 
     models = load_models(["runs/cpu-tiny/sft", "dpo=runs/cpu-tiny/dpo"])  # {"sft": ..., "dpo": ...}
 
-Each served model has its tokenizer, its batching `Scheduler` (serve/batching.py; or llama.cpp
+Each served model has its tokenizer, its batching `Scheduler` (infer/batching.py; or llama.cpp
 with `--backend llamacpp`, infer/llamacpp.py) and its context length; the API, the arena and
 the labeling pages all answer through this table.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from llmos import checkpoint
 from llmos import tokenizer as tk
+from llmos.infer.batching import Scheduler
 from llmos.infer.llamacpp import LlamaCppDecoder, LlamaCppOptions
-from llmos.serve.batching import Scheduler
 
 
 @dataclass
