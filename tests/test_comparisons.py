@@ -12,6 +12,7 @@ import pytest
 
 from llmos.data import comparisons as cmp
 from llmos.data.builtin import comparisons as builtin_cmp
+from llmos.data.builtin.assistant import IDENTITY_HELDOUT
 from llmos.data.builtin.turns import is_heldout
 from llmos.data.records import ComparisonError, Conversation
 from llmos.data.sources import SourceError
@@ -183,7 +184,7 @@ def test_a_looping_answer_starts_like_the_gold_one_and_repeats_a_span(seed):
 def test_builtin_set_keeps_the_assistant_split():
     train, held = builtin_cmp.builtin_comparisons()
     assert len(train) > 5 * len(held) > 0
-    assert all(is_heldout(p.subject) for p in held)
+    assert all(is_heldout(p.subject) or p.subject in IDENTITY_HELDOUT for p in held)
     assert not any(is_heldout(p.subject) for p in train)
     assert {p.kind for p in held} >= {"wrong_docstring", "wrong_sum", "skipped_tool", "evasive"}
     pairs, skips = cmp.read_comparisons(["builtin:comparisons:heldout"])

@@ -29,13 +29,16 @@ The pieces live beside this module: `stdlib_api` (the library read with `ast`), 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from llmos.data.builtin.arithmetic import (
     MENTAL2_ITEMS,
     calculator_items,
     mental2_items,
+    mental_conversation,
     mental_items,
+    two_digit_problems,
 )
 from llmos.data.builtin.lookup import lookup_items
 from llmos.data.builtin.python_questions import python_items
@@ -189,4 +192,53 @@ def assistant_dataset(max_items: int | None = None
             heldout.append(c)
         else:
             train.append(c)
+    if max_items is None:
+        heldout += extra_heldout(heldout, round(total * TOOL_SHARES["python"]))
     return train, heldout
+
+
+# Held-out questions per task at least, so that a 10-point change between two models stands out
+# of the noise (two proportions near 0.5 at n = 400: a 95% interval of about +-7 points on their
+# difference). The split by subject gives some tasks far fewer: 104 two-digit problems, 149
+# Python questions, 21 identity questions asked 16 ways.
+HELDOUT_AT_LEAST = 400
+
+# Identity questions worded as no training conversation words them, asked only in evaluation.
+IDENTITY_HELDOUT = (
+    "May I ask your name?", "Do you have a name?", "Which AI am I chatting with?",
+    "How should I address you?", "What is this assistant called?", "Identify yourself, please.",
+    "State your name.", "Describe yourself in one sentence.", "Tell me who you are.",
+    "Which chatbot is this?", "What language model is this?", "Who am I speaking with?",
+    "Are you Gemini?", "Are you Mistral?", "Are you Copilot?", "Are you Siri?",
+    "Are you an OpenAI model?", "Are you a real person?", "Is this a bot?",
+    "Are you a large language model?", "Which company made you?", "Who is your developer?",
+    "What organization trained you?", "Were you made by Google?", "Were you made by Meta?",
+    "Who owns you?", "What's your origin story?", "What did you learn from?",
+    "What dataset were you trained on?", "Did someone finetune you?", "What are your skills?",
+    "Do you have any tools?", "Can you calculate things?", "Can you execute Python?",
+    "Can you search the web?", "Hey, who's this?", "Hi there, what are you?",
+    "Good evening! Who are you?", "Yo, what's your name?", "Before we start, who are you?",
+)
+
+
+def extra_heldout(heldout: list[Conversation], python_in_set: int) -> list[Conversation]:
+    """More held-out items for the tasks the split leaves short, made past the end of what
+    training draws from (two-digit problems after the first MENTAL2_ITEMS, Python questions
+    after the set's own, new identity wordings): the training set stays exactly as it was, and
+    the first held-out items of every task stay first."""
+    have = {task: sum(c.task == task for c in heldout) for task in ("mental2", "python")}
+    rng = random.Random(f"{SEED}:heldout-extra")
+    extra = []
+    problems = (p for p in two_digit_problems()[MENTAL2_ITEMS:]
+                if is_heldout(f"{p[0]} {p[1]} {p[2]}"))
+    for p in itertools.islice(problems, max(0, HELDOUT_AT_LEAST - have["mental2"])):
+        extra.append(mental_conversation(rng, "mental2", *p))
+    more = [c for c in python_items(python_in_set + 12 * HELDOUT_AT_LEAST)[python_in_set:]
+            if is_heldout(c.subject)]
+    extra += more[:max(0, HELDOUT_AT_LEAST - have["python"])]
+    # The reference answer is the one every identity answer shares; the score asks for "llmos".
+    extra += [conversation(rng, "identity", q, "llmos", [user(q), assistant(f"{_ME} {_TOOLS}")])
+              for q in IDENTITY_HELDOUT]
+    for c in extra:
+        c.source = SPECS[1]
+    return extra
