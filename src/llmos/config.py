@@ -110,6 +110,12 @@ class SFTConfig:
     lora_alpha: float = 16.0
     lora_targets: list[str] = field(default_factory=lambda: ["wqkv", "wo", "w13", "w2"])
     eval_items: int = 200  # held-out conversations answered for task accuracy (0 = skip)
+    # Rows of pretraining text added to each micro-batch, so the assistant keeps what the base
+    # model knew (train/text_mix.py); their mean loss is weighted by text_coef. text_data: the
+    # token shards to read, empty = the parent's own (RUN/data).
+    text_rows: int = 0
+    text_coef: float = 1.0
+    text_data: str = ""
     train: TrainConfig = field(default_factory=_sft_train)
 
 

@@ -10,6 +10,7 @@ block-diagonal and rotary positions restart at each conversation.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,10 @@ from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.conversations import split_sources
 from llmos.data.records import Conversation
+from llmos.data.shards import TokenLoader
 from llmos.evals import assistant_tasks
 from llmos.runtime import setup, teardown
-from llmos.train import lora
+from llmos.train import lora, text_mix
 from llmos.train.loop import Stage, train
 
 # ---- data: conversations -> packed rows -------------------------------------------------------
@@ -186,6 +188,20 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                   f"{n:,} trainable parameters of {model.num_params():,}")
         model = model.to(rt.device)
         loader = RowLoader(packed, t.batch_size, t.seed, rt.device, rt.rank, rt.world_size)
+        loss, text_dir = packed_loss, text_mix.text_data_dir(s.text_data, parent)
+        if s.text_rows < 0:
+            raise ValueError(f"sft.text_rows must be 0 or more, not {s.text_rows}")
+        if s.text_rows:
+            text_mix.check_text_data(text_dir, parent)
+            loader = text_mix.MixedLoader(loader, TokenLoader(
+                text_dir, "train", s.text_rows, t.seq_len, rt.rank, rt.world_size))
+            loss = functools.partial(text_mix.mixed_loss, text_coef=s.text_coef,
+                                     mask_fn=attention_mask)
+            print(f"sft: {s.text_rows} rows of pretraining text from {text_dir} in every "
+                  f"micro-batch (weight {s.text_coef})")
+        # The base model's validation text, measured as pretraining measures it, so a reader
+        # sees what finetuning kept (only where the parent's shards are at hand).
+        measures_text = (text_dir / "manifest.json").exists()
         tok_dir = cfg.run_dir / ".sft-tokenizer"
         if tok.chat_template is not None:  # an imported model keeps its tokenizer and template
             tok_dir = parent
@@ -193,15 +209,23 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         elif rt.is_main:
             tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # this version's template
 
+        def evaluate(m) -> dict:
+            out = heldout_loss(m, held, t.batch_size, t.eval_tokens, rt.device) \
+                if held.conversations else {}
+            if measures_text:
+                out |= text_mix.text_val_metrics(m, text_dir, tok, t.batch_size,
+                                                 cfg.train.seq_len, cfg.train.eval_tokens,
+                                                 rt.device)
+            return out
+
         stage = Stage(
             name="sft-lora" if s.lora_rank else "sft",
             next_batch=loader.next_batch,
-            loss=packed_loss,
+            loss=loss,
             tokens=lambda b: b[0].numel(),
             data_state=loader.state_dict,
             load_data_state=loader.load_state_dict,
-            evaluate=(lambda m: heldout_loss(m, held, t.batch_size, t.eval_tokens, rt.device))
-            if held.conversations else None,
+            evaluate=evaluate if held.conversations or measures_text else None,
             flops_per_token=model.flops_per_token(t.seq_len),
         )
         info_base = {"stage": "sft", "parent": str(parent), "config": cfg.to_dict(),
