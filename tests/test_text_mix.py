@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -68,7 +69,7 @@ def test_the_mixed_loader_resumes_where_it_stopped(base):
 
 
 def test_sft_with_text_reports_validation_bits_per_byte(base, tmp_path):
-    cfg, ckpt = base
+    cfg, ckpt = copy.deepcopy(base[0]), base[1]
     cfg.sft.sources = [str(write_jsonl(tmp_path / "c.jsonl",
                                        [{"messages": qa(i)} for i in range(30)]))]
     cfg.sft.val_fraction, cfg.sft.eval_items, cfg.sft.text_rows = 0.2, 0, 2
@@ -82,16 +83,20 @@ def test_sft_with_text_reports_validation_bits_per_byte(base, tmp_path):
 
 
 def test_text_from_elsewhere_is_refused_by_name(base, tmp_path):
-    _, ckpt = base
-    with pytest.raises(FileNotFoundError, match="sft.text_rows=0"):
-        text_mix.check_text_data(tmp_path / "nothing", ckpt)
+    cfg, ckpt = base
+    assert text_mix.text_data_problem(text_mix.text_data_dir("", ckpt), ckpt) is None
+    assert "no manifest.json" in text_mix.text_data_problem(tmp_path / "nothing", ckpt)
     other = tmp_path / "data"
     shutil.copytree(text_mix.text_data_dir("", ckpt), other)
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["tokenizer"]["sha256"] = "0" * 16
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="another tokenizer"):
-        text_mix.check_text_data(other, ckpt)
+    assert "another tokenizer" in text_mix.text_data_problem(other, ckpt)
+    cfg = copy.deepcopy(cfg)
+    cfg.sft.text_rows, cfg.sft.text_data = 2, str(other)  # named by the user: an error
+    with pytest.raises(ValueError, match="sft.text_rows=0"):
+        sft.run(cfg, ckpt, tmp_path / "sft")
+    assert not (tmp_path / "sft").exists()
 
 
 def test_held_out_tasks_have_enough_questions_none_of_them_trained_on():

@@ -137,6 +137,8 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, 
         shown = ", ".join(f"{k} {v:.3f}" for k, v in tm.items()
                           if k in STAGE_FIGURES.get(name, ()) and isinstance(v, float))
         print(f"{name:<16}{out}  ({shown})")
+    if kept := kept_knowledge(cfg, [base, assistant, tuned["dpo"]]):
+        print(f"knowledge kept  {kept}")
     print(f"system 2        {system2.headline(thinking)}")
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
     print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API;"
@@ -207,6 +209,22 @@ def evaluate_all(cfg: RunConfig, ckpts) -> None:
             continue
         result = harness.evaluate(ckpt, tasks, limit=limit)
         harness.write(result, out)
+
+
+def kept_knowledge(cfg: RunConfig, ckpts) -> str:
+    """Validation bits per byte of each checkpoint after the first (the base model) next to the
+    base's, from the eval step: what post-training kept of pretraining ('' without bpb)."""
+    tasks, limit = cfg.speedrun.eval_tasks, cfg.speedrun.eval_limit or None
+    shown, first = [], None
+    for ckpt in ckpts:
+        out = harness.default_out(ckpt, tasks, 0, limit)
+        if "bpb" not in tasks or not out.exists():
+            continue
+        value = json.loads(out.read_text())["results"]["bpb"]["metrics"]["bpb"]
+        first = first or value
+        ratio = f" ({value / first:.2f}x)" if shown else ""
+        shown.append(f"{ckpt.name} {value:.3f}{ratio}")
+    return ("validation bits/byte " + ", ".join(shown)) if len(shown) > 1 else ""
 
 
 def system2_row(cfg: RunConfig, ckpt) -> dict:

@@ -191,17 +191,21 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
         loss, text_dir = packed_loss, text_mix.text_data_dir(s.text_data, parent)
         if s.text_rows < 0:
             raise ValueError(f"sft.text_rows must be 0 or more, not {s.text_rows}")
-        if s.text_rows:
-            text_mix.check_text_data(text_dir, parent)
+        problem = text_mix.text_data_problem(text_dir, parent)
+        measures_text = problem is None
+        if s.text_rows and problem and s.text_data:
+            raise ValueError(f"sft.text_data: {problem}; name the data folder of the parent's "
+                             "pretraining, or set sft.text_rows=0")
+        if s.text_rows and problem:  # an imported parent has no shards beside it: go on
+            print(f"sft: {problem}; finetuning on conversations alone (sft.text_data names "
+                  "a data folder to mix in)")
+        elif s.text_rows:
             loader = text_mix.MixedLoader(loader, TokenLoader(
                 text_dir, "train", s.text_rows, t.seq_len, rt.rank, rt.world_size))
             loss = functools.partial(text_mix.mixed_loss, text_coef=s.text_coef,
                                      mask_fn=attention_mask)
             print(f"sft: {s.text_rows} rows of pretraining text from {text_dir} in every "
                   f"micro-batch (weight {s.text_coef})")
-        # The base model's validation text, measured as pretraining measures it, so a reader
-        # sees what finetuning kept (only where the parent's shards are at hand).
-        measures_text = (text_dir / "manifest.json").exists()
         tok_dir = cfg.run_dir / ".sft-tokenizer"
         if tok.chat_template is not None:  # an imported model keeps its tokenizer and template
             tok_dir = parent
@@ -210,6 +214,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             tokenizers_.save(tok, tok_dir, model.cfg.max_seq_len)  # this version's template
 
         def evaluate(m) -> dict:
+            """Held-out conversations' loss, and the base model's validation text measured as
+            pretraining measures it (where its shards are at hand): what finetuning kept."""
             out = heldout_loss(m, held, t.batch_size, t.eval_tokens, rt.device) \
                 if held.conversations else {}
             if measures_text:

@@ -33,21 +33,17 @@ def text_data_dir(spec: str, parent: Path) -> Path:
     return Path(spec) if spec else Path(parent).parent / "data"
 
 
-def check_text_data(data_dir: Path, parent: Path) -> dict:
-    """The shards' manifest, after checking they were made with the parent's tokenizer (ids
-    from another vocabulary would train nonsense silently)."""
+def text_data_problem(data_dir: Path, parent: Path) -> str | None:
+    """Why the shards in `data_dir` cannot be mixed into (or measure) a finetuning of `parent`,
+    or None when they can: ids from another vocabulary would train nonsense silently."""
     if not (data_dir / "manifest.json").exists():
-        raise FileNotFoundError(
-            f"pretraining text for the mix: {data_dir} holds no token shards (manifest.json); "
-            "set sft.text_data to the data folder of the parent's pretraining run, or "
-            "sft.text_rows=0 to finetune on conversations alone")
-    manifest = read_manifest(data_dir)
-    theirs = manifest.get("tokenizer", {}).get("sha256")
+        return f"no pretraining token shards in {data_dir} (no manifest.json)"
+    theirs = read_manifest(data_dir).get("tokenizer", {}).get("sha256")
     ours = tokenizers_.file_hash(Path(parent) / "tokenizer.json")
     if theirs != ours:
-        raise ValueError(f"pretraining text for the mix: {data_dir} was tokenized with another "
-                         f"tokenizer ({theirs}) than {parent} ({ours})")
-    return manifest
+        return (f"the shards in {data_dir} were made with another tokenizer ({theirs}) than "
+                f"{parent}'s ({ours})")
+    return None
 
 
 class MixedLoader:
