@@ -19,13 +19,15 @@ def add_eval(sub) -> None:
     s.add_argument("--tasks", required=True, metavar="LIST",
                    help="comma-separated: mmlu, mmlu_mc, arc_easy, arc_challenge, hellaswag, "
                    "boolq, piqa, winogrande, openbookqa, commonsenseqa, gsm8k, triviaqa, "
-                   "humaneval, mbpp, assistant, knowledge[:NAME] (docstring questions with and "
+                   "humaneval, mbpp, assistant, behaviour (failure rates of the model's own "
+                   "samples of held-out prompts), knowledge[:NAME] (docstring questions with and "
                    "without retrieval from a knowledge base), bpb (the run's validation "
                    "shards), bpb:SOURCE "
                    "(any `llmos data` source), hf:NAME[:CONFIG][@SPLIT] (network)")
     s.add_argument("--limit", type=int, metavar="N",
                    help="at most N items per task, spread evenly over the set "
-                   "(bpb:SOURCE: documents; assistant: default 200)")
+                   "(bpb:SOURCE: documents; assistant: default 200; behaviour: prompts, "
+                   "default 100, 4 samples each)")
     s.add_argument("--shots", type=int, default=0, metavar="K",
                    help="few-shot examples before each question (default 0); contexts longer "
                    "than the model's window lose their oldest tokens")
@@ -54,7 +56,9 @@ def add_eval(sub) -> None:
                        "reference-free check, the default) or reward:PATH (a reward model)")
     think.add_argument("--temperature", type=float, default=0.8,
                        help="sampling temperature of the strategies' samples (default 0.8)")
-    think.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    think.add_argument("--seed", type=int, default=0,
+                       help="sampling seed of the strategies and of the behaviour task's "
+                       "samples (default 0)")
     s.set_defaults(func=cmd_eval)
 
 
@@ -68,7 +72,8 @@ def cmd_eval(args):
         raise ValueError("--batch-size and --limit must be >= 1, --shots >= 0")
     result = harness.evaluate(args.model, names, shots=args.shots, limit=args.limit,
                               batch_size=args.batch_size, device=args.device, chat=args.chat,
-                              log=lambda m: print(m, file=sys.stderr), db=args.db)
+                              log=lambda m: print(m, file=sys.stderr), db=args.db,
+                              seed=args.seed)
     out = Path(args.out) if args.out else harness.default_out(args.model, names, args.shots,
                                                               args.limit, args.chat)
     harness.write(result, out)

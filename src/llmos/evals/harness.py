@@ -9,6 +9,10 @@ Task names (comma-separated in --tasks):
     gsm8k, triviaqa    greedy answers, answer extracted and matched (em)
     humaneval, mbpp    greedy code run against the set's tests in the sandbox (pass@1)
     assistant          the held-out built-in assistant tasks (evals/assistant_tasks.py)
+    behaviour          failure rates (looping, evasive, wrong identity, skipped or needless
+                       tool, malformed tool call, wrong answer) of the checkpoint's own samples
+                       of held-out prompts, with 95% intervals (evals/behaviour.py); --limit
+                       counts prompts (default 100, 4 samples each)
     knowledge[:NAME]   held-out docstring questions from memory and with search_knowledge over
                        knowledge base NAME (default stdlib) in the --db database
                        (evals/knowledge_qa.py)
@@ -38,7 +42,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data import shards, sources
 from llmos.data.builtin.assistant import assistant_dataset
-from llmos.evals import assistant_tasks, bpb, generative
+from llmos.evals import assistant_tasks, behaviour, bpb, generative
 from llmos.evals import tasks as tasks_
 from llmos.evals.tasks import TaskError
 from llmos.infer import likelihood as mc
@@ -50,7 +54,7 @@ def parse_tasks(spec: str) -> list[str]:
     if not names:
         raise TaskError(f"no tasks given; valid tasks: {tasks_.valid_names()}")
     for name in names:
-        known = (name in tasks_.TASKS or name in ("assistant", "bpb", "knowledge")
+        known = (name in tasks_.TASKS or name in ("assistant", "behaviour", "bpb", "knowledge")
                  or name.startswith(("bpb:", "hf:", "knowledge:")))
         if not known:
             raise TaskError(f"unknown task {name!r}; valid tasks: {tasks_.valid_names()}")
@@ -150,6 +154,11 @@ def run_assistant(model, tok, limit: int | None) -> dict:
     return {"metrics": metrics, "items": result["items"]}
 
 
+def run_behaviour(model, tok, limit: int | None, seed: int) -> dict:
+    _, heldout = assistant_dataset()
+    return behaviour.evaluate(model, tok, heldout, limit or behaviour.PROMPTS, seed=seed)
+
+
 def run_knowledge(model, tok, base: str, db: str, limit: int | None) -> dict:
     from llmos.agent.knowledge import KnowledgeBase, KnowledgeError
     from llmos.agent.knowledge_tool import knowledge_tool
@@ -223,7 +232,9 @@ def run_bpb(model, tok, model_dir: Path, source: str | None, limit: int | None,
 
 
 def run_task(name: str, model, tok, model_dir: Path, shots: int, limit: int | None,
-             batch_size: int, chat: bool = False, db: str = "llmos.db") -> dict:
+             batch_size: int, chat: bool = False, db: str = "llmos.db", seed: int = 0) -> dict:
+    if name == "behaviour":  # no chance: rates of failures stay out of the centered accuracy
+        return {"kind": "behaviour", "primary": "clean", **run_behaviour(model, tok, limit, seed)}
     if name == "knowledge" or name.startswith("knowledge:"):
         base = name[len("knowledge:"):] or "stdlib"
         return {"kind": "knowledge", "primary": "acc",
@@ -253,7 +264,8 @@ def centered(result: dict) -> float | None:
 
 def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = None,
              batch_size: int = 32, device: str = "cpu", chat: bool = False, log=print,
-             db: str = "llmos.db") -> dict:
+             db: str = "llmos.db", seed: int = 0) -> dict:
+    """Run `names` on the checkpoint. `seed` seeds the tasks that sample (behaviour)."""
     model_dir = Path(model_dir)
     model = checkpoint.load_model(model_dir, device).eval()
     tok = tokenizers_.load(model_dir)
@@ -261,7 +273,7 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
     results = {}
     for name in names:
         t = time.perf_counter()
-        r = run_task(name, model, tok, model_dir, shots, limit, batch_size, chat, db)
+        r = run_task(name, model, tok, model_dir, shots, limit, batch_size, chat, db, seed)
         m = r["metrics"]  # n: items; bpb: documents, or tokens on the run's shards
         r["n"] = m.get("documents", m.get("tokens", m.get("items", len(r["items"]))))
         r["seconds"] = round(time.perf_counter() - t, 1)
@@ -273,12 +285,14 @@ def evaluate(model_dir, names: list[str], shots: int = 0, limit: int | None = No
         # Items last, so the file reads summary first.
         results[name] = {k: v for k, v in r.items() if k != "items"} | {"items": r["items"]}
     scored = [r["centered"] for r in results.values() if "centered" in r]
+    # The behaviour rates also on top, where a reader looks first (the samples stay in results).
+    shown = {"behaviour": results["behaviour"]["behaviour"]} if "behaviour" in results else {}
     return {
         "model": str(model_dir), "tasks": names, "shots": shots, "limit": limit, "chat": chat,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),
         "centered_accuracy": sum(scored) / len(scored) if scored else None,
-        "results": results,
+        **shown, "results": results,
     }
 
 
@@ -314,4 +328,7 @@ def format_table(result: dict) -> str:
     c = result["centered_accuracy"]
     lines.append(f"centered accuracy: {c:.4f}" if c is not None else
                  "centered accuracy: - (no accuracy task)")
+    if "behaviour" in result["results"]:
+        lines += ["", "behaviour (rate of each failure over the samples it applies to):",
+                  behaviour.format_table(result["results"]["behaviour"]["behaviour"])]
     return "\n".join(lines)

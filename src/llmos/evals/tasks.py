@@ -376,4 +376,5 @@ def build_items(task: Task, shots: int = 0, limit: int | None = None) -> list[It
 
 @cache
 def valid_names() -> str:
-    return ", ".join(list(TASKS) + ["assistant", "bpb", "bpb:SOURCE", "hf:NAME[:CONFIG][@SPLIT]"])
+    return ", ".join(list(TASKS) + ["assistant", "behaviour", "bpb", "bpb:SOURCE",
+                                    "hf:NAME[:CONFIG][@SPLIT]"])
