@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
 from llmos.agent.loop import engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.data.records import Conversation, prompt_of
 from llmos.envs.verifiers import FREE_TEXT_TASKS, passed, score
-from llmos.infer.batching import Scheduler
+from llmos.infer.batching import map_concurrently
 from llmos.infer.engine import Engine, SamplingParams
 
 # Questions answered at once: each runs the agent loop in its own thread on one continuous-
@@ -43,13 +42,8 @@ def run_items(model, tok, conversations: list[Conversation], tools=None,
     if concurrent <= 1 or len(conversations) <= 1:
         generate = engine_stream(Engine(model))
         return [_answer(generate, tok, c, params, tools) for c in conversations]
-    scheduler = Scheduler(model, max_batch=concurrent, name="eval")
-    try:
-        with ThreadPoolExecutor(concurrent) as pool:
-            return list(pool.map(
-                lambda c: _answer(scheduler.stream, tok, c, params, tools), conversations))
-    finally:
-        scheduler.close()
+    return map_concurrently(model, lambda stream, c: _answer(stream, tok, c, params, tools),
+                            conversations, concurrent, name="eval")
 
 
 def _answer(generate, tok, conv: Conversation, params: SamplingParams, tools) -> dict:

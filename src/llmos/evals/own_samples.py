@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 from llmos import chat_format
 from llmos.agent.loop import respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.data.records import Conversation, prompt_of
-from llmos.infer.batching import Scheduler
+from llmos.infer.batching import map_concurrently
 from llmos.infer.engine import SamplingParams
 
 # Sampled as `llmos chat` samples (cli/model_commands.py, CHAT_SAMPLING).
@@ -72,19 +71,14 @@ def sample(model, tok, conversations: list[Conversation], samples: int, seed: in
     """`samples` answers to each conversation's prompt, in order (prompt by prompt): a record
     per sample with its prompt id, sample number and seed, and `answer`'s fields."""
     jobs = [(i, j) for i in range(len(conversations)) for j in range(samples)]
-    scheduler = Scheduler(model, max_batch=concurrent, name="behaviour")
 
-    def one(job: tuple[int, int]) -> dict:
+    def one(stream, job: tuple[int, int]) -> dict:
         i, j = job
         messages = prompt_of(conversations[i])
         s = sample_seed(seed, messages, j)
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=TEMPERATURE,
                                 top_p=TOP_P, seed=s)
         return {"prompt_id": i, "sample": j, "seed": s, "prompt": messages,
-                **answer(scheduler.stream, tok, messages, params)}
+                **answer(stream, tok, messages, params)}
 
-    try:
-        with ThreadPoolExecutor(max(1, min(concurrent, len(jobs)))) as pool:
-            return list(pool.map(one, jobs))
-    finally:
-        scheduler.close()
+    return map_concurrently(model, one, jobs, concurrent, name="behaviour")

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -272,3 +273,16 @@ class Scheduler:
             mask = (cols[None, :] >= self._pads[:, None])[:, None, None, :]
         self._logits = self.model(tokens[:, None], cache=c, positions=positions[:, None],
                                   mask=mask)[:, -1]
+
+
+def map_concurrently(model: Transformer, work, items: list, concurrent: int,
+                     name: str = "batch") -> list:
+    """`work(stream, item)` for every item, each in its own thread, all on one scheduler over
+    `model`, so their decoding steps share forward passes (an agent loop per item, tool calls
+    and all); the results in the items' order."""
+    scheduler = Scheduler(model, max_batch=concurrent, name=name)
+    try:
+        with ThreadPoolExecutor(max(1, min(concurrent, len(items)))) as pool:
+            return list(pool.map(lambda item: work(scheduler.stream, item), items))
+    finally:
+        scheduler.close()
