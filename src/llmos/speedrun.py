@@ -14,7 +14,16 @@ from llmos.agent.knowledge import KnowledgeBase, print_progress
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig, normalized
-from llmos.evals import autoarena, harness, knowledge_qa, redteam_card, report, system2, tasks
+from llmos.evals import (
+    autoarena,
+    behaviour,
+    harness,
+    knowledge_qa,
+    redteam_card,
+    report,
+    system2,
+    tasks,
+)
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.think import Think
@@ -101,6 +110,8 @@ def run(cfg: RunConfig) -> None:
         tuned[name] = out
     with timer("eval"):
         evaluate_all(cfg, [base, assistant, tuned["dpo"]])
+    with timer("behaviour"):
+        behaved = behaviour_rows([assistant, tuned["dpo"]])
     with timer("system2"):
         thinking = system2_row(cfg, assistant)
     with timer("knowledge"):
@@ -112,12 +123,12 @@ def run(cfg: RunConfig) -> None:
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, scanned, samples,
-            chats, card, page, timer)
+    summary(cfg, base, assistant, tuned, behaved, thinking, looked_up, helper, attacked,
+            scanned, samples, chats, card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, scanned, samples,
-            chats, card, page, timer) -> None:
+def summary(cfg, base, assistant, tuned, behaved, thinking, looked_up, helper, attacked,
+            scanned, samples, chats, card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -139,6 +150,7 @@ def summary(cfg, base, assistant, tuned, thinking, looked_up, helper, attacked, 
         print(f"{name:<16}{out}  ({shown})")
     if kept := kept_knowledge(cfg, [base, assistant, tuned["dpo"]]):
         print(f"knowledge kept  {kept}")
+    print(f"behaviour       {behaviour_headline(behaved)}")
     print(f"system 2        {system2.headline(thinking)}")
     print(f"knowledge       {knowledge_qa.headline(looked_up)}")
     print(f"stdlib helper   {helper}  (the profile served on loopback, asked through the API;"
@@ -225,6 +237,34 @@ def kept_knowledge(cfg: RunConfig, ckpts) -> str:
         ratio = f" ({value / first:.2f}x)" if shown else ""
         shown.append(f"{ckpt.name} {value:.3f}{ratio}")
     return ("validation bits/byte " + ", ".join(shown)) if len(shown) > 1 else ""
+
+
+def behaviour_rows(ckpts) -> dict:
+    """The failure rates of each checkpoint's own samples (evals/behaviour.py) in
+    CKPT/evals/behaviour-0shot.json, where the report card finds them; kept while newer than
+    the checkpoint. Returns {checkpoint name: {kind: {rate, ci, n}}}."""
+    found = {}
+    for ckpt in ckpts:
+        out = harness.default_out(ckpt, ["behaviour"], 0, None)
+        if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+            print(f"speedrun: {out} is up to date")
+            result = json.loads(out.read_text())
+        else:
+            result = harness.evaluate(ckpt, ["behaviour"])
+            harness.write(result, out)
+        found[ckpt.name] = result["results"]["behaviour"]["behaviour"]
+    return found
+
+
+def behaviour_headline(found: dict) -> str:
+    """The kinds that fired, each checkpoint's rate in order: 'looping 0.025 -> 0.013, ...'."""
+    kinds = [k for k in behaviour.KINDS if any((r.get(k) or {}).get("rate") for r in
+                                                 found.values())]
+    if not kinds:
+        return f"no failure detected ({' -> '.join(found)})"
+    shown = ", ".join(f"{k} " + " -> ".join(f"{(r.get(k) or {}).get('rate') or 0:.3f}"
+                                            for r in found.values()) for k in kinds)
+    return f"{shown}  ({' -> '.join(found)}; the other kinds 0)"
 
 
 def system2_row(cfg: RunConfig, ckpt) -> dict:
