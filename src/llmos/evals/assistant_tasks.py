@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 from llmos.agent.loop import engine_stream, respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.data.records import Conversation, prompt_of
 from llmos.envs.verifiers import FREE_TEXT_TASKS, passed, score
+from llmos.evals.own_samples import sample_seed
 from llmos.infer.batching import map_concurrently
 from llmos.infer.engine import Engine, SamplingParams
 
@@ -34,16 +36,27 @@ CONCURRENT = 16
 
 
 def run_items(model, tok, conversations: list[Conversation], tools=None,
-              max_new_tokens: int = 128, concurrent: int = CONCURRENT) -> list[dict]:
-    """Answer each conversation greedily; one record per item with everything needed to audit.
-    With `concurrent` > 1 the answers are decoded together (infer/batching.py); a greedy answer
-    is the same alone or in company."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
-    if concurrent <= 1 or len(conversations) <= 1:
+              max_new_tokens: int = 128, concurrent: int = CONCURRENT,
+              sampling: SamplingParams | None = None) -> list[dict]:
+    """Answer each conversation, greedily unless `sampling` is given (used as is, its
+    max_new_tokens included); one record per item with everything needed to audit. A seeded
+    `sampling` gives each item its own seed, from that seed and the item's prompt
+    (own_samples.sample_seed), so a sampled answer does not depend on the other items.
+    With `concurrent` > 1 the answers are decoded together (infer/batching.py); a greedy or
+    seeded answer is the same alone or in company. Sampled answers always go through the
+    batching scheduler: the single-stream engine draws other tokens from the same seed."""
+    base = sampling or SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+
+    def params(c: Conversation) -> SamplingParams:
+        if base.temperature <= 0 or base.seed is None:
+            return base
+        return replace(base, seed=sample_seed(base.seed, prompt_of(c), 0))
+
+    if base.temperature <= 0 and (concurrent <= 1 or len(conversations) <= 1):
         generate = engine_stream(Engine(model))
-        return [_answer(generate, tok, c, params, tools) for c in conversations]
-    return map_concurrently(model, lambda stream, c: _answer(stream, tok, c, params, tools),
-                            conversations, concurrent, name="eval")
+        return [_answer(generate, tok, c, params(c), tools) for c in conversations]
+    return map_concurrently(model, lambda stream, c: _answer(stream, tok, c, params(c), tools),
+                            conversations, max(1, concurrent), name="eval")
 
 
 def _answer(generate, tok, conv: Conversation, params: SamplingParams, tools) -> dict:
@@ -97,15 +110,15 @@ def plan(heldout: list[Conversation], limit: int,
 
 
 def evaluate(model, tok, heldout: list[Conversation], limit: int = 200,
-             tools: dict | None = None) -> dict:
+             tools: dict | None = None, sampling: SamplingParams | None = None) -> dict:
     """Task accuracy on up to `limit` held-out items (spread evenly over tasks), arithmetic
-    without the calculator included; `tools` default to the built-in ones. Returns
-    {"summary": {...}, "items": [...]}."""
+    without the calculator included; `tools` default to the built-in ones; greedy answers
+    unless `sampling` (run_items). Returns {"summary": {...}, "items": [...]}."""
     t0 = time.perf_counter()
     tools = BUILTIN_TOOLS if tools is None else tools
     chosen = plan(heldout, limit, tools)
     items = run_items(model, tok, [c for c in chosen if c.task not in NO_TOOL_TASKS],
-                      tools=tools)
+                      tools=tools, sampling=sampling)
     # Format and tool-call quality are measured where the tools exist (without them, every
     # calculator call is "unknown tool" by design).
     turns = sum(r["turns"] for r in items)
@@ -116,7 +129,8 @@ def evaluate(model, tok, heldout: list[Conversation], limit: int = 200,
                              if calls else float("nan")),
         "tool_calls": calls,
     }
-    items += run_items(model, tok, [c for c in chosen if c.task in NO_TOOL_TASKS], tools={})
+    items += run_items(model, tok, [c for c in chosen if c.task in NO_TOOL_TASKS], tools={},
+                       sampling=sampling)
 
     for task in sorted({r["task"] for r in items}):
         rs = [r for r in items if r["task"] == task]
