@@ -26,6 +26,7 @@ TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
     "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3",
     "--set", "speedrun.knowledge_limit=3", "--set", "speedrun.redteam_tasks=1",
+    "--set", "speedrun.behaviour_limit=3",
     "--set", "speedrun.redteam_generations=1"]
 
 

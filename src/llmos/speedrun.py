@@ -111,7 +111,7 @@ def run(cfg: RunConfig) -> None:
     with timer("eval"):
         evaluate_all(cfg, [base, assistant, tuned["dpo"]])
     with timer("behaviour"):
-        behaved = behaviour_rows([assistant, tuned["dpo"]])
+        behaved = behaviour_rows([assistant, tuned["dpo"]], cfg.speedrun.behaviour_limit)
     with timer("system2"):
         thinking = system2_row(cfg, assistant)
     with timer("knowledge"):
@@ -239,18 +239,20 @@ def kept_knowledge(cfg: RunConfig, ckpts) -> str:
     return ("validation bits/byte " + ", ".join(shown)) if len(shown) > 1 else ""
 
 
-def behaviour_rows(ckpts) -> dict:
+def behaviour_rows(ckpts, limit: int) -> dict:
     """The failure rates of each checkpoint's own samples (evals/behaviour.py) in
     CKPT/evals/behaviour-0shot.json, where the report card finds them; kept while newer than
     the checkpoint. Returns {checkpoint name: {kind: {rate, ci, n}}}."""
     found = {}
     for ckpt in ckpts:
         out = harness.default_out(ckpt, ["behaviour"], 0, None)
-        if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+        kept = json.loads(out.read_text()) if out.exists() and (
+            out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime) else {}
+        if kept.get("limit") == limit:
             print(f"speedrun: {out} is up to date")
-            result = json.loads(out.read_text())
+            result = kept
         else:
-            result = harness.evaluate(ckpt, ["behaviour"])
+            result = harness.evaluate(ckpt, ["behaviour"], limit=limit)
             harness.write(result, out)
         found[ckpt.name] = result["results"]["behaviour"]["behaviour"]
     return found
