@@ -1,8 +1,8 @@
 """Pretraining text mixed into finetuning, so the assistant keeps what the base model knew.
 
 Finetuning only on conversations moves every weight toward the chat format: at cpu-tiny the
-base model's validation bits per byte went from 1.22 to 3.15 after SFT, and its recall of the
-standard library with it. InstructGPT's "PPO-ptx" (Ouyang et al. 2022) keeps a pretraining
+base model's validation bits per byte went from 1.22 to 3.15 after SFT (worse than xz on the
+same text). InstructGPT's "PPO-ptx" (Ouyang et al. 2022) keeps a pretraining
 language-model term in the objective for the same reason. Here each micro-batch gets
 `text_rows` rows of the parent's own pretraining shards, and the loss is
 
@@ -11,8 +11,8 @@ language-model term in the objective for the same reason. Here each micro-batch 
 Two means rather than one over all tokens: a text row trains on every token and a conversation
 only on its answers, so a single mean would let a few text rows outweigh the conversations.
 
-The same shards give the validation bits per byte that each post-training stage reports next to
-its parent's (`text_val_metrics`).
+The same shards give the validation bits per byte that SFT reports at each evaluation, the
+figure pretraining reports (`text_val_metrics`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.shards import TokenLoader, iter_eval_batches, read_manifest
 from llmos.evals import bpb
@@ -93,9 +92,3 @@ def text_val_metrics(model, data_dir: Path, tok, batch_size: int, seq_len: int,
                for x, y in iter_eval_batches(data_dir, "val", batch_size, seq_len, max_tokens))
     m = bpb.evaluate(model, batches, token_bytes)
     return {"val_bpb": m["val_bpb"], "val_text_loss": m["val_loss"]}
-
-
-def parent_val_bpb(parent: Path) -> float | None:
-    """The parent checkpoint's own validation bpb, when it recorded one."""
-    value = checkpoint.read_info(parent).get("metrics", {}).get("val_bpb")
-    return float(value) if value is not None else None
