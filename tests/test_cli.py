@@ -118,9 +118,16 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         assert info["stage"] == stage and info["parent"] == str(run / parent) and info["final"]
     for ckpt in ("base", "sft", "dpo"):  # the same evaluation on each, for the report card
         evals = [p for p in (run / ckpt / "evals").glob("*.json")
-                 if not p.name.startswith(("think-", "knowledge"))]
+                 if not p.name.startswith(("think-", "knowledge", "behaviour"))]
         assert len(evals) == 1 and set(json.loads(evals[0].read_text())["results"]) == {
             "bpb", "arc_easy"}
+    # What post-training kept of pretraining, and the failures in each tuned model's samples.
+    assert "knowledge kept  validation bits/byte base " in out.stdout
+    assert "behaviour       " in out.stdout and "(sft -> dpo" in out.stdout
+    for ckpt in ("sft", "dpo"):
+        behaved = json.loads((run / ckpt / "evals" / "behaviour-0shot.json").read_text())
+        looping = behaved["behaviour"]["looping"]  # every sample: 4 a prompt
+        assert behaved["limit"] == 3 and looping["n"] == 4 * looping["prompts"] > 0
     battles = (run / "arena" / "battles.jsonl").read_text().splitlines()
     assert len(battles) == 3 * 3 * 2  # 3 prompts x 3 pairs x both orders
     card = (run / "report.md").read_text()
@@ -133,7 +140,8 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["scan", "pretrain", "samples", "sft", "conversations", "reward", "dpo",
-                             "eval", "system2", "knowledge", "redteam", "arena", "report"]
+                             "eval", "behaviour", "system2", "knowledge", "redteam", "arena",
+                             "report"]
     assert "knowledge       docstring questions (n=3): from memory " in out.stdout
     assert "## Knowledge: answers from retrieval" in card
     served = (run / "knowledge.md").read_text()  # the profile, asked through a real server
