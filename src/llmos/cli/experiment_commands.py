@@ -10,7 +10,7 @@ from llmos.cli.flags import RAW, add_config_args, resolve_config
 
 def add_experiment(sub) -> None:
     s = sub.add_parser("experiment", help="studies that train models to test a claim: "
-                       "poisoning, reversal-curse, knowledge-extraction",
+                       "poisoning, reversal-curse, knowledge-extraction, overoptimization",
                        description="Heavier studies, each training several models and ending in "
                        "a table (docs/ quotes them).", formatter_class=RAW)
     names = s.add_subparsers(dest="name", required=True, metavar="NAME")
@@ -42,6 +42,7 @@ def add_experiment(sub) -> None:
     p.set_defaults(func=_stoppable(cmd_experiment_poisoning))
     add_reversal_curse(names)
     add_knowledge_extraction(names)
+    add_overoptimization(names)
 
 
 def _stoppable(command):
@@ -199,3 +200,68 @@ def cmd_experiment_knowledge_extraction(args):
     print((Path(args.out) / "results.md").read_text())
     print(f"experiment knowledge-extraction: {results['seconds']:.0f}s -> "
           f"{args.out}/results.md")
+
+
+def add_overoptimization(names) -> None:
+    p = names.add_parser(
+        "overoptimization", formatter_class=RAW,
+        help="DPO at several betas: proxy and held-out (gold) rewards against the distance "
+             "from SFT",
+        description="Reward-model over-optimisation (Gao, Schulman & Hilton 2022) with DPO: "
+        "for each beta, DPO from --sft on the preset's comparisons (its [dpo] settings); then "
+        "from SFT and from each DPO model, --samples answers to --prompts held-out prompts "
+        "(builtin:assistant:heldout, spread over the tasks), each scored by the proxy reward "
+        "model (trained on the comparisons DPO fits), by the held-out gold ones and by the "
+        "verifier where the task has one, and the distance from SFT: KL(policy || SFT) "
+        "estimated from the samples' log-probabilities under both. Means with 95% intervals "
+        "over prompts. On cpu-tiny (100 DPO steps) about 2 minutes per beta for DPO and half a "
+        "minute per policy for sampling and scoring on 2 cores (docs/comparisons.md). A "
+        "finished DPO run and a "
+        "finished measurement are reused, an interrupted DPO run resumed. Writes "
+        "OUT/overoptimization.json, .md and .png.")
+    add_config_args(p, naming=False)
+    p.add_argument("--sft", required=True, metavar="CKPT",
+                   help="the SFT checkpoint: DPO's start and reference, and the origin point")
+    p.add_argument("--proxy", required=True, metavar="REWARD",
+                   help="the proxy reward model (`llmos reward` on the comparisons DPO uses); "
+                        "also recorded as dpo.judge")
+    p.add_argument("--gold", required=True, metavar="REWARD[,REWARD]",
+                   help="held-out reward models, comma-separated (trained apart: other runs)")
+    p.add_argument("--betas", default="0.03,0.1,0.3,1",
+                   help="DPO betas, comma-separated (default 0.03,0.1,0.3,1; smaller moves "
+                        "further from SFT)")
+    p.add_argument("--prompts", type=int, default=100,
+                   help="held-out prompts (default 100: 11 of each of 9 tasks)")
+    p.add_argument("--samples", type=int, default=4,
+                   help="answers sampled per prompt and policy (default 4)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DPO steps of every run (default: the preset's dpo.train.max_steps)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature (default 1: the policy's own distribution, "
+                        "which the KL estimate needs; both models are scored at this one)")
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="answer length limit across an answer's tool rounds (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples (the same for "
+                   "every policy)")
+    p.add_argument("--out", default="runs/overoptimization",
+                   help="output folder (default runs/overoptimization)")
+    p.set_defaults(func=_stoppable(cmd_experiment_overoptimization))
+
+
+def cmd_experiment_overoptimization(args):
+    from llmos.experiments import overoptimization as oo
+
+    betas = oo.parse_betas(args.betas)
+    if args.prompts < 1 or args.samples < 1 or args.max_new_tokens < 1:
+        raise ValueError("--prompts, --samples and --max-new-tokens must be positive")
+    if (args.steps is not None and args.steps < 1) or args.temperature <= 0:
+        raise ValueError("--steps and --temperature must be positive")
+    golds = [g.strip() for g in args.gold.split(",") if g.strip()]
+    cfg = resolve_config(args)
+    results = oo.run(cfg, Path(args.sft), Path(args.proxy), golds, betas, Path(args.out),
+                     prompts=args.prompts, samples=args.samples, steps=args.steps,
+                     seed=args.seed, temperature=args.temperature,
+                     max_new_tokens=args.max_new_tokens)
+    print(oo.table(results))
+    print(f"experiment overoptimization: {results['seconds']:.0f}s -> "
+          f"{args.out}/overoptimization.json, .md, .png")

@@ -20,7 +20,7 @@ from llmos.agent.loop import respond
 from llmos.agent.tools import BUILTIN_TOOLS
 from llmos.data.records import Conversation, prompt_of
 from llmos.infer.batching import map_concurrently
-from llmos.infer.engine import SamplingParams
+from llmos.infer.engine import STOP, SamplingParams
 
 # Sampled as `llmos chat` samples (cli/model_commands.py, CHAT_SAMPLING).
 TEMPERATURE, TOP_P = 0.7, 0.95
@@ -66,19 +66,44 @@ def answer(generate, tok, messages: list[dict], params: SamplingParams, tools=No
     }
 
 
+def recording(generate, rounds: list[dict]):
+    """`generate` (a TokenStream), appending to `rounds` each generation it makes: {"prompt":
+    its prompt ids, "ids": the ids generated, "stopped": ended by a stop token} (the stop token
+    itself the engine does not show). What another model's likelihood of an answer is
+    computed on: the tokens sampled, not a re-encoding of the text."""
+
+    def generate_recorded(prompt: list[int], params: SamplingParams):
+        record = {"prompt": list(prompt), "ids": [], "stopped": False}
+        rounds.append(record)  # before the first token: the loop stops reading at STOP
+        for token in generate(prompt, params):
+            if token == STOP:
+                record["stopped"] = True
+            else:
+                record["ids"].append(token)
+            yield token
+
+    return generate_recorded
+
+
 def sample(model, tok, conversations: list[Conversation], samples: int, seed: int = 0,
-           max_new_tokens: int = MAX_NEW_TOKENS, concurrent: int = CONCURRENT) -> list[dict]:
+           max_new_tokens: int = MAX_NEW_TOKENS, concurrent: int = CONCURRENT,
+           temperature: float = TEMPERATURE, top_p: float = TOP_P,
+           tokens: bool = False) -> list[dict]:
     """`samples` answers to each conversation's prompt, in order (prompt by prompt): a record
-    per sample with its prompt id, sample number and seed, and `answer`'s fields."""
+    per sample with its prompt id, sample number and seed, and `answer`'s fields; with
+    `tokens`, also `rounds`, every generation of its agent loop (`recording`)."""
     jobs = [(i, j) for i in range(len(conversations)) for j in range(samples)]
 
     def one(stream, job: tuple[int, int]) -> dict:
         i, j = job
         messages = prompt_of(conversations[i])
         s = sample_seed(seed, messages, j)
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=TEMPERATURE,
-                                top_p=TOP_P, seed=s)
-        return {"prompt_id": i, "sample": j, "seed": s, "prompt": messages,
-                **answer(stream, tok, messages, params)}
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, seed=s)
+        rounds: list[dict] = []
+        generate = recording(stream, rounds) if tokens else stream
+        record = {"prompt_id": i, "sample": j, "seed": s, "prompt": messages,
+                  **answer(generate, tok, messages, params)}
+        return record | ({"rounds": rounds} if tokens else {})
 
     return map_concurrently(model, one, jobs, concurrent, name="behaviour")
