@@ -94,6 +94,7 @@ def test_text_from_elsewhere_is_refused_by_name(base, tmp_path):
     assert "another tokenizer" in text_mix.text_data_problem(other, ckpt)
     cfg = copy.deepcopy(cfg)
     cfg.sft.text_rows, cfg.sft.text_data = 2, str(other)  # named by the user: an error
+    cfg.sft.train.seq_len = 64
     with pytest.raises(ValueError, match="sft.text_rows=0"):
         sft.run(cfg, ckpt, tmp_path / "sft")
     assert not (tmp_path / "sft").exists()
