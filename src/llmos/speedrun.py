@@ -13,7 +13,7 @@ from llmos.agent import embedding
 from llmos.agent.knowledge import KnowledgeBase, print_progress
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
-from llmos.config import RunConfig, normalized
+from llmos.config import RunConfig
 from llmos.evals import (
     autoarena,
     behaviour,
@@ -28,6 +28,7 @@ from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.think import Think
 from llmos.train import dpo, pretrain, reward, sft
+from llmos.train.reuse import train_stage
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class Stack:\n    \"\"\"", "# Return the"]
 SAMPLE_QUESTIONS = ["Who are you?", "What is 347 * 29?", "What does `json.dumps` do?",
@@ -186,28 +187,6 @@ def finetune(cfg: RunConfig, base):
     """SFT on the base model (LoRA runs keep no optimizer state: they start over)."""
     out = cfg.run_dir / ("sft-lora" if cfg.sft.lora_rank else "sft")
     return train_stage(cfg, "sft", sft, base, out, can_resume=not cfg.sft.lora_rank)
-
-
-def train_stage(cfg: RunConfig, section: str, module, parent, out=None, can_resume=True):
-    """Run a training stage on `parent` into RUN/<section>: skipped when already done on this
-    parent with this config, resumed when interrupted; a checkpoint made otherwise is moved
-    aside, never overwritten."""
-    out = out or cfg.run_dir / section
-    info = checkpoint.read_info(out)
-    same = (normalized(info.get("config")).get(section) == cfg.to_dict()[section]
-            and info.get("parent_info") == checkpoint.parent_identity(parent))
-    if info.get("final") and same:
-        print(f"speedrun: {out} is already trained with this config")
-        return out
-    if info and not info.get("final") and same and can_resume:
-        print(f"speedrun: resuming the unfinished {section} stage in {out}")
-        return module.run(cfg, parent, out, resume=True)
-    if out.exists():  # built on another parent or with other settings: keep it, out of the way
-        kept = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(kept)
-        print(f"speedrun: {out} was made from another parent or with other settings; "
-              f"moved it to {kept} and training again")
-    return module.run(cfg, parent, out)
 
 
 def evaluate_all(cfg: RunConfig, ckpts) -> None:

@@ -29,7 +29,7 @@ import re
 from llmos.data.builtin.arithmetic import MENTAL_QUESTIONS
 from llmos.data.records import Conversation, prompt_of
 from llmos.envs.verifiers import passed, score
-from llmos.evals import own_samples
+from llmos.evals import own_samples, text_table
 from llmos.evals.assistant_tasks import plan
 from llmos.evals.intervals import cluster_bootstrap
 
@@ -225,11 +225,7 @@ def format_table(behaviour: dict[str, dict]) -> str:
         rows.append((kind, f"{r['rate']:.4f}" if shown else "-",
                      f"[{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]" if shown else "-",
                      str(r["n"]), str(r["prompts"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table.aligned(rows)
 
 
 def card_section(results: dict[str, dict], table) -> str:

@@ -42,7 +42,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data import shards, sources
 from llmos.data.builtin.assistant import assistant_dataset
-from llmos.evals import assistant_tasks, behaviour, bpb, generative
+from llmos.evals import assistant_tasks, behaviour, bpb, generative, text_table
 from llmos.evals import tasks as tasks_
 from llmos.evals.tasks import TaskError
 from llmos.infer import likelihood as mc
@@ -321,10 +321,7 @@ def format_table(result: dict) -> str:
                 rows.append((name if first else "", k, f"{v:.4f}", str(r["n"]) if first else "",
                              f"{r['centered']:.4f}" if first and "centered" in r else "",
                              f"{r['seconds']:.0f}" if first else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = [text_table.aligned(rows, left=2)]
     c = result["centered_accuracy"]
     lines.append(f"centered accuracy: {c:.4f}" if c is not None else
                  "centered accuracy: - (no accuracy task)")

@@ -33,11 +33,11 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.data.conversations import read_conversations
 from llmos.data.records import Conversation, prompt_of
-from llmos.evals import assistant_tasks, versus
+from llmos.evals import assistant_tasks, text_table, versus
 from llmos.evals.intervals import cluster_bootstrap
 from llmos.evals.own_samples import MAX_NEW_TOKENS, TEMPERATURE, TOP_P
 from llmos.infer.engine import SamplingParams
-from llmos.reward_model import load_reward_model, score
+from llmos.reward_model import load_reward_model
 
 VERIFIER = "verifier"
 KIND = "judge_spread"  # what the results file says it is (the report card looks for it)
@@ -90,13 +90,9 @@ def load_judges(paths: list[str], child: Path, log=print) -> tuple[dict, dict]:
 def rewards_of(judges: dict, prompts: list[list[dict]], mine: list[dict], theirs: list[dict]
                ) -> dict[str, list[tuple[float, float]]]:
     """judge name -> (child's reward, parent's reward) per question, from each reward model in
-    `judges` (name -> (model, tok)). Each answer is scored after its own prompt: a subject alone
-    does not name the prompt (one identity question is asked with and without a system prompt)."""
-    def scored(rm, rtok, items: list[dict]) -> list[float]:
-        return score(rm, rtok, [p + r["transcript"] for p, r in zip(prompts, items, strict=True)])
-
-    return {name: list(zip(scored(rm, rtok, mine), scored(rm, rtok, theirs)))
-            for name, (rm, rtok) in judges.items()}
+    `judges` (name -> (model, tok)), as versus.paired_rewards scores them."""
+    return {name: versus.paired_rewards(judge, prompts, mine, theirs)
+            for name, judge in judges.items()}
 
 
 def judge_pairs(mine: list[dict], theirs: list[dict],
@@ -287,14 +283,6 @@ def label(judge: str) -> str:
     return "verifier alone (headline)" if judge == VERIFIER else f"verifier + {judge}"
 
 
-def _columns(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def spread_line(setting: dict) -> str:
     s, a = setting["reward_spread"], setting.get("reward_agreement")
     if s is None or s["n"] < 2:
@@ -317,7 +305,7 @@ def format_table(r: dict) -> str:
         both = s["reward_both_wrong"]["wins"] + s["reward_both_wrong"]["losses"]
         rows.append([label(j), str(s["wins"]), str(s["losses"]), str(s["ties"]), rate_ci(s),
                      "-" if j == VERIFIER else str(calls), "-" if j == VERIFIER else str(both)])
-    lines += [_columns(rows), spread_line(g)]
+    lines += [text_table.aligned(rows), spread_line(g)]
     if r["over_seeds"]:
         seeds = list(r["per_seed"])
         lines += ["", f"sampled (temperature {TEMPERATURE}, top-p {TOP_P}), win rate per seed:"]
@@ -327,7 +315,7 @@ def format_table(r: dict) -> str:
             rows.append([label(j)] + [pct(o["win_rates"][s]) for s in seeds]
                         + ["-" if sp is None else f"{100 * sp['spread']:.1f} points",
                            rate_ci(o["pooled"])])
-        lines.append(_columns(rows))
+        lines.append(text_table.aligned(rows))
         lines += [f"{s}: " + spread_line(r["per_seed"][s]) for s in seeds]
     h = r["headline"]
     lines += ["", f"headline, {h['about']}:", f"  {rate_ci(h)} decided pairs (greedy) of "

@@ -82,13 +82,8 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
         # Both evaluations asked the plan's questions in its order; a subject alone does not
         # name the prompt (one identity question is asked with and without a system prompt).
         prompts = [prompt_of(c) for c in assistant_tasks.plan(heldout, limit)]
-        rm, rtok = load_reward_model(judge)
-
-        def conversations(items):
-            return [prompt + r["transcript"] for prompt, r in zip(prompts, items, strict=True)]
-
-        rewards = list(zip(score(rm, rtok, conversations(mine["items"])),
-                           score(rm, rtok, conversations(theirs["items"]))))
+        rewards = paired_rewards(load_reward_model(judge), prompts, mine["items"],
+                                 theirs["items"])
     pairs = []
     for i, (c, p) in enumerate(zip(mine["items"], theirs["items"])):
         outcome, by = decide(c, p, rewards[i] if rewards else None)
@@ -109,6 +104,19 @@ def compare_to_parent(child: str | Path, parent: str | Path, limit: int = 180,
             | {"win_rate_vs_parent": summary["win_rate"], "decided_vs_parent": summary["decided"]})
         checkpoint.write_json(child / "llmos.json", info)
     return summary
+
+
+def paired_rewards(judge: tuple, prompts: list[list[dict]], mine: list[dict],
+                   theirs: list[dict]) -> list[tuple[float, float]]:
+    """(child's reward, parent's reward) per question from the reward model `judge` (model,
+    tokenizer), each answer's transcript scored after its own prompt: a subject alone does not
+    name the prompt (one identity question is asked with and without a system prompt)."""
+    rm, rtok = judge
+
+    def scored(items: list[dict]) -> list[float]:
+        return score(rm, rtok, [p + r["transcript"] for p, r in zip(prompts, items, strict=True)])
+
+    return list(zip(scored(mine), scored(theirs)))
 
 
 def _summary(pairs: list[dict], mine: dict, theirs: dict) -> dict:

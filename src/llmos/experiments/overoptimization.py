@@ -23,9 +23,9 @@ estimate is unbiased only for samples from the distribution it scores (at anothe
 both models are scored at that temperature). Gao et al. plot against sqrt(KL).
 
 Everything is kept in OUT: OUT/beta-B/dpo (a finished run is reused while its settings and its
-parent are the same, an interrupted one resumed), OUT/NAME/measured.json and samples.jsonl (a
-measurement is reused while the policy, the reward models and the sampling settings are the
-same), and OUT/overoptimization.json, .md and .png.
+parent are the same, an interrupted one resumed, one made otherwise moved aside),
+OUT/NAME/measured.json and samples.jsonl (a measurement is reused while the policy, the reward
+models and the sampling settings are the same), and OUT/overoptimization.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
-from llmos.config import RunConfig, normalized
+from llmos.config import RunConfig
 from llmos.envs.verifiers import passed, score
 from llmos.evals import own_samples
 from llmos.evals.assistant_tasks import plan
@@ -51,6 +51,7 @@ from llmos.experiments.runs import Stopped
 from llmos.reward_model import load_reward_model
 from llmos.reward_model import score as reward_scores
 from llmos.train import dpo
+from llmos.train.reuse import train_stage
 
 PROMPTS = 100  # held-out prompts (assistant_tasks.plan: spread evenly over the tasks)
 SAMPLES = 4  # answers sampled per prompt and policy
@@ -207,9 +208,9 @@ def policy_name(beta: float) -> str:
 
 def train_dpo(base_cfg: RunConfig, sft: Path, out: Path, beta: float, proxy: Path,
               steps: int | None = None) -> Path:
-    """OUT/beta-B/dpo: DPO from `sft` at `beta` with base_cfg's other dpo settings. Reused when
-    finished with the same settings on the same SFT model, resumed when interrupted, trained
-    again over one made otherwise (an earlier run of the experiment with other options)."""
+    """OUT/beta-B/dpo: DPO from `sft` at `beta` with base_cfg's other dpo settings, through
+    train/reuse.py: reused when finished with the same settings on the same SFT model, resumed
+    when interrupted, trained again beside one made otherwise (moved aside, not overwritten)."""
     cfg = RunConfig.from_dict(base_cfg.to_dict())
     cfg.name, cfg.runs_dir = policy_name(beta), str(out)
     cfg.dpo.beta = beta
@@ -219,21 +220,7 @@ def train_dpo(base_cfg: RunConfig, sft: Path, out: Path, beta: float, proxy: Pat
     cfg.dpo.judge, cfg.dpo.eval_items = str(proxy), 0
     if steps:
         cfg.dpo.train.max_steps = steps
-    ckpt = cfg.run_dir / "dpo"
-    info = checkpoint.read_info(ckpt)
-    same = (normalized(info.get("config")).get("dpo") == cfg.to_dict()["dpo"]
-            and info.get("parent_info") == checkpoint.parent_identity(sft))
-    if info.get("final") and same:
-        print(f"overoptimization: {ckpt} is already trained with these settings")
-        return ckpt
-    if info and not info.get("final") and same and (ckpt / "trainer_state").exists():
-        print(f"overoptimization: resuming {ckpt}")
-        dpo.run(cfg, sft, ckpt, resume=True)
-    else:
-        if ckpt.exists():
-            print(f"overoptimization: {ckpt} was made from another SFT model or with other "
-                  "settings; training it again")
-        dpo.run(cfg, sft, ckpt, overwrite=ckpt.exists())
+    ckpt = train_stage(cfg, "dpo", dpo, sft, cfg.run_dir / "dpo", who="overoptimization")
     if not checkpoint.read_info(ckpt).get("final"):
         raise Stopped(f"{ckpt} stopped before its last step; run the same command again to "
                       "continue it")
