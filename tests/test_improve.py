@@ -126,3 +126,18 @@ def test_bad_options_are_refused():
         improve.run(cfg, "x", "y", improve.ImproveOptions(env="chess"))
     with pytest.raises(ValueError, match=">= 1"):
         improve.run(cfg, "x", "y", improve.ImproveOptions(rounds=0))
+
+
+def test_every_round_mixes_in_the_starting_models_pretraining_text(tmp_path_factory,
+                                                                  corpus_dir):
+    from conftest import pretrained_tiny
+
+    cfg, base = pretrained_tiny(tmp_path_factory, corpus_dir, "improve-text", max_steps=1)
+    cfg.sft.text_rows = 2
+    assert improve.pretraining_text(cfg, base) == str(base.parent / "data")
+    assert (base.parent / "data" / "manifest.json").exists()
+    cfg.sft.text_rows = 0  # not asked for
+    assert improve.pretraining_text(cfg, base) == ""
+    cfg.sft.text_rows = 2  # a model with no shards beside it: nothing named (a round says so)
+    alone = random_checkpoint(tmp_path_factory.mktemp("alone"), ["a b c " * 50], 300, 64)
+    assert improve.pretraining_text(cfg, alone) == ""

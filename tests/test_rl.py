@@ -154,3 +154,39 @@ def test_cli_rl_end_to_end(tiny, tmp_path, capsys):
         main(["rl", "--model", str(ckpt), "--prompts", str(prompts), "--runs-dir",
               str(tmp_path), "--name", "cli", "--out", str(tmp_path / "cli-rl")])
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_replay_trains_on_the_sft_mixture_beside_the_policy(tiny, tmp_path):
+    # No answer of the tiny model contains "xylophone": every reward is 0, the policy term has
+    # no gradient, and only the replayed SFT rows (with a row of pretraining text) move it.
+    from llmos.data.conversations import split_sources
+    from llmos.train import sft
+
+    cfg, ckpt = tiny
+    never = tmp_path / "never.jsonl"
+    never.write_text("".join(json.dumps({"prompt": f"Name an instrument, {i}.",
+                                         "answer": "xylophone"}) + "\n" for i in range(8)))
+    cfg = tiny_rl(cfg, never, steps=4)
+    greeting = tmp_path / "greeting.jsonl"
+    greeting.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "Greet me."},
+        {"role": "assistant", "content": "Hello there, friend."}]}) + "\n")
+    cfg.sft.sources, cfg.sft.val_fraction = [str(greeting)], 0.0
+    cfg.sft.text_rows, cfg.sft.text_coef, cfg.sft.train.seq_len = 1, 0.1, 64
+    cfg.rl.replay_rows = 2
+
+    def answer_loss(model_dir) -> float:
+        tok = tokenizers_.load(model_dir)
+        convs, _, _ = split_sources([str(greeting)], 0.0)
+        p = sft.pack(tok, convs, 64, 0)
+        with torch.no_grad():
+            return float(sft.packed_loss(checkpoint.load_model(model_dir).eval(),
+                                         (p.x, p.y, p.pos, p.seg)))
+
+    out = rl.run(cfg, ckpt, tmp_path / "rl-replay")
+    assert answer_loss(out) < answer_loss(ckpt) - 0.5
+    records = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mixed_groups"] == 0 for r in records if "mixed_groups" in r)
+    data = checkpoint.load_trainer_state(out)["data"]  # resumes at the same replay rows
+    assert "text" in data["replay"] and "epoch" in data["replay"]
+    assert checkpoint.read_info(out)["data"]["replay_rows"] == 2

@@ -185,6 +185,11 @@ class RLConfig:
     updates_per_batch: int = 1  # optimizer steps per sampled batch (> 1: the clip binds)
     reward_model: str = ""  # a `llmos reward` checkpoint; empty = the prompts' verifier
     eval_items: int = 100  # held-out prompts answered greedily per evaluation (0 = none)
+    # Replay (InstructGPT's PPO-ptx, Ouyang et al. 2022): each step also trains on replay_rows
+    # packed rows of the SFT mixture (sft.sources, plus sft.text_rows of pretraining text at
+    # sft.text_coef), weighted by replay_coef, so practising one task does not erase the rest.
+    replay_rows: int = 0  # 0 = off
+    replay_coef: float = 1.0
     train: TrainConfig = field(default_factory=_rl_train)
 
 

@@ -8,7 +8,8 @@ iteration / STaR, Zelikman et al. 2022). Each round:
    (rationalization); answers that break the format (a tool call, no number, cut off) are
    rejected and counted;
 3. finetune on the kept answers mixed with as many conversations of the SFT set (replay, so the
-   rest of what the assistant knows is rehearsed), from the previous round's checkpoint;
+   rest of what the assistant knows is rehearsed), and with the starting model's pretraining
+   text as SFT mixes it in (sft.text_rows), from the previous round's checkpoint;
 4. evaluate: the environment's held-out problems with a *separate* held-out check (the final
    number equals the reference; greedy, pass@1 and pass@k of k samples) and every held-out
    assistant task, so a specialist that forgot the rest is seen.
@@ -36,7 +37,7 @@ from llmos.evals.intervals import wilson
 from llmos.evals.tasks import spread
 from llmos.infer.answers import extract_number
 from llmos.infer.think import LocalModel, Think, content, prompt_ids, sampling
-from llmos.train import sft
+from llmos.train import sft, text_mix
 
 ENVS = {"arithmetic": "builtin:arithmetic"}
 
@@ -52,7 +53,7 @@ class ImproveOptions:
     steps: int = 150  # finetuning steps per round
     lr: float = 3e-4  # a tenth of SFT's: each round nudges a finished assistant
     heldout: int = 200  # held-out problems evaluated per round
-    assistant_items: int = 200  # held-out assistant questions asked per round (all tasks)
+    assistant_items: int = 3000  # held-out assistant questions asked per round (all tasks)
     temperature: float = 0.8
     seed: int = 0
 
@@ -69,29 +70,37 @@ def broken(text: str, finish: str) -> bool:
 
 
 def collect(lm: LocalModel, problems: list[Prompt], opts: ImproveOptions) -> tuple[list, dict]:
-    """(kept conversations, counts) from sampling every problem `opts.samples` times."""
+    """(kept conversations, counts) from sampling every problem `opts.samples` times, then the
+    unsolved ones again with the answer as a hint."""
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
-    params = sampling(lm.tok, cfg, greedy=False)
-    kept, counts = [], {"problems": len(problems), "solved": 0, "rationalized": 0,
-                        "format_rejected": 0, "kept": 0}
-    for p in problems:
-        found: list[str] = []
-        for attempt in (p.messages, hinted(p)):
-            prompt = prompt_ids(lm.tok, attempt)
-            for c in lm.complete([prompt] * opts.samples, params):
+    params, k = sampling(lm.tok, cfg, greedy=False), opts.samples
+    counts = {"problems": len(problems), "solved": 0, "rationalized": 0, "format_rejected": 0,
+              "kept": 0}
+    found: list[list[str]] = [[] for _ in problems]
+    for attempt in ("solved", "rationalized"):
+        todo = [i for i, f in enumerate(found) if not f]
+        asked = [problems[i].messages if attempt == "solved" else hinted(problems[i])
+                 for i in todo]
+        outs = complete_all(lm, [prompt_ids(lm.tok, m) for m in asked for _ in range(k)], params)
+        for j, i in enumerate(todo):
+            for c in outs[j * k:(j + 1) * k]:
                 text = content(c.text)
                 if broken(c.text, c.finish):
                     counts["format_rejected"] += 1
-                elif verify(p, text) >= 1.0 and text not in found:
-                    found.append(text)
-            if found:
-                counts["solved" if attempt is p.messages else "rationalized"] += 1
-                break
-        for text in found[:opts.keep]:  # always trained on the question without the hint
-            kept.append({"messages": p.messages + [{"role": "assistant", "content": text}],
-                         "task": "improve"})
+                elif verify(problems[i], text) >= 1.0 and text not in found[i]:
+                    found[i].append(text)
+            counts[attempt] += bool(found[i])
+    kept = [{"messages": p.messages + [{"role": "assistant", "content": text}],
+             "task": "improve"}  # always trained on the question without the hint
+            for p, texts in zip(problems, found) for text in texts[:opts.keep]]
     counts["kept"] = len(kept)
     return kept, counts
+
+
+def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> list:
+    """Completions of every prompt, `chunk` sequences to a batched decode."""
+    return [c for s in range(0, len(prompts), chunk)
+            for c in lm.complete(prompts[s:s + chunk], params)]
 
 
 def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
@@ -101,13 +110,15 @@ def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
     lm = LocalModel(model, tok)
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
+    prompts = [prompt_ids(tok, p.messages) for p in heldout]
+    firsts = complete_all(lm, prompts, sampling(tok, cfg, greedy=True))
+    samples = complete_all(lm, [q for q in prompts for _ in range(opts.samples)],
+                           sampling(tok, cfg, greedy=False))
     greedy_ok = sampled_ok = any_ok = 0
-    for p in heldout:
-        prompt = prompt_ids(tok, p.messages)
-        (first,) = lm.complete([prompt], sampling(tok, cfg, greedy=True))
-        greedy_ok += extract_number(content(first.text)) == p.answer
+    for i, p in enumerate(heldout):
+        greedy_ok += extract_number(content(firsts[i].text)) == p.answer
         hits = [extract_number(content(c.text)) == p.answer
-                for c in lm.complete([prompt] * opts.samples, sampling(tok, cfg, greedy=False))]
+                for c in samples[i * opts.samples:(i + 1) * opts.samples]]
         sampled_ok += sum(hits)
         any_ok += any(hits)
     n = len(heldout)
@@ -130,6 +141,16 @@ def append_row(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def pretraining_text(cfg: RunConfig, start: Path) -> str:
+    """sft.text_data for every round: the starting model's pretraining shards (RUN/data beside
+    an SFT model) named outright, since a round's parent is the previous round, with no shards
+    beside it; empty when there are none to mix in (each round then says so)."""
+    if not cfg.sft.text_rows or cfg.sft.text_data:
+        return cfg.sft.text_data
+    found = text_mix.text_data_dir("", start)
+    return "" if text_mix.text_data_problem(found, start) else str(found)
+
+
 def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOptions,
         log: Callable[[str], None] = print) -> list[dict]:
     if opts.env not in ENVS:
@@ -145,6 +166,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     rows_path = out / "rounds.jsonl"
     rows = read_rows(rows_path)
     parent = Path(model_dir)
+    text_data = pretraining_text(cfg, parent)
     if not rows:
         log(f"improve: round 0 (the starting model {parent}): evaluating")
         row = evaluate(parent, opts, heldout, assistant_heldout)
@@ -183,7 +205,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         train_cfg = replace(cfg.sft.train, max_steps=opts.steps, lr=opts.lr, eval_every=0,
                             warmup_steps=min(cfg.sft.train.warmup_steps, opts.steps // 5))
         round_cfg = replace(cfg, sft=replace(cfg.sft, sources=[str(data)], eval_items=0,
-                                             train=train_cfg))
+                                             text_data=text_data, train=train_cfg))
         info = checkpoint.read_info(ckpt)
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))

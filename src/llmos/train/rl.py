@@ -52,12 +52,13 @@ import torch.nn.functional as F
 from llmos import chat_format, checkpoint, plots, reward_model, run_log
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
-from llmos.data.conversations import read_conversations
+from llmos.data.conversations import read_conversations, split_sources
 from llmos.envs.prompts import BUILTIN_ARITHMETIC, BUILTIN_TASKS, Prompt, load_prompts, verify
 from llmos.envs.verifiers import score
 from llmos.evals.assistant_tasks import run_items
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.runtime import autocast_dtype, setup, teardown
+from llmos.train import sft
 from llmos.train.loop import Stage, train
 
 
@@ -273,6 +274,41 @@ def rl_loss(rl):
     return loss
 
 
+class Replayed:
+    """Each step's sampled batch paired with `rl.replay_rows` rows of the SFT mixture: the
+    conversations SFT trained on (its training split) and, as SFT had them, rows of pretraining
+    text. Their loss is added to the policy's (`with_replay`), so the other tasks are rehearsed
+    while one is practised."""
+
+    def __init__(self, sampler: Sampler, cfg: RunConfig, parent: Path, tok, rt, seed: int):
+        convs, _, _ = split_sources(cfg.sft.sources, cfg.sft.val_fraction)
+        seq_len = cfg.sft.train.seq_len
+        rows = sft.RowLoader(sft.pack(tok, convs, seq_len, seed), cfg.rl.replay_rows, seed,
+                             rt.device)
+        self.replay, self.lm_loss, _ = sft.with_text(rows, cfg.sft, parent, seq_len, rt, "rl")
+        self.sampler = sampler
+        print(f"rl: replaying {cfg.rl.replay_rows} rows of {len(convs):,} SFT conversations "
+              f"a step (weight {cfg.rl.replay_coef})")
+
+    def next_batch(self) -> tuple:
+        return self.sampler.next_batch(), self.replay.next_batch()
+
+    def state_dict(self) -> dict:
+        return {**self.sampler.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self.replay.load_state_dict(state["replay"])
+
+
+def with_replay(policy_loss, replayed: Replayed, coef: float):
+    def loss(model, batch):
+        policy, rows = batch
+        return policy_loss(model, policy) + coef * replayed.lm_loss(model, rows)
+
+    return loss
+
+
 # ---- held-out evaluation ------------------------------------------------------------------------
 
 
@@ -340,17 +376,23 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                 print("rl: step 0 " + " ".join(f"{k} {v:.4f}" for k, v in start.items()))
                 run_log.append(metrics, {"stage": "rl", "step": 0, "tokens": 0, **start})
 
+        source, loss, tokens = sampler, rl_loss(rl), lambda b: int(b.mask.sum())
+        if rl.replay_rows < 0:
+            raise ValueError(f"rl.replay_rows must be 0 or more, not {rl.replay_rows}")
+        if rl.replay_rows:
+            source = Replayed(sampler, cfg, parent, tok, rt, t.seed)
+            loss = with_replay(loss, source, rl.replay_coef)
+            tokens = lambda b: int(b[0].mask.sum()) + b[1][0].numel()  # noqa: E731
         stage = Stage(
-            name="rl", next_batch=sampler.next_batch, loss=rl_loss(rl),
-            tokens=lambda b: int(b.mask.sum()),
-            data_state=sampler.state_dict, load_data_state=sampler.load_state_dict,
+            name="rl", next_batch=source.next_batch, loss=loss, tokens=tokens,
+            data_state=source.state_dict, load_data_state=source.load_state_dict,
             evaluate=evaluate, train_metrics=sampler.take_stats,
             flops_per_token=model.flops_per_token(model.cfg.max_seq_len))
         tok_dir = parent
         info_base = {"stage": "rl", "parent": str(parent), "config": cfg.to_dict(),
                      "parent_info": checkpoint.parent_identity(parent),
                      "data": {"prompts": rl.prompts, "train_prompts": len(train_prompts),
-                              "heldout_prompts": len(held)}}
+                              "heldout_prompts": len(held), "replay_rows": rl.replay_rows}}
 
         def save(m, info, state):
             checkpoint.save(out, m, tok_dir, {**info_base, **info}, state)

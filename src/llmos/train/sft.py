@@ -150,6 +150,33 @@ def heldout_loss(model, packed: Packed, batch_size: int, max_tokens: int, device
     return {"val_loss": total / max(count, 1)}
 
 
+def with_text(loader: RowLoader, s, parent: Path, seq_len: int, rt, who: str):
+    """(loader, loss, text_dir): `loader`'s conversation rows with `s.text_rows` rows of the
+    parent's pretraining text added to each micro-batch (train/text_mix.py) when `s` (an
+    SFTConfig) asks for them. text_dir is the shards' folder when they suit the parent (SFT
+    then also reports their validation bits per byte), else None. A parent without shards
+    beside it (an imported model) is finetuned on conversations alone, with a note; shards
+    named in s.text_data that do not suit it are an error."""
+    if s.text_rows < 0:
+        raise ValueError(f"sft.text_rows must be 0 or more, not {s.text_rows}")
+    text_dir = text_mix.text_data_dir(s.text_data, parent)
+    problem = text_mix.text_data_problem(text_dir, parent)
+    if s.text_rows and problem and s.text_data:
+        raise ValueError(f"sft.text_data: {problem}; name the data folder of the parent's "
+                         "pretraining, or set sft.text_rows=0")
+    if s.text_rows and problem:
+        print(f"{who}: {problem}; training on conversations alone (sft.text_data names a data "
+              "folder to mix in)")
+    if not s.text_rows or problem:
+        return loader, packed_loss, None if problem else text_dir
+    mixed = text_mix.MixedLoader(loader, TokenLoader(text_dir, "train", s.text_rows, seq_len,
+                                                     rt.rank, rt.world_size))
+    print(f"{who}: {s.text_rows} rows of pretraining text from {text_dir} in every micro-batch "
+          f"(weight {s.text_coef})")
+    return mixed, functools.partial(text_mix.mixed_loss, text_coef=s.text_coef,
+                                    mask_fn=attention_mask), text_dir
+
+
 # ---- the stage --------------------------------------------------------------------------------
 
 
@@ -187,25 +214,10 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             print(f"sft: LoRA rank {s.lora_rank} on {', '.join(s.lora_targets)}: "
                   f"{n:,} trainable parameters of {model.num_params():,}")
         model = model.to(rt.device)
-        loader = RowLoader(packed, t.batch_size, t.seed, rt.device, rt.rank, rt.world_size)
-        loss, text_dir = packed_loss, text_mix.text_data_dir(s.text_data, parent)
-        if s.text_rows < 0:
-            raise ValueError(f"sft.text_rows must be 0 or more, not {s.text_rows}")
-        problem = text_mix.text_data_problem(text_dir, parent)
-        measures_text = problem is None
-        if s.text_rows and problem and s.text_data:
-            raise ValueError(f"sft.text_data: {problem}; name the data folder of the parent's "
-                             "pretraining, or set sft.text_rows=0")
-        if s.text_rows and problem:  # an imported parent has no shards beside it: go on
-            print(f"sft: {problem}; finetuning on conversations alone (sft.text_data names "
-                  "a data folder to mix in)")
-        elif s.text_rows:
-            loader = text_mix.MixedLoader(loader, TokenLoader(
-                text_dir, "train", s.text_rows, t.seq_len, rt.rank, rt.world_size))
-            loss = functools.partial(text_mix.mixed_loss, text_coef=s.text_coef,
-                                     mask_fn=attention_mask)
-            print(f"sft: {s.text_rows} rows of pretraining text from {text_dir} in every "
-                  f"micro-batch (weight {s.text_coef})")
+        loader, loss, text_dir = with_text(
+            RowLoader(packed, t.batch_size, t.seed, rt.device, rt.rank, rt.world_size),
+            s, parent, t.seq_len, rt, "sft")
+        measures_text = text_dir is not None
         tok_dir = cfg.run_dir / ".sft-tokenizer"
         if tok.chat_template is not None:  # an imported model keeps its tokenizer and template
             tok_dir = parent
