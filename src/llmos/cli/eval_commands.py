@@ -41,6 +41,10 @@ def add_eval(sub) -> None:
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     s.add_argument("--db", default="llmos.db", metavar="URL",
                    help="the knowledge task's database (default llmos.db)")
+    s.add_argument("--against", metavar="OLD.json",
+                   help="an earlier results file of these tasks (another checkpoint, e.g. "
+                   "the parent): print each task's change on the questions both answered, "
+                   "with a paired 95%% interval, and store it under 'against' in --out")
     think = s.add_argument_group("System 2: accuracy against inference compute (docs/system2.md)")
     think.add_argument("--think", metavar="STRATEGIES",
                        help="answer each item with vote (self-consistency), best-of (a judge "
@@ -80,7 +84,7 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args):
-    from llmos.evals import harness
+    from llmos.evals import harness, paired
 
     if args.versus or args.judges is not None or args.seeds is not None:
         return cmd_eval_versus(args)
@@ -92,14 +96,20 @@ def cmd_eval(args):
     names = harness.parse_tasks(args.tasks)  # an unknown name fails before the model loads
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.shots < 0:
         raise ValueError("--batch-size and --limit must be >= 1, --shots >= 0")
+    earlier = paired.read_results(args.against) if args.against else None
     result = harness.evaluate(args.model, names, shots=args.shots, limit=args.limit,
                               batch_size=args.batch_size, device=args.device, chat=args.chat,
                               log=lambda m: print(m, file=sys.stderr), db=args.db,
                               seed=args.seed)
     out = Path(args.out) if args.out else harness.default_out(args.model, names, args.shots,
                                                               args.limit, args.chat)
+    if earlier is not None:
+        result["against"] = {"file": args.against, "model": earlier.get("model"),
+                             "changes": paired.result_changes(earlier, result)}
     harness.write(result, out)
     print(harness.format_table(result))
+    if earlier is not None:
+        print(paired.format_table(result["against"]["changes"], earlier.get("model", "")))
     print(f"wrote {out}", file=sys.stderr)
 
 
