@@ -26,8 +26,10 @@ TINY_PAIRS = [x for stage in ("reward", "dpo") for x in (
     "--set", "speedrun.eval_limit=6", "--set", "speedrun.arena_prompts=3",
     "--set", "speedrun.arena_max_tokens=8", "--set", "speedrun.think_limit=3",
     "--set", "speedrun.knowledge_limit=3", "--set", "speedrun.redteam_tasks=1",
-    "--set", "speedrun.behaviour_limit=3",
-    "--set", "speedrun.redteam_generations=1"]
+    "--set", "speedrun.behaviour_limit=3", "--set", "speedrun.practice_limit=6",
+    "--set", "speedrun.redteam_generations=1",
+    "--set", "rl.train.max_steps=2", "--set", "rl.group_size=2", "--set", "rl.prompts_per_step=2",
+    "--set", "rl.max_new_tokens=8", "--set", "rl.eval_items=3", "--set", "rl.replay_rows=1"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -101,11 +103,15 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     chats.write_text("".join(json.dumps({"messages": [
         {"role": "user", "content": f"What is alpha_{i}?"},
         {"role": "assistant", "content": f"The beta of gamma {i}."}]}) + "\n" for i in range(12)))
+    sums = tmp_path / "sums.jsonl"  # short enough for the tiny model's 64-token window
+    sums.write_text("".join(json.dumps({"prompt": f"{i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(12)))
     cmd = [sys.executable, "-m", "llmos", "speedrun", "--name", "sr", "--runs-dir",
            str(tmp_path), "--source", str(corpus_dir), *TINY, *TINY_SFT, *TINY_PAIRS,
-           "--set", f"sft.sources={chats}", "--set", f"speedrun.knowledge_sources={corpus_dir}"]
+           "--set", f"sft.sources={chats}", "--set", f"speedrun.knowledge_sources={corpus_dir}",
+           "--set", f"rl.prompts={sums}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "=== speedrun summary ===" in out.stdout and "bits/byte" in out.stdout
     assert (tmp_path / "sr" / "samples.md").read_text().count("```python") == 4
     info = json.loads((tmp_path / "sr" / "sft" / "llmos.json").read_text())
@@ -113,12 +119,12 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert (tmp_path / "sr" / "conversations.md").read_text().count("user: ") == 4
     assert f"llmos chat --model {tmp_path / 'sr' / 'sft'}" in out.stdout
     run = tmp_path / "sr"
-    for stage, parent in (("reward", "sft"), ("dpo", "sft")):
+    for stage, parent in (("reward", "sft"), ("dpo", "sft"), ("rl", "sft")):
         info = json.loads((run / stage / "llmos.json").read_text())
         assert info["stage"] == stage and info["parent"] == str(run / parent) and info["final"]
-    for ckpt in ("base", "sft", "dpo"):  # the same evaluation on each, for the report card
+    for ckpt in ("base", "sft", "dpo", "rl"):  # the same evaluation on each, for the report card
         evals = [p for p in (run / ckpt / "evals").glob("*.json")
-                 if not p.name.startswith(("think-", "knowledge", "behaviour"))]
+                 if not p.name.startswith(("think-", "knowledge", "behaviour", "assistant"))]
         assert len(evals) == 1 and set(json.loads(evals[0].read_text())["results"]) == {
             "bpb", "arc_easy"}
     # What post-training kept of pretraining, and the failures in each tuned model's samples.
@@ -128,6 +134,12 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
         behaved = json.loads((run / ckpt / "evals" / "behaviour-0shot.json").read_text())
         looping = behaved["behaviour"]["looping"]  # every sample: 4 a prompt
         assert behaved["limit"] == 3 and looping["n"] == 4 * looping["prompts"] > 0
+    # RL's practice: the same held-out questions asked of SFT and RL, each task's change paired.
+    practice = json.loads((run / "rl" / "evals" / "assistant-0shot-limit6.json").read_text())
+    changes = practice["against"]["changes"]
+    assert practice["against"]["model"] == str(run / "sft") and changes
+    assert all(c["n"] >= 1 and c["ci"][0] <= c["change"] <= c["ci"][1] for c in changes.values())
+    assert "rl practice     " in out.stdout and "the other tasks: " in out.stdout
     battles = (run / "arena" / "battles.jsonl").read_text().splitlines()
     assert len(battles) == 3 * 3 * 2  # 3 prompts x 3 pairs x both orders
     card = (run / "report.md").read_text()
@@ -140,8 +152,9 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert "## System 2" in card and "think-vote+best-of-mental2.png" in card
     timings = json.loads((run / "timings.json").read_text())["stages"]
     assert list(timings) == ["scan", "pretrain", "samples", "sft", "conversations", "reward", "dpo",
-                             "eval", "behaviour", "system2", "knowledge", "redteam", "arena",
-                             "report"]
+                             "rl", "eval", "behaviour", "system2", "knowledge", "redteam",
+                             "arena", "report"]
+    assert "## What a stage changed, question by question" in card and "**rl** against" in card
     assert "knowledge       docstring questions (n=3): from memory " in out.stdout
     assert "## Knowledge: answers from retrieval" in card
     served = (run / "knowledge.md").read_text()  # the profile, asked through a real server
@@ -162,6 +175,7 @@ def test_speedrun_command_runs_whole_pipeline(tmp_path, corpus_dir):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already trained" in again.stdout and "sft is already trained" in again.stdout
     assert "dpo is already trained" in again.stdout and "is up to date" in again.stdout
+    assert "rl is already trained" in again.stdout
 
 
 def test_a_run_saved_before_newer_config_fields_still_matches():

@@ -205,6 +205,7 @@ class SpeedrunConfig:
     think_budget: int = 8  # the vote's and best-of's samples
     think_limit: int = 150  # held-out questions asked (0 = all)
     behaviour_limit: int = 100  # held-out prompts sampled 4 times each for the behaviour rates
+    practice_limit: int = 1200  # held-out assistant questions asked of SFT and RL, paired
     knowledge_limit: int = 200  # held-out docstring questions asked with and without retrieval
     # what the run's knowledge base "stdlib" (RUN/llmos.db) is built from
     knowledge_sources: list[str] = field(default_factory=lambda: ["builtin:stdlib"])

@@ -14,11 +14,13 @@ from llmos.agent.knowledge import KnowledgeBase, print_progress
 from llmos.agent.loop import describe_call, engine_stream, respond
 from llmos.agent.peers import CheckpointPeer
 from llmos.config import RunConfig
+from llmos.envs.prompts import BUILTIN_TASKS
 from llmos.evals import (
     autoarena,
     behaviour,
     harness,
     knowledge_qa,
+    paired,
     redteam_card,
     report,
     system2,
@@ -27,7 +29,7 @@ from llmos.evals import (
 from llmos.evals.judges import VerifierJudge
 from llmos.infer.engine import Engine, SamplingParams
 from llmos.infer.think import Think
-from llmos.train import dpo, pretrain, reward, sft
+from llmos.train import dpo, pretrain, reward, rl, sft
 from llmos.train.reuse import train_stage
 
 SAMPLE_PROMPTS = ["def ", "import os\n", "class Stack:\n    \"\"\"", "# Return the"]
@@ -109,8 +111,14 @@ def run(cfg: RunConfig) -> None:
             print(f"speedrun: {name} stopped before the end; run it again to continue")
             return
         tuned[name] = out
+    with timer("rl"):  # practice where a verifier scores, with the SFT mixture replayed
+        tuned["rl"] = train_stage(cfg, "rl", rl, assistant)
+    if not checkpoint.read_info(tuned["rl"]).get("final"):
+        print("speedrun: rl stopped before the end; run it again to continue")
+        return
     with timer("eval"):
-        evaluate_all(cfg, [base, assistant, tuned["dpo"]])
+        evaluate_all(cfg, [base, assistant, tuned["dpo"], tuned["rl"]])
+        practised = practice_row(cfg, assistant, tuned["rl"])
     with timer("behaviour"):
         behaved = behaviour_rows([assistant, tuned["dpo"]], cfg.speedrun.behaviour_limit)
     with timer("system2"):
@@ -124,12 +132,12 @@ def run(cfg: RunConfig) -> None:
         arena(cfg, [base, assistant, tuned["dpo"]])
     with timer("report"):
         card, page = report.write(cfg.run_dir)
-    summary(cfg, base, assistant, tuned, behaved, thinking, looked_up, helper, attacked,
-            scanned, samples, chats, card, page, timer)
+    summary(cfg, base, assistant, tuned, practised, behaved, thinking, looked_up, helper,
+            attacked, scanned, samples, chats, card, page, timer)
 
 
-def summary(cfg, base, assistant, tuned, behaved, thinking, looked_up, helper, attacked,
-            scanned, samples, chats, card, page, timer) -> None:
+def summary(cfg, base, assistant, tuned, practised, behaved, thinking, looked_up, helper,
+            attacked, scanned, samples, chats, card, page, timer) -> None:
     info = checkpoint.read_info(base)
     m = info.get("metrics", {})
     sm = checkpoint.read_info(assistant).get("metrics", {})
@@ -149,7 +157,8 @@ def summary(cfg, base, assistant, tuned, behaved, thinking, looked_up, helper, a
         shown = ", ".join(f"{k} {v:.3f}" for k, v in tm.items()
                           if k in STAGE_FIGURES.get(name, ()) and isinstance(v, float))
         print(f"{name:<16}{out}  ({shown})")
-    if kept := kept_knowledge(cfg, [base, assistant, tuned["dpo"]]):
+    print(f"rl practice     {practised}")
+    if kept := kept_knowledge(cfg, [base, assistant, tuned["dpo"], tuned["rl"]]):
         print(f"knowledge kept  {kept}")
     print(f"behaviour       {behaviour_headline(behaved)}")
     print(f"system 2        {system2.headline(thinking)}")
@@ -180,6 +189,7 @@ HELDOUT_FIGURES = [
 STAGE_FIGURES = {  # printed in the summary, from each checkpoint's llmos.json metrics
     "reward": ("val_accuracy", "val_margin"),
     "dpo": ("val_accuracy", "win_rate_vs_parent", "heldout_well_formed_turns"),
+    "rl": ("heldout_acc", "heldout_mental2_acc", "heldout_mental_acc"),
 }
 
 
@@ -191,15 +201,39 @@ def finetune(cfg: RunConfig, base):
 
 def evaluate_all(cfg: RunConfig, ckpts) -> None:
     """`llmos eval` on every checkpoint with the same tasks, so the report card's columns
-    compare; a result newer than its checkpoint is kept."""
-    tasks, limit = cfg.speedrun.eval_tasks, cfg.speedrun.eval_limit or None
+    compare."""
     for ckpt in ckpts:
-        out = harness.default_out(ckpt, tasks, 0, limit)
-        if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+        cached_eval(ckpt, cfg.speedrun.eval_tasks, cfg.speedrun.eval_limit or None)
+
+
+def cached_eval(ckpt: Path, names: list[str], limit: int | None,
+                against: dict | None = None) -> dict:
+    """`llmos eval CKPT --tasks NAMES --limit LIMIT` into CKPT/evals/, where the report card
+    reads it, with each task's change from `against` (an earlier result of the same questions)
+    when given; a result newer than its checkpoint (and compared, if asked) is kept."""
+    out = harness.default_out(ckpt, names, 0, limit)
+    if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
+        kept = json.loads(out.read_text())
+        if against is None or "against" in kept:
             print(f"speedrun: {out} is up to date")
-            continue
-        result = harness.evaluate(ckpt, tasks, limit=limit)
-        harness.write(result, out)
+            return kept
+    result = harness.evaluate(ckpt, names, limit=limit)
+    if against is not None:
+        result["against"] = {"model": against["model"],
+                             "changes": paired.result_changes(against, result)}
+    harness.write(result, out)
+    return result
+
+
+def practice_row(cfg: RunConfig, assistant: Path, practised: Path) -> str:
+    """Did RL make a specialist? The same held-out assistant questions (speedrun.practice_limit,
+    spread over every task) asked of the SFT model and of the RL one, each task's change with a
+    paired interval: the practised task should rise and no other fall."""
+    limit = cfg.speedrun.practice_limit
+    before = cached_eval(assistant, ["assistant"], limit)
+    after = cached_eval(practised, ["assistant"], limit, against=before)
+    tasks = tuple(t for spec in cfg.rl.prompts for t in BUILTIN_TASKS.get(spec, ((),))[0])
+    return paired.headline(after["against"]["changes"], tasks)
 
 
 def kept_knowledge(cfg: RunConfig, ckpts) -> str:

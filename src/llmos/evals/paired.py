@@ -122,3 +122,40 @@ def format_table(changes: dict[str, dict], against: str) -> str:
     head = ["task", "before", "after", "change (pts)", "95% interval", "n"]
     return f"against {against or 'the earlier file'} (the same questions, paired):\n" + aligned(
         [head] + rows)
+
+
+def headline(changes: dict[str, dict], practised: tuple[str, ...]) -> str:
+    """'mental2 0.755 -> 0.868 (+11.3 [+7.2, +15.8] pts); the other tasks: largest fall mental
+    -1.2 [-3.0, +0.4] pts' (or 'none fell')."""
+    def pts(c):
+        return f"{100 * c['change']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] pts"
+
+    shown = [f"{t} {changes[t]['before']:.3f} -> {changes[t]['after']:.3f} ({pts(changes[t])}, "
+             f"n={changes[t]['n']})" for t in practised if t in changes]
+    fall = worst_fall(changes, skip=practised)
+    others = (f"largest fall {fall[0]} {pts(changes[fall[0]])}, n={changes[fall[0]]['n']}"
+              if fall else "none fell")
+    return "; ".join(shown) + f"; the other tasks: {others}"
+
+
+def card_section(run: Path, names: list[str], table) -> str:
+    """For each checkpoint whose newest eval file was compared with an earlier one
+    (`--against`, or the speedrun's RL check): the change of each task, paired."""
+    parts = []
+    for name in names:
+        files = sorted((run / name / "evals").glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for path in reversed(files):
+            try:
+                against = json.loads(path.read_text()).get("against")
+            except (OSError, ValueError):
+                continue
+            if against:
+                rows = [[t, c["before"], c["after"], f"{100 * c['change']:+.1f}",
+                         f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]", c["n"]]
+                        for t, c in against["changes"].items()]
+                parts += [f"**{name}** against {against.get('model') or against.get('file')} "
+                          "(the same questions; a paired 95% interval of the change, points):",
+                          "", table(["task", "before", "after", "change", "interval", "n"],
+                                    rows), ""]
+                break
+    return "\n".join(parts).strip()

@@ -26,7 +26,15 @@ import torch
 
 from llmos import plots, run_log
 from llmos.evals import battles as battles_
-from llmos.evals import behaviour, judge_spread, knowledge_qa, ratings, redteam_card, system2
+from llmos.evals import (
+    behaviour,
+    judge_spread,
+    knowledge_qa,
+    paired,
+    ratings,
+    redteam_card,
+    system2,
+)
 from llmos.evals.intervals import wilson
 from llmos.scaling import card as scaling_card
 
@@ -245,6 +253,9 @@ def markdown(run: Path) -> str:
         {name: eval_results(run / name).get("behaviour") for name, _ in ckpts}, table)
     if behaved:
         parts += ["## Behaviour: failures in the assistant's own answers", "", behaved, ""]
+    changed = paired.card_section(run, [name for name, _ in ckpts], table)
+    if changed:
+        parts += ["## What a stage changed, question by question", "", changed, ""]
     judged = judge_spread.card_section(run, [name for name, _ in ckpts], table)
     if judged:
         parts += ["## Win rate by judge", "", judged, ""]
