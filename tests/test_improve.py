@@ -91,6 +91,9 @@ def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, 
         assert key in rows[1]
     assert rows[1]["env_n"] == 3 and 0 <= rows[1]["env_greedy_ci"][0] <= rows[1]["env_greedy"]
     assert checkpoint.read_info(out / "round-1")["final"]
+    # every task's change from round 0, on the same questions (answers kept per round)
+    assert (out / "round-0-assistant.json").exists() and (out / "round-1-assistant.json").exists()
+    assert rows[1]["changes"] and all(c["n"] >= 1 for c in rows[1]["changes"].values())
     trained = (out / "round-1.jsonl").read_text().splitlines()
     assert len(trained) == rows[1]["kept"] + max(0, int(rows[1]["kept"] * opts.replay))
     # Stopped after round 1 (as a Ctrl-C between rounds leaves it): asked for 2 rounds, it

@@ -32,7 +32,7 @@ from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.builtin.assistant import assistant_dataset
 from llmos.envs.prompts import Prompt, builtin_task, verify
-from llmos.evals import assistant_tasks
+from llmos.evals import assistant_tasks, paired
 from llmos.evals.intervals import wilson
 from llmos.evals.tasks import spread
 from llmos.infer.answers import extract_number
@@ -104,9 +104,10 @@ def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> lis
 
 
 def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
-             assistant_heldout: list) -> dict:
+             assistant_heldout: list, answers: Path) -> dict:
     """The environment's held-out accuracy (a check separate from training's: the final number
-    equals the reference) and every held-out assistant task."""
+    equals the reference) and every held-out assistant task, whose answers go to `answers`;
+    each task's change from round 0's answers to the same questions, paired."""
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
     lm = LocalModel(model, tok)
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
@@ -122,12 +123,16 @@ def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
         sampled_ok += sum(hits)
         any_ok += any(hits)
     n = len(heldout)
-    tasks = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
-    tasks = tasks["summary"]
+    asked = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
+    answers.write_text(json.dumps(asked["items"]))
+    start = answers.with_name("round-0-assistant.json")
+    tasks, changes = asked["summary"], paired.task_changes(
+        json.loads(start.read_text()), asked["items"])
     return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
             "env_pass@1": sampled_ok / (n * opts.samples),
             f"env_pass@{opts.samples}": any_ok / n, "env_n": n,
-            "tasks": {k: v for k, v in tasks.items() if k.endswith(("_acc", "_n"))}}
+            "tasks": {k: v for k, v in tasks.items() if k.endswith(("_acc", "_n"))},
+            "changes": changes}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -169,7 +174,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     text_data = pretraining_text(cfg, parent)
     if not rows:
         log(f"improve: round 0 (the starting model {parent}): evaluating")
-        row = evaluate(parent, opts, heldout, assistant_heldout)
+        row = evaluate(parent, opts, heldout, assistant_heldout,
+                       out / "round-0-assistant.json")
         rows.append({"round": 0, "checkpoint": str(parent), **row})
         append_row(rows_path, rows[-1])
         log(f"improve: round 0: {describe(rows[-1])}")
@@ -210,7 +216,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))
         row = {"round": r, "checkpoint": str(ckpt), **counts,
-               **evaluate(ckpt, opts, heldout, assistant_heldout)}
+               **evaluate(ckpt, opts, heldout, assistant_heldout,
+                          out / f"round-{r}-assistant.json")}
         rows.append(row)
         append_row(rows_path, row)
         log(f"improve: round {r}: {describe(row)}")
@@ -223,6 +230,9 @@ def describe(row: dict) -> str:
     tasks = ", ".join(f"{k.removesuffix('_acc')} {v:.3f}" for k, v in row["tasks"].items()
                       if k.endswith("_acc"))
     passk = next(k for k in row if k.startswith("env_pass@") and k != "env_pass@1")
-    return (f"held-out greedy {row['env_greedy']:.3f} [{lo:.3f}, {hi:.3f}], pass@1 "
+    said = (f"held-out greedy {row['env_greedy']:.3f} [{lo:.3f}, {hi:.3f}], pass@1 "
             f"{row['env_pass@1']:.3f}, {passk.removeprefix('env_')} {row[passk]:.3f} "
             f"(n={row['env_n']}); tasks: {tasks}")
+    if row["round"] and row.get("changes"):
+        said += "\n  against round 0, paired: " + paired.describe(row["changes"])
+    return said
