@@ -237,8 +237,10 @@ def add_improve(sub) -> None:
                        "OUT/round-R checkpoints and OUT/rounds.jsonl; run it again to go on "
                        "after a stop. docs/system2.md.")
     s.add_argument("--model", required=True, help="starting checkpoint (e.g. runs/cpu-tiny/sft)")
-    s.add_argument("--env", default="arithmetic", choices=["arithmetic"],
-                   help="the environment: arithmetic (two-digit sums without the calculator)")
+    s.add_argument("--env", default="arithmetic", choices=["arithmetic", "countdown"],
+                   help="the environment: arithmetic (two-digit sums without the calculator) "
+                   "or countdown (make a target from 3 numbers; its held-out puzzles are "
+                   "`llmos eval --tasks countdown`'s)")
     s.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     s.add_argument("--out", required=True, help="output directory (e.g. runs/improve)")
     s.add_argument("--samples", type=int, default=8, help="answers per problem (default 8)")

@@ -20,6 +20,7 @@ from llmos.data.builtin.assistant import assistant_dataset
 from llmos.data.record_sources import split_bucket
 from llmos.data.records import prompt_of
 from llmos.data.sources import SkipReport, iter_jsonl
+from llmos.envs import countdown
 from llmos.envs.verifiers import NUMBER, exact_number, extract_code, passes_tests, score
 
 BUILTIN_ARITHMETIC = "builtin:arithmetic"
@@ -30,7 +31,7 @@ class Prompt:
     messages: list[dict]  # the conversation up to the user's question
     answer: str = ""  # the exact result / expected substring ("" when scored by tests or a RM)
     tests: str = ""  # Python asserts run after the answer's code
-    task: str = "arithmetic"  # arithmetic | text | python | reward
+    task: str = "arithmetic"  # arithmetic | text | python | countdown | reward
 
 
 # spec -> (the builtin:assistant tasks asked, how answers are scored)
@@ -92,4 +93,7 @@ def verify(p: Prompt, content: str) -> float:
         return exact_number(p.answer, p.messages[-1]["content"], content)
     if p.task == "python":
         return passes_tests(extract_code(content), p.tests)
+    if p.task == "countdown":  # the puzzle is in the question; any valid working is right
+        parsed = countdown.parse_question(p.messages[-1]["content"])
+        return countdown.check(*parsed, content) if parsed else 0.0
     return score("python", p.answer, content)  # contains the expected text

@@ -1,18 +1,20 @@
 """`llmos improve`: self-improvement where a reward can be computed (AlphaGo's loop, as expert
 iteration / STaR, Zelikman et al. 2022). Each round:
 
-1. sample k answers to each of a round's training problems of the environment;
+1. sample k answers to each of a round's training problems of the environment
+   (envs/environments.py: two-digit arithmetic, countdown puzzles);
 2. keep the answers its *training* verifier accepts (for arithmetic: the exact result with true
-   working, `envs.verifiers.exact_number`); for a problem no sample solved, ask again with the
-   answer given as a hint and keep a verified answer to the question without the hint
-   (rationalization); answers that break the format (a tool call, no number, cut off) are
-   rejected and counted;
+   working, `envs.verifiers.exact_number`; for countdown: a valid solution); for a problem no
+   sample solved, ask again with the answer given as a hint and keep a verified answer to the
+   question without the hint (rationalization); answers that break the format (a tool call, no
+   number, cut off) are rejected and counted;
 3. finetune on the kept answers mixed with as many conversations of the SFT set (replay, so the
    rest of what the assistant knows is rehearsed), and with the starting model's pretraining
    text as SFT mixes it in (sft.text_rows), from the previous round's checkpoint;
-4. evaluate: the environment's held-out problems with a *separate* held-out check (the final
-   number equals the reference; greedy, pass@1 and pass@k of k samples) and every held-out
-   assistant task, so a specialist that forgot the rest is seen.
+4. evaluate: the environment's held-out problems with its held-out check (arithmetic: a
+   separate one, the final number equals the reference; greedy, pass@1 and pass@k of k
+   samples) and every held-out assistant task, each task's change from round 0 paired on the
+   same questions, so a specialist that forgot the rest is seen.
 
 Each round writes OUT/round-R (a checkpoint), OUT/round-R.jsonl (what it trained on) and a row
 of OUT/rounds.jsonl (round 0: the starting model). A run stopped between rounds picks up at the
@@ -31,15 +33,14 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.builtin.assistant import assistant_dataset
-from llmos.envs.prompts import Prompt, builtin_task, verify
+from llmos.envs.environments import ENVIRONMENTS, Environment
+from llmos.envs.prompts import Prompt, verify
 from llmos.evals import assistant_tasks, paired
 from llmos.evals.intervals import wilson
 from llmos.evals.tasks import spread
 from llmos.infer.answers import extract_number
 from llmos.infer.think import LocalModel, Think, content, prompt_ids, sampling
 from llmos.train import sft, text_mix
-
-ENVS = {"arithmetic": "builtin:arithmetic"}
 
 
 @dataclass
@@ -58,9 +59,9 @@ class ImproveOptions:
     seed: int = 0
 
 
-def hinted(p: Prompt) -> list[dict]:
+def hinted(p: Prompt, env: Environment) -> list[dict]:
     messages = [dict(m) for m in p.messages]
-    messages[-1]["content"] += f" (Hint: the answer is {p.answer}.)"
+    messages[-1]["content"] += f" (Hint: {env.hint(p)}.)"
     return messages
 
 
@@ -73,13 +74,13 @@ def collect(lm: LocalModel, problems: list[Prompt], opts: ImproveOptions) -> tup
     """(kept conversations, counts) from sampling every problem `opts.samples` times, then the
     unsolved ones again with the answer as a hint."""
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
-    params, k = sampling(lm.tok, cfg, greedy=False), opts.samples
+    params, k, env = sampling(lm.tok, cfg, greedy=False), opts.samples, ENVIRONMENTS[opts.env]
     counts = {"problems": len(problems), "solved": 0, "rationalized": 0, "format_rejected": 0,
               "kept": 0}
     found: list[list[str]] = [[] for _ in problems]
     for attempt in ("solved", "rationalized"):
         todo = [i for i, f in enumerate(found) if not f]
-        asked = [problems[i].messages if attempt == "solved" else hinted(problems[i])
+        asked = [problems[i].messages if attempt == "solved" else hinted(problems[i], env)
                  for i in todo]
         outs = complete_all(lm, [prompt_ids(lm.tok, m) for m in asked for _ in range(k)], params)
         for j, i in enumerate(todo):
@@ -105,20 +106,21 @@ def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> lis
 
 def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
              assistant_heldout: list, answers: Path) -> dict:
-    """The environment's held-out accuracy (a check separate from training's: the final number
-    equals the reference) and every held-out assistant task, whose answers go to `answers`;
-    each task's change from round 0's answers to the same questions, paired."""
+    """The environment's held-out accuracy (its held-out check) and every held-out assistant
+    task, whose answers go to `answers`; each task's change from round 0's answers to the same
+    questions, paired."""
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
     lm = LocalModel(model, tok)
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
+    right = ENVIRONMENTS[opts.env].heldout_right
     prompts = [prompt_ids(tok, p.messages) for p in heldout]
     firsts = complete_all(lm, prompts, sampling(tok, cfg, greedy=True))
     samples = complete_all(lm, [q for q in prompts for _ in range(opts.samples)],
                            sampling(tok, cfg, greedy=False))
     greedy_ok = sampled_ok = any_ok = 0
     for i, p in enumerate(heldout):
-        greedy_ok += extract_number(content(firsts[i].text)) == p.answer
-        hits = [extract_number(content(c.text)) == p.answer
+        greedy_ok += right(p, content(firsts[i].text))
+        hits = [right(p, content(c.text))
                 for c in samples[i * opts.samples:(i + 1) * opts.samples]]
         sampled_ok += sum(hits)
         any_ok += any(hits)
@@ -158,12 +160,12 @@ def pretraining_text(cfg: RunConfig, start: Path) -> str:
 
 def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOptions,
         log: Callable[[str], None] = print) -> list[dict]:
-    if opts.env not in ENVS:
-        raise ValueError(f"unknown environment {opts.env!r}; one of {', '.join(ENVS)}")
+    if opts.env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {opts.env!r}; one of {', '.join(ENVIRONMENTS)}")
     if min(opts.rounds, opts.samples, opts.problems, opts.steps, opts.heldout, opts.keep) < 1:
         raise ValueError("--rounds, --samples, --problems, --steps, --heldout and --keep must "
                          "be >= 1")
-    train, heldout_all = builtin_task(ENVS[opts.env])
+    train, heldout_all = ENVIRONMENTS[opts.env].problems()
     heldout = [heldout_all[i] for i in spread(len(heldout_all), opts.heldout)]
     replay_pool, assistant_heldout = assistant_dataset()  # built once, read every round
     out = Path(out)
