@@ -81,6 +81,7 @@ def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, 
     monkeypatch.setattr(improve, "collect", solved)
     cfg = load_config("cpu-tiny", ["sft.train.batch_size=2", "sft.train.compile=false",
                                    "sft.train.eval_tokens=256"])
+    cfg.runs_dir = str(tmp_path / "preset-runs")  # where the preset's run would be
     opts = improve.ImproveOptions(rounds=1, samples=2, problems=3, steps=2, heldout=3,
                                   assistant_items=8)
     out = tmp_path / "improve"
@@ -91,6 +92,10 @@ def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, 
         assert key in rows[1]
     assert rows[1]["env_n"] == 3 and 0 <= rows[1]["env_greedy_ci"][0] <= rows[1]["env_greedy"]
     assert checkpoint.read_info(out / "round-1")["final"]
+    # the rounds' finetuning logs into OUT, never into the preset's run directory
+    assert [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()][
+        -1] == "sft"
+    assert not cfg.run_dir.exists()
     # every task's change from round 0, on the same questions (answers kept per round)
     assert (out / "round-0-assistant.json").exists() and (out / "round-1-assistant.json").exists()
     assert rows[1]["changes"] and all(c["n"] >= 1 for c in rows[1]["changes"].values())

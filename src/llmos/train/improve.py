@@ -212,8 +212,11 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
             counts = json.loads((out / f"round-{r}-counts.json").read_text())
         train_cfg = replace(cfg.sft.train, max_steps=opts.steps, lr=opts.lr, eval_every=0,
                             warmup_steps=min(cfg.sft.train.warmup_steps, opts.steps // 5))
-        round_cfg = replace(cfg, sft=replace(cfg.sft, sources=[str(data)], eval_items=0,
-                                             text_data=text_data, train=train_cfg))
+        # OUT is the rounds' run directory: their loss curves go to OUT/metrics.jsonl, not
+        # into the preset's run (where a round's SFT would replace the speedrun's SFT curve).
+        round_cfg = replace(cfg, runs_dir=str(out.parent), name=out.name,
+                            sft=replace(cfg.sft, sources=[str(data)], eval_items=0,
+                                        text_data=text_data, train=train_cfg))
         info = checkpoint.read_info(ckpt)
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))
