@@ -34,3 +34,11 @@ def test_arithmetic_checks_the_final_number_held_out_and_the_working_in_training
     guess = f"Maybe {a + b + 1} or {p.answer}: it is {p.answer}."
     assert env.heldout_right(p, guess) and verify(p, guess) == 0.0  # guesses earn nothing
     assert env.hint(p) == f"the answer is {p.answer}" and len(train) > 10000
+
+
+def test_demonstrations_pass_their_own_training_check():
+    for name in ("arithmetic", "countdown"):
+        env = ENVIRONMENTS[name]
+        train, _ = env.problems()
+        for p in train[:50]:
+            assert verify(p, env.demonstrate(p)) == 1.0, (name, p.messages[-1], env.demonstrate(p))

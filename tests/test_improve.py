@@ -149,3 +149,26 @@ def test_every_round_mixes_in_the_starting_models_pretraining_text(tmp_path_fact
     cfg.sft.text_rows = 2  # a model with no shards beside it: nothing named (a round says so)
     alone = random_checkpoint(tmp_path_factory.mktemp("alone"), ["a b c " * 50], 300, 64)
     assert improve.pretraining_text(cfg, alone) == ""
+
+
+def test_demonstrations_start_a_model_that_solves_nothing(tiny, tmp_path, monkeypatch):
+    # cpu-tiny calls the calculator for every countdown puzzle: no sample is kept, and without
+    # demonstrations the rounds would stop at once.
+    monkeypatch.setattr(improve, "collect", lambda lm, problems, opts: (
+        [], {"problems": len(problems), "solved": 0, "rationalized": 0, "format_rejected": 0,
+             "kept": 0}))
+    cfg = load_config("cpu-tiny", ["sft.train.batch_size=2", "sft.train.compile=false",
+                                   "sft.train.eval_tokens=256", "sft.text_rows=0"])
+    cfg.runs_dir = str(tmp_path / "preset-runs")
+    opts = improve.ImproveOptions(env="countdown", rounds=1, samples=2, problems=3, steps=1,
+                                  heldout=2, assistant_items=4)
+    said = []
+    rows = improve.run(cfg, tiny, tmp_path / "none", opts, log=said.append)
+    assert [r["round"] for r in rows] == [0] and "--demos N" in said[-1]
+    demos = improve.ImproveOptions(**{**opts.__dict__, "demos": 3})
+    rows = improve.run(cfg, tiny, tmp_path / "demos", demos, log=lambda m: None)
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["demonstrations"] == 3
+    lines = [json.loads(x) for x in (tmp_path / "demos" / "round-1.jsonl").read_text().splitlines()]
+    shown = [x for x in lines if x.get("task") == "demonstration"]
+    assert len(shown) == 3 and len(lines) == 6  # and as many replayed conversations
+    assert all(x["messages"][-1]["content"].count(" = ") == 2 for x in shown)  # 3 numbers: 2 steps

@@ -253,6 +253,9 @@ def add_improve(sub) -> None:
                    help="SFT conversations replayed per kept answer (default 1.0; 0 = none)")
     s.add_argument("--heldout", type=int, default=200,
                    help="held-out problems evaluated per round (default 200)")
+    s.add_argument("--demos", type=int, default=0,
+                   help="add N solver-written answers to round 1, for a model that has never "
+                   "seen the environment's format (default 0)")
     s.add_argument("--seed", type=int, default=0)
     add_config_args(s, naming=False)
     s.set_defaults(func=cmd_improve)
@@ -263,7 +266,7 @@ def cmd_improve(args):
 
     opts = improve.ImproveOptions(env=args.env, rounds=args.rounds, samples=args.samples,
                                   problems=args.problems, steps=args.steps, lr=args.lr,
-                                  replay=args.replay,
+                                  replay=args.replay, demos=args.demos,
                                   heldout=args.heldout, seed=args.seed)
     improve.run(resolve_config(args), args.model, args.out, opts)
 

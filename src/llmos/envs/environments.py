@@ -14,14 +14,19 @@ An environment is where a reward can be computed, so the model can improve on it
   on the improved model.
 
 A hint (for rationalization: asked again with the answer given away, a problem no sample
-solved) is the reference number for arithmetic and a solver's solution for countdown.
+solved) is the reference number for arithmetic and a solver's solution for countdown. A
+demonstration is a solver's whole answer (`improve --demos N`): a model that has never seen the
+task's format (cpu-tiny calls the calculator for every countdown puzzle, hint or not) learns it
+from a few, as AlphaGo's policy first learned from expert games before it played itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmos.data.builtin.arithmetic import mental_working
 from llmos.envs import countdown
 from llmos.envs.prompts import BUILTIN_ARITHMETIC, Prompt, builtin_task, verify
 from llmos.infer.answers import extract_number
@@ -36,10 +41,16 @@ class Environment:
     problems: Callable[[], tuple[list[Prompt], list[Prompt]]]  # (train, held out)
     hint: Callable[[Prompt], str]  # what a hinted question adds: the answer, given away
     heldout_right: Callable[[Prompt, str], bool]  # the held-out check of an answer's text
+    demonstrate: Callable[[Prompt], str]  # an expert's answer (a solver's), for --demos
 
 
 def arithmetic_problems() -> tuple[list[Prompt], list[Prompt]]:
     return builtin_task(BUILTIN_ARITHMETIC)
+
+
+def arithmetic_demonstration(p: Prompt) -> str:
+    a, op, b = re.search(r"(\d+) ?([-+]|plus|minus) ?(\d+)", p.messages[-1]["content"]).groups()
+    return mental_working(int(a), {"plus": "+", "minus": "-"}.get(op, op), int(b))
 
 
 def countdown_prompt(p: countdown.Puzzle) -> Prompt:
@@ -55,9 +66,13 @@ def countdown_problems() -> tuple[list[Prompt], list[Prompt]]:
     return [countdown_prompt(p) for p in train], [countdown_prompt(p) for p in held]
 
 
-def countdown_hint(p: Prompt) -> str:
+def countdown_solution(p: Prompt) -> tuple[str, ...]:
     numbers, target = countdown.parse_question(p.messages[-1]["content"])
-    return "one way: " + "; ".join(countdown.solve(numbers, target))
+    return countdown.solve(numbers, target)
+
+
+def countdown_hint(p: Prompt) -> str:
+    return "one way: " + "; ".join(countdown_solution(p))
 
 
 def countdown_right(p: Prompt, text: str) -> bool:
@@ -67,6 +82,8 @@ def countdown_right(p: Prompt, text: str) -> bool:
 ENVIRONMENTS = {
     "arithmetic": Environment("arithmetic", arithmetic_problems,
                               lambda p: f"the answer is {p.answer}",
-                              lambda p, text: extract_number(text) == p.answer),
-    "countdown": Environment("countdown", countdown_problems, countdown_hint, countdown_right),
+                              lambda p, text: extract_number(text) == p.answer,
+                              arithmetic_demonstration),
+    "countdown": Environment("countdown", countdown_problems, countdown_hint, countdown_right,
+                             lambda p: "\n".join(countdown_solution(p))),
 }

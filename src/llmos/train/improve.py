@@ -51,6 +51,7 @@ class ImproveOptions:
     problems: int = 400  # training problems per round
     keep: int = 2  # distinct verified answers kept per problem
     replay: float = 1.0  # SFT conversations mixed in per kept answer
+    demos: int = 0  # solver-written answers added to round 1 (a format the model never saw)
     steps: int = 150  # finetuning steps per round
     lr: float = 3e-4  # a tenth of SFT's: each round nudges a finished assistant
     heldout: int = 200  # held-out problems evaluated per round
@@ -96,6 +97,13 @@ def collect(lm: LocalModel, problems: list[Prompt], opts: ImproveOptions) -> tup
             for p, texts in zip(problems, found) for text in texts[:opts.keep]]
     counts["kept"] = len(kept)
     return kept, counts
+
+
+def demonstrations(problems: list[Prompt], opts: ImproveOptions) -> list[dict]:
+    """A solver's answers to `problems`, as conversations to finetune on."""
+    env = ENVIRONMENTS[opts.env]
+    return [{"messages": p.messages + [{"role": "assistant", "content": env.demonstrate(p)}],
+             "task": "demonstration"} for p in problems]
 
 
 def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> list:
@@ -165,6 +173,8 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     if min(opts.rounds, opts.samples, opts.problems, opts.steps, opts.heldout, opts.keep) < 1:
         raise ValueError("--rounds, --samples, --problems, --steps, --heldout and --keep must "
                          "be >= 1")
+    if opts.demos < 0 or opts.replay < 0:
+        raise ValueError("--demos and --replay must be >= 0")
     train, heldout_all = ENVIRONMENTS[opts.env].problems()
     heldout = [heldout_all[i] for i in spread(len(heldout_all), opts.heldout)]
     replay_pool, assistant_heldout = assistant_dataset()  # built once, read every round
@@ -195,10 +205,13 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
             problems = rng.sample(train, min(opts.problems, len(train)))
             model, tok = checkpoint.load_model(parent).eval(), tokenizers_.load(parent)
             kept, counts = collect(LocalModel(model, tok), problems, opts)
+            if r == 1 and opts.demos:
+                kept += demonstrations(rng.sample(train, min(opts.demos, len(train))), opts)
+                counts["demonstrations"] = min(opts.demos, len(train))
             if not kept:
                 log(f"improve: round {r}: no answer to any of {len(problems)} problems passed "
                     f"the verifier, even with the answer as a hint ({counts}); nothing to "
-                    "learn from, so the rounds stop here")
+                    "learn from, so the rounds stop here (--demos N shows the format first)")
                 return rows
             replay = rng.sample(replay_pool, min(len(replay_pool), int(len(kept) * opts.replay)))
             lines = kept + [c.to_dict() for c in replay]
