@@ -234,6 +234,10 @@ def test_against_an_earlier_file_pairs_the_same_questions(tiny, tmp_path, capsys
     assert "the same questions, paired" in capsys.readouterr().out
     change = json.loads(again.read_text())["against"]["changes"]["arc_easy"]
     assert change["n"] == 4 and change["change"] == 0.0 and change["ci"] == [0.0, 0.0]
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny), "--tasks", "mental2", "--think", "vote", "--against",
+              str(first)])
+    assert "leave out --versus and --think" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{")
     for bad, said in ((tmp_path / "none.json", "no such file"),
                       (tmp_path / "broken.json", "not JSON")):

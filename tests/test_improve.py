@@ -59,6 +59,39 @@ def test_an_unsolved_problem_is_rationalized_without_its_hint(tok):
     assert kept[0]["messages"][0]["content"] == QUESTION.messages[0]["content"]
 
 
+class ByQuestion:
+    """Answers each prompt in a batch by its own question: `plain[q]` or, hinted, `hinted[q]`
+    (a question missing there answers with a tool call)."""
+
+    def __init__(self, tok, plain: dict, hinted: dict):
+        self.tok, self.plain, self.hinted = tok, plain, hinted
+
+    def complete(self, prompts, params, stops=(), keep_stop=False):
+        out = []
+        for ids in prompts:
+            text = self.tok.decode(list(ids), skip_special_tokens=False)
+            table = self.hinted if "Hint: the answer is" in text else self.plain
+            answer = next((a for q, a in table.items() if q in text), '<tool_call>\n{}')
+            out.append(Completion(answer, [1] * 5, "stop"))
+        return out
+
+
+def test_a_batch_of_problems_keeps_each_answer_with_its_own_question(tok):
+    def ask(a, b):
+        return Prompt([{"role": "user", "content": f"What is {a} + {b}? No calculator."}],
+                      str(a + b))
+
+    first, second, third = ask(48, 37), ask(26, 15), ask(19, 19)
+    right = {"48 + 37": RIGHT, "26 + 15": "6 + 5 = 11, carry 1: 2 + 1 + 1 = 4, so 26 + 15 = 41."}
+    lm = ByQuestion(tok, plain={"48 + 37": RIGHT}, hinted={"26 + 15": right["26 + 15"]})
+    kept, counts = improve.collect(lm, [first, second, third], improve.ImproveOptions(samples=3))
+    assert counts["solved"] == 1 and counts["rationalized"] == 1 and counts["kept"] == 2
+    assert counts["format_rejected"] == 3 * 2 + 3  # tool calls: 2 problems, then the third again
+    for conv in kept:
+        asked = conv["messages"][0]["content"]
+        assert conv["messages"][-1]["content"] == right[asked.split("is ")[1].split("?")[0]]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = ["Without a calculator, what is 92 + 78? 2 + 8 = 10, carry 1: 9 + 7 + 1 = 17, so "

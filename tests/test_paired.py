@@ -42,3 +42,31 @@ def test_only_questions_both_answered_pair_and_pass_marks_apply():
     assert changes["docstring"]["before"] == 0.0 and changes["docstring"]["after"] == 1.0
     assert paired.worst_fall(changes, skip=("mental",)) is None
     assert "mental 1.000 -> 0.500 (-50.0" in paired.describe(changes)
+
+
+def test_wordings_of_one_subject_pair_by_question_and_old_files_by_order():
+    # Identity questions share a subject and an answer; each wording is its own question.
+    before = [{"task": "identity", "subject": "who", "expected": "llmos", "question": q,
+               "score": s} for q, s in (("Who are you?", 1.0), ("Your name?", 0.0))]
+    after = [dict(b, score=1.0 - b["score"]) for b in reversed(before)]
+    ch = paired.task_changes(before, after)["identity"]
+    assert ch["n"] == 2 and ch["change"] == 0.0 and ch["ci"] == [-1.0, 1.0]  # one up, one down
+    # A file written before records kept their question pairs with a new one in order.
+    old = [{k: v for k, v in b.items() if k != "question"} for b in before]
+    assert paired.task_changes(old, before)["identity"]["ci"] == [0.0, 0.0]
+
+
+def test_files_pair_each_task_apart_and_leave_out_what_has_no_right_answer():
+    def result(docstring: float, knowledge: float) -> dict:
+        return {"model": "m", "results": {
+            "assistant": {"kind": "assistant", "primary": "acc",
+                          "items": items("docstring", [docstring])},
+            "knowledge": {"kind": "knowledge", "primary": "acc",
+                          "items": items("docstring", [knowledge])},
+            "bpb": {"kind": "bpb", "primary": "bpb", "items": [{"bpb": 1.4}]}}}
+
+    changes = paired.result_changes(result(0.0, 1.0), result(1.0, 1.0))
+    assert set(changes) == {"docstring", "knowledge:docstring"}
+    assert changes["docstring"]["change"] == 1.0 and changes["knowledge:docstring"]["change"] == 0
+    assert "no question in common" in paired.format_table({}, "sft")
+    assert paired.headline(changes, ()).startswith("the other tasks: none fell")

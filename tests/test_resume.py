@@ -61,6 +61,7 @@ def configure(stage: str, cfg, data: Path):
         # 128 answers a step: some say 7, so some groups carry a signal (asserted below)
         cfg.rl.group_size, cfg.rl.prompts_per_step, cfg.rl.max_new_tokens = 16, 8, 3
         cfg.rl.updates_per_batch = 2  # a step that reuses its batch must resume as such
+        cfg.rl.replay_rows = 0  # the preset's replay rows do not fit the tiny model's window
         section, module = cfg.rl.train, rl
         train["lr"] = 2e-2
     for k, v in train.items():

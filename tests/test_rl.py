@@ -94,6 +94,7 @@ def tiny_rl(cfg, prompts, steps):
     cfg.rl.val_fraction = 0.0
     cfg.rl.group_size, cfg.rl.prompts_per_step = 16, 4
     cfg.rl.max_new_tokens, cfg.rl.eval_items = 3, 0
+    cfg.rl.replay_rows = 0  # the preset replays 256-token SFT rows: the tiny model holds 64
     for k, v in dict(max_steps=steps, lr=2e-2, dtype="fp32", eval_every=0).items():
         setattr(cfg.rl.train, k, v)
     return cfg
@@ -172,8 +173,11 @@ def test_replay_trains_on_the_sft_mixture_beside_the_policy(tiny, tmp_path):
         {"role": "user", "content": "Greet me."},
         {"role": "assistant", "content": "Hello there, friend."}]}) + "\n")
     cfg.sft.sources, cfg.sft.val_fraction = [str(greeting)], 0.0
-    cfg.sft.text_rows, cfg.sft.text_coef, cfg.sft.train.seq_len = 1, 0.1, 64
+    cfg.sft.text_rows, cfg.sft.text_coef = 1, 0.1
     cfg.rl.replay_rows = 2
+    with pytest.raises(ValueError, match="beyond the model's context 64"):
+        rl.run(cfg, ckpt, tmp_path / "rl-too-long")  # the preset's 256-token rows
+    cfg.sft.train.seq_len = 64
 
     def answer_loss(model_dir) -> float:
         tok = tokenizers_.load(model_dir)

@@ -214,7 +214,7 @@ def cached_eval(ckpt: Path, names: list[str], limit: int | None,
     out = harness.default_out(ckpt, names, 0, limit)
     if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
         kept = json.loads(out.read_text())
-        if against is None or "against" in kept:
+        if against is None or (kept.get("against") or {}).get("model") == against["model"]:
             print(f"speedrun: {out} is up to date")
             return kept
     result = harness.evaluate(ckpt, names, limit=limit)

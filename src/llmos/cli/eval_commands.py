@@ -86,6 +86,8 @@ def add_eval(sub) -> None:
 def cmd_eval(args):
     from llmos.evals import harness, paired
 
+    if args.against and (args.versus or args.think):
+        raise ValueError("--against compares plain task results; leave out --versus and --think")
     if args.versus or args.judges is not None or args.seeds is not None:
         return cmd_eval_versus(args)
     if not args.tasks:

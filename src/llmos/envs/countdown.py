@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 STEP = re.compile(r"(-?\d+) ?([-+*/×÷]) ?(-?\d+) ?= ?(-?\d+)")
 QUESTION = re.compile(r"Use ([\d, and]+?) to make (\d+)")
+HELDOUT_SEED, HELDOUT_SIZE = "countdown:heldout", 300  # `llmos eval --tasks countdown`'s
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
        "/": lambda a, b: a // b if b and a % b == 0 else None}
 
@@ -90,6 +91,17 @@ def parse_question(text: str) -> tuple[tuple[int, ...], int] | None:
     if not m:
         return None
     return tuple(int(x) for x in re.findall(r"\d+", m.group(1))), int(m.group(2))
+
+
+def check_question(question: str, answer: str, final: bool = True) -> float:
+    """`check` of an answer to a question `Puzzle.question` wrote (0.0 if it is not one)."""
+    parsed = parse_question(question)
+    return check(*parsed, answer, final) if parsed else 0.0
+
+
+def same_puzzle(p: Puzzle) -> tuple:
+    """What makes two puzzles the same: their numbers in any order, and the target."""
+    return tuple(sorted(p.numbers)), p.target
 
 
 def check(numbers: tuple[int, ...], target: int, answer: str, final: bool = True) -> float:

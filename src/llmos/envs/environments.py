@@ -31,7 +31,6 @@ from llmos.envs import countdown
 from llmos.envs.prompts import BUILTIN_ARITHMETIC, Prompt, builtin_task, verify
 from llmos.infer.answers import extract_number
 
-COUNTDOWN_HELDOUT = ("countdown:heldout", 300)  # the seed and size `llmos eval` asks
 COUNTDOWN_TRAIN = 6000
 
 
@@ -59,16 +58,19 @@ def countdown_prompt(p: countdown.Puzzle) -> Prompt:
 
 def countdown_problems() -> tuple[list[Prompt], list[Prompt]]:
     """Training puzzles from their own seed, none of them a held-out one."""
-    held = countdown.puzzles(COUNTDOWN_HELDOUT[1], seed=COUNTDOWN_HELDOUT[0])
-    seen = {(p.numbers, p.target) for p in held}
+    held = countdown.puzzles(countdown.HELDOUT_SIZE, seed=countdown.HELDOUT_SEED)
+    seen = {countdown.same_puzzle(p) for p in held}  # (2, 3, 4) -> 14 is (4, 3, 2) -> 14
     train = [p for p in countdown.puzzles(COUNTDOWN_TRAIN, seed="countdown:train")
-             if (p.numbers, p.target) not in seen]
+             if countdown.same_puzzle(p) not in seen]
     return [countdown_prompt(p) for p in train], [countdown_prompt(p) for p in held]
 
 
 def countdown_solution(p: Prompt) -> tuple[str, ...]:
-    numbers, target = countdown.parse_question(p.messages[-1]["content"])
-    return countdown.solve(numbers, target)
+    parsed = countdown.parse_question(p.messages[-1]["content"])
+    solution = countdown.solve(*parsed) if parsed else None
+    if solution is None:
+        raise ValueError(f"not a solvable countdown question: {p.messages[-1]['content']!r}")
+    return solution
 
 
 def countdown_hint(p: Prompt) -> str:

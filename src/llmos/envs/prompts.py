@@ -94,6 +94,5 @@ def verify(p: Prompt, content: str) -> float:
     if p.task == "python":
         return passes_tests(extract_code(content), p.tests)
     if p.task == "countdown":  # the puzzle is in the question; any valid working is right
-        parsed = countdown.parse_question(p.messages[-1]["content"])
-        return countdown.check(*parsed, content) if parsed else 0.0
+        return countdown.check_question(p.messages[-1]["content"], content)
     return score("python", p.answer, content)  # contains the expected text

@@ -73,7 +73,8 @@ def _answer(generate, tok, conv: Conversation, params: SamplingParams, tools) ->
                      for e in events)
     return {
         "task": conv.task, "subject": conv.subject, "expected": conv.answer,
-        "answer": answer, "score": score(conv.task, conv.answer, answer),
+        "question": prompt_of(conv)[-1]["content"], "answer": answer,
+        "score": score(conv.task, conv.answer, answer),
         "turns": len(turns), "malformed_turns": errors + (finish == "length"),
         "tool_calls": calls + errors, "valid_tool_calls": ok_results, "finish": finish,
         "transcript": [e.data for e in events if e.kind in ("turn", "tool_result")],

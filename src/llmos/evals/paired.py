@@ -6,8 +6,10 @@ one model is really worse. Asked the same questions, the models' answers pair up
 change in accuracy has a far narrower interval than either accuracy (most items are right, or
 wrong, for both). The interval here is a percentile bootstrap over the paired items.
 
-Items pair by task and question: the assistant eval's records by (subject, expected answer),
-a harness task's (ARC, HellaSwag, ...) by their id; the same held-out set gives the same keys.
+Items pair by task and question: the assistant eval's records by (subject, expected answer,
+question), a harness task's (ARC, HellaSwag, ...) by their id; the same held-out set gives the
+same keys. A key asked twice (files written before records kept their question, where several
+wordings share a subject) pairs its answers in the order they were asked.
 """
 
 from __future__ import annotations
@@ -21,16 +23,20 @@ from llmos.envs.verifiers import passed
 from llmos.evals.text_table import aligned
 
 
-def scored(items: list[dict], task: str = "", primary: str = "") -> list[tuple]:
+def scored(items: list[dict], task: str = "", primary: str = "",
+           by_question: bool = True) -> list[tuple]:
     """(task, key, right) of each item: the assistant eval's records carry their sub-task,
     subject, expected answer and score (passed at the task's mark); a harness task's items
     (ARC, HellaSwag, ...) carry an id and their result's primary metric."""
     out = []
     for item in items:
-        name = item.get("task", task)
+        sub = item.get("task", task)
+        # knowledge's "docstring" questions are not the assistant's: named apart
+        name = f"{task}:{sub}" if task and sub != task and task != "assistant" else sub
         key = item["id"] if "id" in item else (item.get("subject", ""),
-                                               str(item.get("expected", "")))
-        right = passed(name, item["score"]) if "score" in item else item.get(primary)
+                                               str(item.get("expected", "")),
+                                               item.get("question", "") if by_question else "")
+        right = passed(sub, item["score"]) if "score" in item else item.get(primary)
         if right is not None:
             out.append((name, key, float(right)))
     return out
@@ -52,7 +58,14 @@ def paired_change(pairs: list[tuple[float, float]], rounds: int = 2000, seed: in
 def task_changes(before: list[dict], after: list[dict]) -> dict[str, dict]:
     """{task: {"before", "after", "change", "ci": [lo, hi], "n"}} of two runs of assistant
     records (`assistant_tasks.evaluate`'s items)."""
-    return changes(scored(before), scored(after))
+    q = asked_with_questions(before, after)
+    return changes(scored(before, by_question=q), scored(after, by_question=q))
+
+
+def asked_with_questions(*sides: list[dict]) -> bool:
+    """Whether every record names its question (files written before records kept it do not:
+    they pair by subject and expected answer alone)."""
+    return all("question" in i for side in sides for i in side if "id" not in i)
 
 
 def changes(before: list[tuple], after: list[tuple]) -> dict[str, dict]:
@@ -81,10 +94,14 @@ def worst_fall(changes: dict[str, dict], skip: tuple[str, ...] = ()) -> tuple[st
     return min(falls, key=lambda x: x[1]) if falls else None
 
 
+def points(c: dict) -> str:
+    """A change and its interval in points: '-1.2 [-3.3, +0.8]'."""
+    return f"{100 * c['change']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]"
+
+
 def describe(changes: dict[str, dict]) -> str:
-    """One line: task before -> after (change [lo, hi], n)."""
-    return "; ".join(f"{t} {c['before']:.3f} -> {c['after']:.3f} ({100 * c['change']:+.1f} "
-                     f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] pts, n={c['n']})"
+    """One line: task before -> after (change [lo, hi] pts, n)."""
+    return "; ".join(f"{t} {c['before']:.3f} -> {c['after']:.3f} ({points(c)} pts, n={c['n']})"
                      for t, c in changes.items())
 
 
@@ -102,40 +119,45 @@ def read_results(path: str | Path) -> dict:
     return data
 
 
+UNPAIRED = ("bpb", "behaviour")  # a measure over the text, or rates over samples: no right or wrong
+
+
 def result_changes(before: dict, after: dict) -> dict[str, dict]:
     """Per task of two `llmos eval` results files, over every task both hold items of (the
     assistant eval's sub-tasks each on their own)."""
     out = {}
     for name, res in after["results"].items():
         old = before["results"].get(name)
+        if res.get("kind") in UNPAIRED:
+            continue
         if old and res.get("items") and old.get("items"):
             primary = res.get("primary", "")
-            out |= changes(scored(old["items"], name, primary),
-                           scored(res["items"], name, primary))
+            q = asked_with_questions(old["items"], res["items"])
+            out |= changes(scored(old["items"], name, primary, q),
+                           scored(res["items"], name, primary, q))
     return out
 
 
 def format_table(changes: dict[str, dict], against: str) -> str:
-    rows = [[t, f"{c['before']:.3f}", f"{c['after']:.3f}", f"{100 * c['change']:+.1f}",
-             f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]", str(c["n"])]
+    if not changes:
+        return (f"against {against or 'the earlier file'}: no question in common (other tasks, "
+                "or another --limit?)")
+    rows = [[t, f"{c['before']:.3f}", f"{c['after']:.3f}", points(c), str(c["n"])]
             for t, c in changes.items()]
-    head = ["task", "before", "after", "change (pts)", "95% interval", "n"]
+    head = ["task", "before", "after", "change [95% interval], pts", "n"]
     return f"against {against or 'the earlier file'} (the same questions, paired):\n" + aligned(
         [head] + rows)
 
 
 def headline(changes: dict[str, dict], practised: tuple[str, ...]) -> str:
-    """'mental2 0.755 -> 0.868 (+11.3 [+7.2, +15.8] pts); the other tasks: largest fall mental
-    -1.2 [-3.0, +0.4] pts' (or 'none fell')."""
-    def pts(c):
-        return f"{100 * c['change']:+.1f} [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] pts"
-
-    shown = [f"{t} {changes[t]['before']:.3f} -> {changes[t]['after']:.3f} ({pts(changes[t])}, "
-             f"n={changes[t]['n']})" for t in practised if t in changes]
+    """'mental2 0.755 -> 0.830 (+7.5 [+4.2, +10.8] pts, n=400); the other tasks: largest fall
+    session -0.7 [-4.0, +2.0] pts, n=150' (or 'none fell')."""
+    shown = [f"{t} {changes[t]['before']:.3f} -> {changes[t]['after']:.3f} "
+             f"({points(changes[t])} pts, n={changes[t]['n']})" for t in practised if t in changes]
     fall = worst_fall(changes, skip=practised)
-    others = (f"largest fall {fall[0]} {pts(changes[fall[0]])}, n={changes[fall[0]]['n']}"
+    others = (f"largest fall {fall[0]} {points(changes[fall[0]])} pts, n={changes[fall[0]]['n']}"
               if fall else "none fell")
-    return "; ".join(shown) + f"; the other tasks: {others}"
+    return "; ".join(shown + [f"the other tasks: {others}"])
 
 
 def card_section(run: Path, names: list[str], table) -> str:
@@ -150,12 +172,11 @@ def card_section(run: Path, names: list[str], table) -> str:
             except (OSError, ValueError):
                 continue
             if against:
-                rows = [[t, c["before"], c["after"], f"{100 * c['change']:+.1f}",
-                         f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]", c["n"]]
+                rows = [[t, c["before"], c["after"], points(c), c["n"]]
                         for t, c in against["changes"].items()]
                 parts += [f"**{name}** against {against.get('model') or against.get('file')} "
-                          "(the same questions; a paired 95% interval of the change, points):",
-                          "", table(["task", "before", "after", "change", "interval", "n"],
-                                    rows), ""]
+                          "(the same questions; the change with a paired 95% interval):",
+                          "", table(["task", "before", "after", "change [interval], points",
+                                     "n"], rows), ""]
                 break
     return "\n".join(parts).strip()

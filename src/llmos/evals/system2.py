@@ -40,7 +40,6 @@ from llmos.infer.strategies import think
 from llmos.infer.think import NEEDS_JUDGE, Judge, LanguageModel, Think, Thought
 
 TASKS = ("mental2", "mental", "countdown", "gsm8k", "humaneval")
-COUNTDOWN_ITEMS = 300
 CLAUSES = (", ",)  # a step of worked arithmetic: "8 + 7 = 15, carry 1: 4 + 3 + 1 = 8, so ..."
 
 
@@ -96,12 +95,11 @@ def mental_items() -> list[Item]:
 
 def countdown_items() -> list[Item]:
     return [Item(f"{p.numbers} -> {p.target}", [{"role": "user", "content": p.question()}], "")
-            for p in countdown.puzzles(COUNTDOWN_ITEMS, seed="countdown:heldout")]
+            for p in countdown.puzzles(countdown.HELDOUT_SIZE, seed=countdown.HELDOUT_SEED)]
 
 
 def countdown_verify(q: str, answer: str, final: bool) -> float:
-    parsed = countdown.parse_question(q)
-    return countdown.check(*parsed, answer, final) if parsed else 0.0
+    return countdown.check_question(q, answer, final)
 
 
 def gsm8k_items() -> list[Item]:

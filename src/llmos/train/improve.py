@@ -135,9 +135,9 @@ def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
     n = len(heldout)
     asked = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
     answers.write_text(json.dumps(asked["items"]))
-    start = answers.with_name("round-0-assistant.json")
+    start = answers.with_name("round-0-assistant.json")  # absent in a run begun before it was kept
     tasks, changes = asked["summary"], paired.task_changes(
-        json.loads(start.read_text()), asked["items"])
+        json.loads(start.read_text()), asked["items"]) if start.exists() else {}
     return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
             "env_pass@1": sampled_ok / (n * opts.samples),
             f"env_pass@{opts.samples}": any_ok / n, "env_n": n,

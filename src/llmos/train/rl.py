@@ -287,8 +287,13 @@ class Replayed:
     while one is practised."""
 
     def __init__(self, sampler: Sampler, cfg: RunConfig, parent: Path, tok, rt, seed: int):
-        convs, _, _ = split_sources(cfg.sft.sources, cfg.sft.val_fraction)
         seq_len = cfg.sft.train.seq_len
+        if seq_len > sampler.model.cfg.max_seq_len:
+            raise ValueError(f"rl.replay_rows packs the SFT mixture into sft.train.seq_len "
+                             f"{seq_len} tokens, beyond the model's context "
+                             f"{sampler.model.cfg.max_seq_len}; lower sft.train.seq_len or set "
+                             "rl.replay_rows=0")
+        convs, _, _ = split_sources(cfg.sft.sources, cfg.sft.val_fraction)
         rows = sft.RowLoader(sft.pack(tok, convs, seq_len, seed), cfg.rl.replay_rows, seed,
                              rt.device)
         self.replay, self.lm_loss, _ = sft.with_text(rows, cfg.sft, parent, seq_len, rt, "rl")
@@ -303,6 +308,9 @@ class Replayed:
         return {**self.sampler.state_dict(), "replay": self.replay.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "replay" not in state:
+            raise ValueError("this RL run was saved without replay (rl.replay_rows=0): resume "
+                             "it with the same settings")
         self.sampler.load_state_dict(state)
         self.replay.load_state_dict(state["replay"])
 
@@ -351,6 +359,8 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
     parent = Path(parent)
     out = Path(out_dir) if out_dir else cfg.run_dir / "rl"
     checkpoint.check_out(out, resume, overwrite)
+    if rl.replay_rows < 0:
+        raise ValueError(f"rl.replay_rows must be 0 or more, not {rl.replay_rows}")
     rt = setup()
     if rt.distributed:
         teardown()
@@ -383,8 +393,6 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
                 run_log.append(metrics, {"stage": "rl", "step": 0, "tokens": 0, **start})
 
         source, loss, tokens = sampler, rl_loss(rl), lambda b: int(b.mask.sum())
-        if rl.replay_rows < 0:
-            raise ValueError(f"rl.replay_rows must be 0 or more, not {rl.replay_rows}")
         if rl.replay_rows:
             source = Replayed(sampler, cfg, parent, tok, rt, t.seed)
             loss = with_replay(loss, source, rl.replay_coef)
