@@ -144,7 +144,8 @@ def test_cli_rl_end_to_end(tiny, tmp_path, capsys):
           "--set", "rl.train.max_steps=3", "--set", "rl.group_size=4",
           "--set", "rl.prompts_per_step=2", "--set", "rl.max_new_tokens=4",
           "--set", "rl.train.eval_every=2", "--set", "rl.eval_items=4",
-          "--set", "rl.val_fraction=0.3", "--set", "rl.train.dtype=fp32"])
+          "--set", "rl.val_fraction=0.3", "--set", "rl.train.dtype=fp32",
+          "--set", "rl.replay_rows=0"])
     out = capsys.readouterr().out
     assert "rl step     3/3" in out and "reward" in out and "rl: done at step 3" in out
     records = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
