@@ -210,15 +210,17 @@ def cached_eval(ckpt: Path, names: list[str], limit: int | None,
                 against: dict | None = None) -> dict:
     """`llmos eval CKPT --tasks NAMES --limit LIMIT` into CKPT/evals/, where the report card
     reads it, with each task's change from `against` (an earlier result of the same questions)
-    when given; a result newer than its checkpoint (and compared, if asked) is kept."""
+    when given; a result newer than its checkpoint is kept (and compared again if it was
+    compared with another model)."""
     out = harness.default_out(ckpt, names, 0, limit)
     if out.exists() and out.stat().st_mtime > (ckpt / "llmos.json").stat().st_mtime:
-        kept = json.loads(out.read_text())
-        if against is None or (kept.get("against") or {}).get("model") == against["model"]:
-            print(f"speedrun: {out} is up to date")
-            return kept
-    result = harness.evaluate(ckpt, names, limit=limit)
-    if against is not None:
+        print(f"speedrun: {out} is up to date")
+        result = json.loads(out.read_text())
+        if against is None or (result.get("against") or {}).get("model") == against["model"]:
+            return result
+    else:
+        result = harness.evaluate(ckpt, names, limit=limit)
+    if against is not None:  # the answers kept, compared anew
         result["against"] = {"model": against["model"],
                              "changes": paired.result_changes(against, result)}
     harness.write(result, out)
