@@ -222,7 +222,7 @@ def test_write_compare_review_agreement_and_exports(database_url, memorised, tmp
     assert got == [("10063", "I can't"), ("10063", "10000"), ("I can't", "10000"),  # bob's order
                    ("10000", "10063"), ("10000", "I can't")]  # cy's best pick
     pairs = read_comparisons([str(tmp_path / "p.jsonl")])[0]
-    assert len(pairs) == len(rows)
+    assert len(pairs) == len(rows), (read_comparisons([str(tmp_path / "p.jsonl")])[1], comp)
 
 
 def test_concurrent_submissions_all_land(database_url):

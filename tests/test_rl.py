@@ -195,3 +195,19 @@ def test_replay_trains_on_the_sft_mixture_beside_the_policy(tiny, tmp_path):
     data = checkpoint.load_trainer_state(out)["data"]  # resumes at the same replay rows
     assert "text" in data["replay"] and "epoch" in data["replay"]
     assert checkpoint.read_info(out)["data"]["replay_rows"] == 2
+
+
+def test_prompts_that_leave_no_room_for_the_answer_are_left_out(tiny, tmp_path, capsys):
+    cfg, ckpt = tiny
+    mixed = tmp_path / "mixed.jsonl"
+    long = "Count the words of this sentence, which goes on and on and on. " * 4
+    rows = [{"prompt": long + str(i), "answer": "7"} for i in range(6)]
+    rows += [{"prompt": f"Say a number, {chr(97 + i)}.", "answer": "7"} for i in range(6)]
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_rl(cfg, mixed, steps=2)
+    cfg.rl.group_size, cfg.rl.prompts_per_step = 2, 12  # every prompt sampled in a step
+    rl.run(cfg, ckpt, tmp_path / "rl-fit")
+    assert "6 of 12 prompts left out" in capsys.readouterr().out
+    cfg.rl.max_new_tokens = 64  # the tiny model's whole context
+    with pytest.raises(ValueError, match="no RL prompt leaves room"):
+        rl.run(cfg, ckpt, tmp_path / "rl-nothing-fits")

@@ -436,7 +436,8 @@ def export_conversations(s: Session, project: Project) -> list[dict]:
 def export_comparisons(s: Session, project: Project) -> list[dict]:
     """Every ordered pair of every compare label, TRL's conversational shape: prompt messages,
     chosen and rejected assistant turns. A full order of k answers gives k(k-1)/2 pairs; a best
-    pick gives best-vs-each-other. Pairs of identical texts are left out."""
+    pick gives best-vs-each-other. Pairs of identical texts, or with an empty one (no
+    preference a trainer could read), are left out."""
     rows = s.execute(select(Label, Item).join(Item, Item.id == Label.item_id)
                      .where(Item.project_id == project.id, Label.kind == "compare")
                      .order_by(Item.id, Label.id)).all()
@@ -447,7 +448,8 @@ def export_comparisons(s: Session, project: Project) -> list[dict]:
         rest = [i for i in text if i not in ranked]
         pairs = list(itertools.combinations(ranked, 2)) + [(r, u) for r in ranked for u in rest]
         for chosen, rejected in pairs:
-            if text[chosen] == text[rejected]:
+            if text[chosen] == text[rejected] or not (text[chosen].strip()
+                                                       and text[rejected].strip()):
                 continue
             out.append({"prompt": item.prompt,
                         "chosen": [{"role": "assistant", "content": text[chosen]}],

@@ -397,8 +397,11 @@ def label_router(engine, models: dict) -> APIRouter:
             texts += [(n, t) for n, t in got if t.strip() and t not in seen and not seen.add(t)]
             if len(texts) >= k:
                 break
-        while len(texts) < k:  # a model that always says the same: show it anyway
-            texts.append(got[len(texts) % len(got)])
+        # A model that always says the same: show it anyway (an empty answer only when it
+        # said nothing else); pairs of equal or empty texts are left out on export.
+        fill = [(n, t) for n, t in got if t.strip()] or got
+        while len(texts) < k:
+            texts.append(fill[len(texts) % len(fill)])
         return texts[:k]
 
     @router.post(api + "/items/{iid}/labels")

@@ -349,6 +349,23 @@ def heldout_accuracy(model, tok, prompts: list[Prompt], max_new_tokens: int,
     return {"heldout_acc": acc / n, "heldout_verified": strict / n}
 
 
+def fitting(prompts: list[Prompt], tok, model, rl) -> list[Prompt]:
+    """The prompts whose answer of rl.max_new_tokens (and its stop token) fits the model's
+    context; the others are left out and counted, as SFT leaves out conversations too long."""
+    room = model.cfg.max_seq_len - rl.max_new_tokens - 1
+    kept = [p for p in prompts
+            if len(chat_format.render(tok, p.messages, add_generation_prompt=True).ids) <= room]
+    if prompts and not kept:
+        raise ValueError(f"no RL prompt leaves room for rl.max_new_tokens {rl.max_new_tokens} in "
+                         f"the model's context of {model.cfg.max_seq_len} tokens; lower "
+                         "rl.max_new_tokens or use shorter prompts")
+    if len(kept) < len(prompts):
+        print(f"rl: {len(prompts) - len(kept):,} of {len(prompts):,} prompts left out: with an "
+              f"answer of {rl.max_new_tokens} tokens they exceed the model's context "
+              f"{model.cfg.max_seq_len}")
+    return kept
+
+
 # ---- the stage ----------------------------------------------------------------------------------
 
 
@@ -373,6 +390,7 @@ def run(cfg: RunConfig, parent: str | Path, out_dir: str | Path | None = None,
             ref = checkpoint.load_model(parent).to(rt.device).eval()
             ref.requires_grad_(False)
         train_prompts, held = load_prompts(rl.prompts, rl.val_fraction)
+        train_prompts, held = fitting(train_prompts, tok, model, rl), fitting(held, tok, model, rl)
         held = held[:rl.eval_items]
         scorer = Scorer(rl.reward_model, rt.device)
         print(f"rl: {len(train_prompts):,} training prompts, {len(held):,} held out; "
