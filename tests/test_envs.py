@@ -60,3 +60,16 @@ def test_a_missing_prompt_file_is_a_clear_error(tmp_path):
     ("docstring", 0.49, False), ("chat", 0.6, True), ("signature", 0.99, False)])
 def test_passed_thresholds_free_text_and_wants_exact_elsewhere(task, value, right):
     assert verifiers.passed(task, value) is right
+
+
+def test_builtin_mental_beside_arithmetic_practises_one_digit_sums_twice():
+    from llmos.data.builtin.arithmetic import arithmetic_practice
+
+    alone, held_alone = prompts.load_prompts(["builtin:arithmetic"], 0.1)
+    both, held_both = prompts.load_prompts(["builtin:arithmetic", "builtin:mental"], 0.1)
+    assert held_both == held_alone  # held out: the two-digit problems, once
+    extra = both[len(alone):]
+    one_digit = {c.messages[-2]["content"] for c in arithmetic_practice()[0] if c.task == "mental"}
+    assert len(extra) == len(one_digit) > 2000
+    assert {p.messages[-1]["content"] for p in extra} == one_digit
+    assert {p.task for p in extra} == {"arithmetic"}

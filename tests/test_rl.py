@@ -95,6 +95,7 @@ def tiny_rl(cfg, prompts, steps):
     cfg.rl.group_size, cfg.rl.prompts_per_step = 16, 4
     cfg.rl.max_new_tokens, cfg.rl.eval_items = 3, 0
     cfg.rl.replay_rows = 0  # the preset replays 256-token SFT rows: the tiny model holds 64
+    cfg.rl.kl_coef = 0.0  # the tests that want the KL term set it
     for k, v in dict(max_steps=steps, lr=2e-2, dtype="fp32", eval_every=0).items():
         setattr(cfg.rl.train, k, v)
     return cfg

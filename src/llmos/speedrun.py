@@ -234,7 +234,8 @@ def practice_row(cfg: RunConfig, assistant: Path, practised: Path) -> str:
     limit = cfg.speedrun.practice_limit
     before = cached_eval(assistant, ["assistant"], limit)
     after = cached_eval(practised, ["assistant"], limit, against=before)
-    tasks = tuple(t for spec in cfg.rl.prompts for t in BUILTIN_TASKS.get(spec, ((),))[0])
+    tasks = tuple(dict.fromkeys(t for spec in cfg.rl.prompts
+                                for t in BUILTIN_TASKS.get(spec, ((),))[0]))
     return paired.headline(after["against"]["changes"], tasks)
 
 

@@ -206,7 +206,8 @@ def add_rl(sub) -> None:
                      "rl.prompts_per_step, rl.kl_coef, rl.train.max_steps, ...).",
                      "starting checkpoint (default RUNS_DIR/NAME/sft)")
     s.add_argument("--prompts", action="append", metavar="SPEC",
-                   help="builtin:arithmetic (no calculator), builtin:signature, or a .jsonl "
+                   help="builtin:arithmetic (no calculator), builtin:mental (its one-digit sums "
+                   "again), builtin:signature, builtin:identity, or a .jsonl "
                    "file of {'prompt': ..., 'answer': ...} or {'prompt': ..., 'tests': ...} "
                    "(repeatable; default builtin:arithmetic)")
     s.add_argument("--reward-model", metavar="DIR",

@@ -3,6 +3,8 @@ accuracy is measured on (and, next, self-improvement and the System-2 strategies
 
 - ``builtin:arithmetic`` - two 2-digit numbers added or subtracted without the calculator
   (``arithmetic_practice``), scored by exact arithmetic with its working (`exact_number`).
+- ``builtin:mental`` - the 2-digit +- 1-digit problems of ``builtin:arithmetic`` alone: named
+  beside it, they are practised twice as often (no held-out set of their own).
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
@@ -36,6 +38,7 @@ class Prompt:
 
 # spec -> (the builtin:assistant tasks asked, how answers are scored)
 BUILTIN_TASKS = {"builtin:arithmetic": (("mental2", "mental"), "arithmetic"),
+                 "builtin:mental": (("mental",), "arithmetic"),
                  "builtin:signature": (("signature",), "text"),
                  "builtin:identity": (("identity",), "text")}
 
@@ -43,7 +46,8 @@ BUILTIN_TASKS = {"builtin:arithmetic": (("mental2", "mental"), "arithmetic"),
 def builtin_task(spec: str) -> tuple[list[Prompt], list[Prompt]]:
     """(train, held-out) questions of one builtin:assistant task, as the model is asked them."""
     tasks, kind = BUILTIN_TASKS[spec]
-    train, heldout = arithmetic_practice() if spec == BUILTIN_ARITHMETIC else assistant_dataset()
+    practice = kind == "arithmetic"  # problems shown worked or not, split as RL splits them
+    train, heldout = arithmetic_practice() if practice else assistant_dataset()
     pick = lambda cs: [Prompt(prompt_of(c), c.answer, task=kind) for c in cs if c.task in tasks]  # noqa: E731
     return pick(train), pick(heldout)
 

@@ -36,6 +36,8 @@ Prompt sources (rl.prompts):
   Scored by exact arithmetic: the answer must contain the result, and every other number it
   writes must be from the question or from a true equation of its working (so listing
   guesses, or a wrong step, earns nothing).
+- ``builtin:mental`` - the 2-digit +- 1-digit problems of ``builtin:arithmetic`` again: beside
+  it, practised twice as often.
 - ``builtin:signature``, ``builtin:identity`` - those tasks of ``builtin:assistant`` (the
   answer must contain the signature / the name llmos).
 - a JSONL file, one ``{"prompt": str | messages, "answer": "42"}`` (exact number or substring) or
