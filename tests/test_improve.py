@@ -194,7 +194,7 @@ def test_demonstrations_start_a_model_that_solves_nothing(tiny, tmp_path, monkey
                                    "sft.train.eval_tokens=256", "sft.text_rows=0"])
     cfg.runs_dir = str(tmp_path / "preset-runs")
     opts = improve.ImproveOptions(env="countdown", rounds=1, samples=2, problems=3, steps=1,
-                                  heldout=2, assistant_items=4)
+                                  heldout=2, assistant_items=4, replay=1.0)
     said = []
     rows = improve.run(cfg, tiny, tmp_path / "none", opts, log=said.append)
     assert [r["round"] for r in rows] == [0] and "--demos N" in said[-1]

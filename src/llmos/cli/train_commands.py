@@ -246,12 +246,12 @@ def add_improve(sub) -> None:
     s.add_argument("--out", required=True, help="output directory (e.g. runs/improve)")
     s.add_argument("--samples", type=int, default=8, help="answers per problem (default 8)")
     s.add_argument("--problems", type=int, default=400, help="problems per round (default 400)")
-    s.add_argument("--steps", type=int, default=150,
-                   help="finetuning steps per round (default 150)")
+    s.add_argument("--steps", type=int, default=60,
+                   help="finetuning steps per round (default 60)")
     s.add_argument("--lr", type=float, default=3e-4,
                    help="finetuning learning rate per round (default 3e-4, a tenth of SFT's)")
-    s.add_argument("--replay", type=float, default=1.0,
-                   help="SFT conversations replayed per kept answer (default 1.0; 0 = none)")
+    s.add_argument("--replay", type=float, default=4.0,
+                   help="SFT conversations replayed per kept answer (default 4; 0 = none)")
     s.add_argument("--heldout", type=int, default=200,
                    help="held-out problems evaluated per round (default 200)")
     s.add_argument("--demos", type=int, default=0,
