@@ -209,7 +209,8 @@ def add_rl(sub) -> None:
                    help="builtin:arithmetic (no calculator), builtin:mental (its one-digit sums "
                    "again), builtin:signature, builtin:identity, or a .jsonl "
                    "file of {'prompt': ..., 'answer': ...} or {'prompt': ..., 'tests': ...} "
-                   "(repeatable; default builtin:arithmetic)")
+                   "(repeatable; default: the preset's rl.prompts, cpu-tiny's "
+                   "builtin:arithmetic and builtin:mental)")
     s.add_argument("--reward-model", metavar="DIR",
                    help="score answers with this `llmos reward` checkpoint instead of a verifier")
     add_output_flags(s, "RUNS_DIR/NAME/rl")
