@@ -190,6 +190,17 @@ def test_bad_task_names_list_the_valid_ones(tiny, capsys):
     assert "unknown task 'nosuch'" in err and "arc_easy" in err and "bpb:SOURCE" in err
 
 
+def test_one_assistant_task_alone(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny), "--tasks", "assistant:chess"])
+    err = capsys.readouterr().err
+    assert "unknown assistant task 'assistant:chess'" in err and "assistant:mental2" in err
+    out = tmp_path / "mental.json"
+    main(["eval", str(tiny), "--tasks", "assistant:mental", "--limit", "5", "--out", str(out)])
+    items = json.loads(out.read_text())["results"]["assistant:mental"]["items"]
+    assert len(items) == 5 and {r["task"] for r in items} == {"mental"}
+
+
 def test_hf_tasks_are_opt_in_with_a_clear_offline_error(tiny, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -70,3 +70,13 @@ def test_files_pair_each_task_apart_and_leave_out_what_has_no_right_answer():
     assert changes["docstring"]["change"] == 1.0 and changes["knowledge:docstring"]["change"] == 0
     assert "no question in common" in paired.format_table({}, "sft")
     assert paired.headline(changes, ()).startswith("the other tasks: none fell")
+
+
+def test_one_assistant_task_pairs_with_a_whole_assistant_eval():
+    whole = {"results": {"assistant": {"kind": "assistant", "primary": "acc",
+                                       "items": items("mental", [1.0, 0.0]) + items(
+                                           "docstring", [1.0])}}}
+    one = {"results": {"assistant:mental": {"kind": "assistant", "primary": "acc",
+                                            "items": items("mental", [1.0, 1.0])}}}
+    changes = paired.result_changes(whole, one)
+    assert set(changes) == {"mental"} and changes["mental"]["change"] == 0.5

@@ -19,7 +19,8 @@ def add_eval(sub) -> None:
     s.add_argument("--tasks", metavar="LIST",
                    help="comma-separated: mmlu, mmlu_mc, arc_easy, arc_challenge, hellaswag, "
                    "boolq, piqa, winogrande, openbookqa, commonsenseqa, gsm8k, triviaqa, "
-                   "humaneval, mbpp, assistant, behaviour (failure rates of the model's own "
+                   "humaneval, mbpp, assistant, assistant:TASK (one of its tasks, e.g. "
+                   "assistant:mental), behaviour (failure rates of the model's own "
                    "samples of held-out prompts), knowledge[:NAME] (docstring questions with and "
                    "without retrieval from a knowledge base), bpb (the run's validation "
                    "shards), bpb:SOURCE "

@@ -9,6 +9,7 @@ Task names (comma-separated in --tasks):
     gsm8k, triviaqa    greedy answers, answer extracted and matched (em)
     humaneval, mbpp    greedy code run against the set's tests in the sandbox (pass@1)
     assistant          the held-out built-in assistant tasks (evals/assistant_tasks.py)
+    assistant:TASK     one of them alone (mental, mental2, docstring, ...): --limit items of it
     behaviour          failure rates (looping, evasive, wrong identity, skipped or needless
                        tool, malformed tool call, wrong answer) of the checkpoint's own samples
                        of held-out prompts, with 95% intervals (evals/behaviour.py); --limit
@@ -55,9 +56,12 @@ def parse_tasks(spec: str) -> list[str]:
         raise TaskError(f"no tasks given; valid tasks: {tasks_.valid_names()}")
     for name in names:
         known = (name in tasks_.TASKS or name in ("assistant", "behaviour", "bpb", "knowledge")
-                 or name.startswith(("bpb:", "hf:", "knowledge:")))
+                 or name.startswith(("bpb:", "hf:", "knowledge:", "assistant:")))
         if not known:
             raise TaskError(f"unknown task {name!r}; valid tasks: {tasks_.valid_names()}")
+        if name.startswith("assistant:") and name[len("assistant:"):] not in assistant_names():
+            raise TaskError(f"unknown assistant task {name!r}; one of "
+                            + ", ".join(f"assistant:{t}" for t in assistant_names()))
     return list(dict.fromkeys(names))
 
 
@@ -145,8 +149,15 @@ def run_generate(model, tok, task: tasks_.Task, items: list[tasks_.Item], batch_
 # ---- the built-in assistant tasks and bits per byte -----------------------------------------
 
 
-def run_assistant(model, tok, limit: int | None) -> dict:
+def assistant_names() -> list[str]:
+    """The held-out assistant tasks `assistant:TASK` can name (those with answers to score)."""
+    return sorted({c.task for c in assistant_dataset()[1] if c.answer})
+
+
+def run_assistant(model, tok, limit: int | None, only: str = "") -> dict:
     _, heldout = assistant_dataset()
+    if only:  # one task: every --limit item is of it
+        heldout = [c for c in heldout if c.task == only]
     result = assistant_tasks.evaluate(model, tok, heldout, limit or 200)
     summary = {k: v for k, v in result["summary"].items() if k not in ("items", "seconds")}
     accs = [v for k, v in summary.items() if k.endswith("_acc")]
@@ -239,8 +250,9 @@ def run_task(name: str, model, tok, model_dir: Path, shots: int, limit: int | No
         base = name[len("knowledge:"):] or "stdlib"
         return {"kind": "knowledge", "primary": "acc",
                 **run_knowledge(model, tok, base, db, limit)}
-    if name == "assistant":
-        return {"kind": "assistant", "primary": "acc", **run_assistant(model, tok, limit)}
+    if name == "assistant" or name.startswith("assistant:"):
+        return {"kind": "assistant", "primary": "acc",
+                **run_assistant(model, tok, limit, name[len("assistant:"):])}
     if name == "bpb" or name.startswith("bpb:"):
         source = name[len("bpb:"):] or None
         return {"kind": "bpb", "primary": "bpb",

@@ -32,7 +32,8 @@ def scored(items: list[dict], task: str = "", primary: str = "",
     for item in items:
         sub = item.get("task", task)
         # knowledge's "docstring" questions are not the assistant's: named apart
-        name = f"{task}:{sub}" if task and sub != task and task != "assistant" else sub
+        assistant = task == "assistant" or task.startswith("assistant:")
+        name = f"{task}:{sub}" if task and sub != task and not assistant else sub
         key = item["id"] if "id" in item else (item.get("subject", ""),
                                                str(item.get("expected", "")),
                                                item.get("question", "") if by_question else "")
@@ -128,6 +129,8 @@ def result_changes(before: dict, after: dict) -> dict[str, dict]:
     out = {}
     for name, res in after["results"].items():
         old = before["results"].get(name)
+        if old is None and name.startswith("assistant:"):  # one task of a whole assistant eval
+            old = before["results"].get("assistant")
         if res.get("kind") in UNPAIRED:
             continue
         if old and res.get("items") and old.get("items"):
