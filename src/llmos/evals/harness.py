@@ -28,6 +28,7 @@ Chance is 1/choices for multiple choice (averaged over items) and 0 for everythi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -149,13 +150,20 @@ def run_generate(model, tok, task: tasks_.Task, items: list[tasks_.Item], batch_
 # ---- the built-in assistant tasks and bits per byte -----------------------------------------
 
 
+@functools.cache
+def assistant_heldout() -> tuple:
+    """The built-in assistant set's held-out conversations, built once a process (seconds):
+    checking task names, the assistant, behaviour and knowledge tasks all read them."""
+    return tuple(assistant_dataset()[1])
+
+
 def assistant_names() -> list[str]:
     """The held-out assistant tasks `assistant:TASK` can name (those with answers to score)."""
-    return sorted({c.task for c in assistant_dataset()[1] if c.answer})
+    return sorted({c.task for c in assistant_heldout() if c.answer})
 
 
 def run_assistant(model, tok, limit: int | None, only: str = "") -> dict:
-    _, heldout = assistant_dataset()
+    heldout = list(assistant_heldout())
     if only:  # one task: every --limit item is of it
         heldout = [c for c in heldout if c.task == only]
     result = assistant_tasks.evaluate(model, tok, heldout, limit or 200)
@@ -166,7 +174,7 @@ def run_assistant(model, tok, limit: int | None, only: str = "") -> dict:
 
 
 def run_behaviour(model, tok, limit: int | None, seed: int) -> dict:
-    _, heldout = assistant_dataset()
+    heldout = list(assistant_heldout())
     return behaviour.evaluate(model, tok, heldout, limit or behaviour.PROMPTS, seed=seed)
 
 
@@ -180,7 +188,7 @@ def run_knowledge(model, tok, base: str, db: str, limit: int | None) -> dict:
         kb = KnowledgeBase.open(db, base)
     except KnowledgeError as e:
         raise TaskError(f"task knowledge: {e} (in the database {db}; --db names another)") from e
-    _, heldout = assistant_dataset()
+    heldout = list(assistant_heldout())
     # One passage of the size the assistant learned to read (cpu-tiny's context holds one).
     tool = knowledge_tool([kb], k=1, max_chars=PASSAGE_CHARS)
     r = knowledge_qa.evaluate(model, tok, tool, heldout, limit or 200)

@@ -377,5 +377,4 @@ def build_items(task: Task, shots: int = 0, limit: int | None = None) -> list[It
 @cache
 def valid_names() -> str:
     return ", ".join(list(TASKS) + ["assistant", "assistant:TASK", "behaviour", "bpb",
-                                    "bpb:SOURCE",
-                                    "hf:NAME[:CONFIG][@SPLIT]"])
+                                    "bpb:SOURCE", "hf:NAME[:CONFIG][@SPLIT]"])
