@@ -29,7 +29,7 @@ BASE = ModelConfig(vocab_size=4096)
 
 @pytest.mark.parametrize("counting, n", [
     *(("total", n) for n in np.geomspace(1.5e5, 1e9, 20).tolist() + [2_557_632]),
-    *(("nonembedding", n) for n in np.geomspace(2e4, 1e9, 20).tolist() + [1_771_200])])
+    *(("nonembedding", n) for n in np.geomspace(3e4, 1e9, 20).tolist() + [1_771_200])])
 def test_a_shape_hits_its_size_within_10_percent(counting, n):
     cfg = shape_for(n, BASE, counting)
     total, nonembed = count_params(cfg)
@@ -47,14 +47,14 @@ def test_the_rule_gives_cpu_tiny_its_own_shape_and_grows_depth_and_width():
     shapes = [shape_for(n, BASE) for n in np.geomspace(2e5, 1e9, 12)]
     assert [s.n_layers for s in shapes] == sorted(s.n_layers for s in shapes)
     assert [s.dim for s in shapes] == sorted(s.dim for s in shapes)
-    assert heads_for(96) == 3 and heads_for(80) == 5 and heads_for(40) == 5
+    assert heads_for(96) == 3 and heads_for(80) == 5 and heads_for(48) == 3
 
 
 def test_a_size_must_be_positive_and_possible():
     with pytest.raises(ValueError, match="positive"):
         shape_for(0, BASE)
     with pytest.raises(ValueError, match="too few"):
-        shape_for(20_000, BASE)  # the embedding of an 8-wide model holds 32,768
+        shape_for(20_000, BASE)  # the embedding of a 16-wide model holds 65,536
     with pytest.raises(ValueError, match="counting"):
         shape_for(1e6, BASE, "embedding")
 
@@ -103,6 +103,30 @@ def test_an_isoflop_plan_spends_its_budget_and_leaves_out_what_cannot_fit(counti
         assert o["train.warmup_steps"] <= o["train.max_steps"] // 10
     assert {r["budget"] for r in runs} == {2e12, 2e13}
     assert any("outside" in line for line in skipped)
+
+
+def test_fixed_steps_grow_the_batch_with_the_tokens_not_the_steps(tmp_path):
+    runs, _ = plan.plan_isoflops([2e12, 2e13], plan.parse_amounts("150k:2.5M:7"), cpu_tiny(),
+                                 steps=500)
+    batches = []
+    for r in runs:
+        o = r["overrides"]
+        assert r["tokens"] == o["train.max_steps"] * o["train.batch_size"] * 256
+        assert r["flops"] == pytest.approx(r["budget"], rel=0.1)
+        # a batch is whole sequences: the steps land near 500, nearest where batches are small
+        assert abs(o["train.max_steps"] / 500 - 1) <= 0.5 / o["train.batch_size"] + 0.01
+        batches.append((r["tokens"], o["train.batch_size"]))
+    in_order = [b for _, b in sorted(batches)]
+    assert in_order == sorted(in_order)  # more tokens, a bigger batch
+    assert max(b for _, b in batches) > 16 > min(b for _, b in batches)
+    with pytest.raises(plan.PlanError, match="too few to train"):
+        plan.plan_run(2e5, 1e6, cpu_tiny(), steps=5)
+    # a sweep folder made with one protocol refuses the other
+    first = {"preset": "cpu-tiny", "overrides": [], "sources": ["builtin:stdlib"], "nproc": 1,
+             "counting": "total", "steps": 500, "runs": runs}
+    plan.write(tmp_path / "sweep.json", first)
+    with pytest.raises(plan.PlanError, match="steps"):
+        plan.merge(tmp_path / "sweep.json", {**first, "steps": None})
 
 
 def test_a_budget_too_small_for_any_shape_is_a_clear_error():
@@ -192,7 +216,7 @@ TINY = ["--set", "data.vocab_size=320", "--set", "data.val_fraction=0.1",
 
 def sweep_argv(corpus, out, *extra):
     return [sys.executable, "-m", "llmos", "scaling", "sweep", "--out", str(out),
-            "--source", str(corpus), *TINY, "--params", "8k,20k", "--tokens", "6k,12k,24k",
+            "--source", str(corpus), *TINY, "--params", "9k,20k", "--tokens", "6k,12k,24k",
             "--bootstrap", "4", *extra]
 
 

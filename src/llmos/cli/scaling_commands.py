@@ -71,6 +71,9 @@ def _add_sweep(verbs) -> None:
     g.add_argument("--tokens", metavar="LIST", help="token budgets: a grid with --params")
     w.add_argument("--tokens-per-param", default="0.5:100", metavar="LOW:HIGH",
                    help="IsoFLOP: leave out the runs whose D/N falls outside (default 0.5:100)")
+    w.add_argument("--steps", type=int, metavar="S",
+                   help="every run takes about S optimizer steps, its batch grown with its "
+                   "tokens (default: the preset's batch, the steps grown with the tokens)")
     w.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, each on its share of the cores (default 1)")
     w.add_argument("--emit-jobs", metavar="FILE",
@@ -106,19 +109,20 @@ def _make_plan(args, cfg) -> tuple[dict, list[str]]:
     skipped: list[str] = []
     if args.tokens:
         runs = plan.plan_grid(params, plan.parse_amounts(args.tokens), cfg, args.nproc,
-                              args.count)
+                              args.count, args.steps)
         kind = "grid"
     elif args.flops or default:
         runs, skipped = plan.plan_isoflops(
             plan.parse_amounts(args.flops or DEFAULT_FLOPS), params, cfg, args.nproc,
-            plan.parse_range(args.tokens_per_param), args.count)
+            plan.parse_range(args.tokens_per_param), args.count, args.steps)
         kind = "isoflop"
     else:
         raise ValueError("--params needs --flops (IsoFLOP profiles) or --tokens (a grid)")
     plan.check_plan(runs)
     return {"kind": kind, "preset": args.preset, "overrides": [
         o.split("=", 1) for o in args.overrides], "sources": cfg.data.sources,
-        "nproc": args.nproc, "counting": args.count, "runs": runs}, skipped
+        "nproc": args.nproc, "counting": args.count, "steps": args.steps or None,
+        "runs": runs}, skipped
 
 
 def cmd_scaling_sweep(args):
@@ -229,7 +233,7 @@ def _check(args, fit: dict, p: dict) -> None:
     cfg = sweep.config_of(on_disk, folder)
     sweep.prepare_data(folder, cfg)
     run = {**plan.plan_run(p["params"], p["tokens"], cfg, on_disk["nproc"], prefix="check-",
-                           counting=counting), "held_out": True}
+                           counting=counting, steps=on_disk.get("steps")), "held_out": True}
     merged = plan.merge(folder / "sweep.json", {**on_disk, "runs": [run]})
     plan.write(folder / "sweep.json", merged)
     sweep.link_data(folder, merged)

@@ -10,6 +10,7 @@ runs.jsonl records both counts.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -67,9 +68,17 @@ def counted(run: dict, counting: str) -> int:
     return run["params"] if counting == "total" else run["params_nonembed"]
 
 
+def batch_for(tokens: float, steps: int, cfg: RunConfig, nproc: int = 1) -> int:
+    """Sequences per process and step that spend `tokens` in about `steps` steps."""
+    t = cfg.train
+    return max(1, round(tokens / (steps * t.seq_len * t.grad_accum * nproc)))
+
+
 def plan_run(n_params: float, tokens: float, cfg: RunConfig, nproc: int = 1,
-             prefix: str = "", counting: str = "total") -> dict:
-    """One run of the sweep: its name, shape, steps and overrides."""
+             prefix: str = "", counting: str = "total", steps: int | None = None) -> dict:
+    """One run of the sweep: its name, shape, steps and overrides. With `steps`, every run
+    takes about that many optimizer steps and its batch grows with its tokens (otherwise the
+    preset's batch, and the steps grow)."""
     try:
         model = shape_for(n_params, cfg.model, counting)
     except ValueError as e:
@@ -79,6 +88,15 @@ def plan_run(n_params: float, tokens: float, cfg: RunConfig, nproc: int = 1,
     if abs(n / n_params - 1) > MISS:
         raise PlanError(f"N={short(n_params)}: the nearest shape the rule makes has {n:,} "
                         f"parameters ({100 * (n / n_params - 1):+.0f}%); choose another size")
+    overrides = {"model.dim": model.dim, "model.n_layers": model.n_layers,
+                 "model.n_heads": model.n_heads, "model.n_kv_heads": model.n_kv_heads,
+                 "model.ffn_dim": model.ffn_dim}
+    if steps:
+        if steps < MIN_STEPS:
+            raise PlanError(f"{steps} steps a run is too few to train (at least {MIN_STEPS})")
+        cfg = copy.deepcopy(cfg)
+        cfg.train.batch_size = overrides["train.batch_size"] = batch_for(tokens, steps, cfg,
+                                                                         nproc)
     per_step = tokens_per_step(cfg, nproc)
     steps = round(tokens / per_step)
     if steps < MIN_STEPS:
@@ -86,10 +104,8 @@ def plan_run(n_params: float, tokens: float, cfg: RunConfig, nproc: int = 1,
                         f"to train (at least {MIN_STEPS}); raise the budget or lower "
                         "train.batch_size")
     warmup = min(cfg.train.warmup_steps, steps // 10)
-    overrides = {"model.dim": model.dim, "model.n_layers": model.n_layers,
-                 "model.n_heads": model.n_heads, "model.n_kv_heads": model.n_kv_heads,
-                 "model.ffn_dim": model.ffn_dim, "train.max_steps": steps,
-                 "train.warmup_steps": warmup, "train.eval_every": 0, "train.save_every": 0}
+    overrides.update({"train.max_steps": steps, "train.warmup_steps": warmup,
+                      "train.eval_every": 0, "train.save_every": 0})
     actual = steps * per_step
     return {"name": f"{prefix}N{short(n)}-D{short(actual)}", "params": total,
             "params_nonembed": nonembed, "tokens": actual, "flops": 6 * n * actual,
@@ -97,13 +113,15 @@ def plan_run(n_params: float, tokens: float, cfg: RunConfig, nproc: int = 1,
 
 
 def plan_grid(params: list[float], tokens: list[float], cfg: RunConfig, nproc: int = 1,
-              counting: str = "total") -> list[dict]:
-    return [plan_run(n, d, cfg, nproc, counting=counting) for n in params for d in tokens]
+              counting: str = "total", steps: int | None = None) -> list[dict]:
+    return [plan_run(n, d, cfg, nproc, counting=counting, steps=steps)
+            for n in params for d in tokens]
 
 
 def plan_isoflops(flops: list[float], params: list[float], cfg: RunConfig, nproc: int = 1,
                   tokens_per_param: tuple[float, float] = (0.5, 100),
-                  counting: str = "total") -> tuple[list[dict], list[str]]:
+                  counting: str = "total", steps: int | None = None
+                  ) -> tuple[list[dict], list[str]]:
     """For each budget C, a run at each size N whose D = C / 6N is within `tokens_per_param`
     (D/N) and makes enough steps: a profile needs the sizes around its valley, not a tiny model
     fed for hours. Returns the runs and a line for each (C, N) left out."""
@@ -117,7 +135,8 @@ def plan_isoflops(flops: list[float], params: list[float], cfg: RunConfig, nproc
                                f"outside {lo:g}-{hi:g}")
                 continue
             try:
-                runs.append({**plan_run(n, c / (6 * n), cfg, nproc, counting=counting),
+                runs.append({**plan_run(n, c / (6 * n), cfg, nproc, counting=counting,
+                                      steps=steps),
                              "budget": c})
             except PlanError as e:
                 skipped.append(f"C={c:.3g}, N={short(n)}: {e}")
@@ -141,7 +160,7 @@ def merge(path: Path, plan: dict) -> dict:
     if not path.exists():
         return plan
     old = json.loads(path.read_text())
-    for key in ("preset", "overrides", "sources", "nproc", "counting"):
+    for key in ("preset", "overrides", "sources", "nproc", "counting", "steps"):
         if old.get(key) != plan.get(key):
             raise PlanError(f"{path} is a sweep with {key} {old.get(key)!r}, not "
                             f"{plan.get(key)!r}: use another --out")
@@ -166,7 +185,9 @@ def describe(run: dict) -> str:
     return (f"{run['name']}: {o['model.n_layers']} x {o['model.dim']} ({heads} "
             f"head{'s' * (heads > 1)}, SwiGLU {o['model.ffn_dim']}), {run['params']:,} "
             f"parameters ({run['params_nonembed']:,} without embeddings), {run['tokens']:,} "
-            f"tokens in {o['train.max_steps']} steps, C = {run['flops']:.3g}")
+            f"tokens in {o['train.max_steps']} steps"
+            + (f" of {o['train.batch_size']} sequences" if "train.batch_size" in o else "")
+            + f", C = {run['flops']:.3g}")
 
 
 def parse_range(text: str) -> tuple[float, float]:

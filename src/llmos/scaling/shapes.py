@@ -8,11 +8,11 @@ counted in, a sweep's equal-compute runs take about equal time on a CPU.
 The rule, stated once:
 - the aspect ratio is fixed, width = ASPECT x depth (cpu-tiny's 192 / 4 = 48): the depth is the
   one whose width at this size comes nearest that (with a SwiGLU inner width of 8/3 the width);
-- the width for that depth is the one nearest N, in steps of 8 below 128, of 16 below 256 and
-  of 64 above;
+- the width for that depth is the one nearest N, in steps of 16 below 256 and of 64 above;
 - the SwiGLU inner width then fine-tunes the count (steps of 16, between 2 and 4 times the width;
   cpu-tiny's 512 at 192 is the rule's own);
-- heads are 64 wide where the width allows, else 32, 16 or 8; no grouped-query attention.
+- heads are 64 wide where the width allows, else 32 or 16 (8-wide heads, which steps of 8
+  allowed, ran at under half the tokens/s of 64-wide ones on a CPU); no grouped-query attention.
 Kaplan et al. found the loss flat over a wide band of aspect ratios, so the rule need not be
 clever, only the same for every run.
 """
@@ -27,12 +27,12 @@ from llmos.config import ModelConfig
 from llmos.model import Transformer
 
 ASPECT = 48  # width per layer
-HEAD_WIDTHS = (64, 32, 16, 8)
+HEAD_WIDTHS = (64, 32, 16)
 COUNTINGS = ("total", "nonembedding")
 
 
 def heads_for(dim: int) -> int:
-    return dim // next(h for h in HEAD_WIDTHS if dim % h == 0)
+    return dim // next((h for h in HEAD_WIDTHS if dim % h == 0), dim)  # else one head
 
 
 def model_for(dim: int, n_layers: int, ffn_dim: int, base: ModelConfig) -> ModelConfig:
@@ -89,10 +89,10 @@ def shape_for(n_params: float, base: ModelConfig, counting: str = "total") -> Mo
     depth = min(range(1, 129), key=lambda L: abs(math.log(
         _width_at(n_params, L, base, counting) / (ASPECT * L))))
     guess = _width_at(n_params, depth, base, counting)
-    if guess < 8:
+    if guess < 16:
         raise ValueError(f"{n_params:,.0f} parameters is too few for any shape here (the "
-                         "embedding of an 8-wide model holds more)")
-    step = 8 if guess < 128 else 16 if guess < 256 else 64
+                         "embedding of a 16-wide model holds more)")
+    step = 16 if guess < 256 else 64
     centre = _round(guess, step)
 
     def count(dim, ffn):
