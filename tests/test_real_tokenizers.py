@@ -237,6 +237,33 @@ def test_run_py_tokenizes_as_hf_tokenizers(families, run_mod, name):
             assert len(ours.encode("12345")) == 5
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_streamed_text_is_the_whole_decode(families, name):
+    """The engine's TextStream decodes a short window a token, not the whole answer: its deltas
+    still join to HF's decode of every id, for real text and for random ids (bytes split between
+    tokens, leading spaces a decoder strips, special tokens)."""
+    from llmos.infer.engine import TextStream
+
+    hf = Tokenizer.from_str(json.dumps(families[name]))
+    rng = random.Random(1)
+    texts = parity_strings(special_tokens(families[name]), n_fuzz=300)
+    runs = [hf.encode(t, add_special_tokens=False).ids for t in texts]
+    # Random ids, but no lone byte tokens of a byte fallback: invalid UTF-8 in mid-answer decodes
+    # to a different number of U+FFFD as more bytes come, in a whole decode as in a stream.
+    first = 3 + 256 if name in SPM_PIPELINES else 0
+    runs += [[rng.randrange(first, hf.get_vocab_size()) for _ in range(rng.randint(1, 60))]
+             for _ in range(300)]
+    for ids in runs:
+        stream = TextStream(hf)
+        pieces = [stream.push(i) for i in ids]
+        whole = hf.decode(ids, skip_special_tokens=False)
+        joined = "".join(pieces)
+        if whole.endswith("\ufffd"):  # held back until the character is whole
+            assert whole.startswith(joined), ids
+        else:
+            assert joined == whole, ids
+
+
 def test_unknown_characters_without_byte_fallback(families, run_mod):
     """A SentencePiece-style vocabulary without byte fallback: characters it lacks become the
     unk token, one for a run of them (fuse_unk), as HF does."""

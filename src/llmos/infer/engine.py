@@ -165,18 +165,26 @@ class Engine:
 
 
 class TextStream:
-    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8."""
+    """Turns a growing list of token ids into text deltas, holding back incomplete UTF-8.
+
+    Each push decodes a short window, not the whole answer (which made a long answer's streaming
+    quadratic): the text of the ids since `start` against that of the ids up to `read`, which
+    the deltas so far cover. A window that starts a few tokens back keeps what a decoder does
+    with its neighbours (a leading space, bytes split between tokens) as a whole decode does."""
 
     def __init__(self, tokenizer):
-        self.tok, self.ids, self.emitted = tokenizer, [], 0
+        self.tok, self.ids = tokenizer, []
+        self.start = self.read = 0  # the window's first id; the ids the deltas so far cover
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tok.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):
+        decode = self.tok.decode
+        said = decode(self.ids[self.start:self.read], skip_special_tokens=False)
+        text = decode(self.ids[self.start:], skip_special_tokens=False)
+        if text.endswith("\ufffd") or len(text) <= len(said):
             return ""  # a multi-byte character is still arriving
-        delta, self.emitted = text[self.emitted:], len(text)
-        return delta
+        self.start, self.read = self.read, len(self.ids)
+        return text[len(said):]
 
 
 @torch.inference_mode()
