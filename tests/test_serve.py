@@ -619,6 +619,95 @@ def test_scheduler_matches_the_engine_with_staggered_joins():
         sched.close()
 
 
+def test_submit_hands_a_row_its_tokens_on_the_schedulers_thread():
+    """Scheduler.submit: the stream's tokens through a callback, a flush once a step for the rows
+    that share it, a sink that says "enough" drops its row, and no room gives END at once."""
+    from llmos.infer.batching import Scheduler
+    from llmos.infer.engine import END, STOP, SamplingParams
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                    max_seq_len=128))
+    model.reset_parameters(std=0.3)
+    sched = Scheduler(model, max_batch=8)
+    try:
+        greedy = SamplingParams(max_new_tokens=25, temperature=0)
+        want = [list(sched.stream(p, greedy)) for p in ([5, 17, 42], [3, 4])]
+        got, threads, flushes, done = [[], [], []], set(), [], threading.Event()
+
+        def sink(i, limit=None):
+            def take(item):
+                threads.add(threading.get_ident())
+                got[i].append(item)
+                if item is END and all(g and g[-1] is END for g in got):
+                    done.set()
+                return limit is not None and len(got[i]) >= limit
+            return take
+
+        def flush():
+            flushes.append(1)
+
+        sched.submit([5, 17, 42], greedy, sink(0), flush)
+        sched.submit([3, 4], greedy, sink(1), flush)
+        sched.submit([3, 4], SamplingParams(max_new_tokens=1000, temperature=0), sink(2, 5),
+                     flush)
+        assert done.wait(10)
+        assert got[0] == want[0] + [END] and got[1] == want[1] + [END]
+        assert got[2][:5] == want[1][:5] and got[2][5:] == [END]  # dropped after its 5th
+        assert threads == {sched._thread.ident}
+        # one flush a step however many rows it served (the three rows decode together)
+        assert len(flushes) <= max(len(g) for g in got) + 2
+        stopped, nothing = [], []
+        sched.submit([5, 17, 42], SamplingParams(30, 0, stop_tokens=[want[0][3]]),
+                     stopped.append, lambda: None)
+        sched.submit([1] * 128, greedy, nothing.append, lambda: None)  # no room: END at once
+        assert nothing == [END]
+        deadline = time.time() + 5
+        while (not stopped or stopped[-1] not in (STOP, END)) and time.time() < deadline:
+            time.sleep(0.01)
+        assert stopped == want[0][:3] + [STOP]
+    finally:
+        sched.close()
+
+
+def test_completions_without_threads_match_the_threaded_worker(server, memorised):
+    """The engine's completions come through posting.py (no thread per request); the same
+    request through workers.run_completion, the path llama.cpp takes, gives the same text."""
+    import asyncio
+
+    from llmos.serve.served import load_models
+    from llmos.serve.workers import Choices, Job, run_completion
+
+    kw = dict(model="memo", prompt="The quick brown", max_tokens=24, temperature=0)
+    body = post(server, "/v1/completions", {**kw, "stop": [" "]}).json()
+    full = post(server, "/v1/completions", kw).json()["choices"][0]["text"]
+    text = body["choices"][0]["text"]
+    assert body["choices"][0]["finish_reason"] == "stop" and " " not in text
+    assert full.startswith(text) and len(full) > len(text)
+
+    served = load_models([f"memo={memorised}"], "cpu", 4)["memo"]
+    try:
+        from llmos.infer.engine import SamplingParams
+
+        eot = served.tok.token_to_id("<|endoftext|>")
+        params = SamplingParams(24, 0.0, stop_tokens=[eot] if eot is not None else [])
+
+        async def threaded():
+            prompt = served.tok.encode("The quick brown", add_special_tokens=False).ids
+            job = Job(served, params, [" "], False)
+            choices = Choices([lambda emit, cancel: run_completion(job, prompt, emit, cancel)])
+            await choices.start()
+            out = ""
+            while (got := await choices.next(5)) is not None:
+                if got[1][0] == "delta":
+                    out += got[1][1]["text"]
+            return out
+
+        assert asyncio.run(threaded()) == text
+    finally:
+        served.scheduler.close()
+
+
 def test_per_row_sampling_and_min_tokens():
     from llmos.infer.engine import Engine, SamplingParams, sample_rows
 

@@ -12,7 +12,10 @@ share one cache; when the longest row leaves, the columns that became padding fo
 cut off, so the cache never holds more columns than the longest live row.
 
 `Scheduler.stream` is a `TokenStream` (see `llmos.agent.loop`): the agent loop runs unchanged
-on top of the batch.
+on top of the batch, in its own thread. `Scheduler.submit` hands a request's tokens to a
+callback on the scheduler's thread instead, then calls its `flush` once a step: a server can
+turn every row's token into its answer and wake its event loop once for all of them, with no
+thread per request to wake for each token.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -42,6 +45,15 @@ class Row:
     gen: torch.Generator | None = None
     generated: int = 0
     budget: int = 0  # tokens this row may produce (max_new_tokens and the context)
+    sink: Callable[[object], bool | None] | None = None  # `submit`'s callback, else `out`
+    flush: Callable[[], None] | None = None  # called after a step that gave `sink` something
+
+    def put(self, item) -> None:
+        """A token id, STOP, END or an exception, to the reader."""
+        if self.sink is None:
+            self.out.put(item)
+        elif self.sink(item):  # it wants no more: dropped at the next step
+            self.closed.set()
 
     def cancelled(self) -> bool:
         return self.closed.is_set() or bool(self.caller_cancel and self.caller_cancel.is_set())
@@ -88,6 +100,30 @@ class Scheduler:
                cancel: threading.Event | None = None) -> Iterator[int]:
         """Generated ids of one request, STOP last when a stop token ended it. Closing the
         iterator, or setting `cancel`, drops the row from the batch at the next step."""
+        row = self._row(prompt, params, cancel)
+        if row.budget <= 0:
+            return  # no room: the caller sees an ended stream without STOP ("length")
+        self._enqueue(row)
+        # closing a finished row is a no-op; a running one is dropped at the next step
+        yield from relay(row.out, row.closed)
+
+    def submit(self, prompt: list[int], params: SamplingParams,
+               sink: Callable[[object], bool | None], flush: Callable[[], None],
+               cancel: threading.Event | None = None) -> None:
+        """`stream`'s items handed to `sink(item)` on the scheduler's thread (ids, then STOP or
+        END, or an exception), `flush()` after each step that gave it any. `sink` must be quick
+        and must not block: the whole batch waits for it. When it returns True the row is
+        dropped at the next step (and its sink gets END)."""
+        row = self._row(prompt, params, cancel)
+        row.sink, row.flush = sink, flush
+        if row.budget <= 0:
+            sink(END)
+            flush()
+        else:
+            self._enqueue(row)
+
+    def _row(self, prompt: list[int], params: SamplingParams,
+             cancel: threading.Event | None) -> Row:
         if not prompt:
             raise ValueError("every prompt needs at least one token")
         row = Row(list(prompt), params, cancel)
@@ -98,16 +134,15 @@ class Scheduler:
             else:
                 row.gen.seed()
         row.budget = min(params.max_new_tokens, self.cfg.max_seq_len - len(prompt))
-        if row.budget <= 0:
-            return  # no room: the caller sees an ended stream without STOP ("length")
+        return row
+
+    def _enqueue(self, row: Row) -> None:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the scheduler is shut down")
             self._pending.append(row)
             self.stats.requests += 1
             self._wake.notify()
-        # closing a finished row is a no-op; a running one is dropped at the next step
-        yield from relay(row.out, row.closed)
 
     def mean_logprobs(self, prompt, continuations) -> list[float]:
         """infer/think.py's mean_logprobs on this scheduler's model (a vote's tie-break)."""
@@ -142,23 +177,27 @@ class Scheduler:
                     self._step()
                 except Exception as e:  # fail the live requests, keep serving the next ones
                     for row in self._rows:
-                        row.out.put(e)
+                        row.put(e)
+                    _flush(self._rows)
                     self._rows, self._cache, self._logits = [], None, None
         for row in self._rows + list(self._pending):
-            row.out.put(END)
+            row.put(END)
+        _flush(self._rows + list(self._pending))
 
     def _admit(self) -> list[Row]:
         with self._wake:
             room = self.max_batch - len(self._rows)
-            new = []
+            new, gone = [], []
             while self._pending and len(new) < room:
                 row = self._pending.popleft()
                 if row.cancelled():
                     self.stats.cancelled += 1
-                    row.out.put(END)
+                    row.put(END)
+                    gone.append(row)
                 else:
                     new.append(row)
-            return new
+        _flush(gone)
+        return new
 
     def _step(self) -> None:
         new = self._admit()
@@ -167,7 +206,8 @@ class Scheduler:
                 self._join(new)
             except Exception as e:  # e.g. out of memory in their prefill: the batch is intact
                 for row in new:
-                    row.out.put(e)
+                    row.put(e)
+                _flush(new)
         self._drop([i for i, r in enumerate(self._rows) if r.cancelled()], cancelled=True)
         if not self._rows:
             return
@@ -182,15 +222,16 @@ class Scheduler:
         finished = []
         for i, (row, t) in enumerate(zip(self._rows, tokens.tolist())):
             if t in row.params.stop_tokens:
-                row.out.put(STOP)
+                row.put(STOP)
                 finished.append(i)
                 continue
-            row.out.put(t)
+            row.put(t)
             row.generated += 1
             self.stats.tokens += 1
             if row.generated >= row.budget:
-                row.out.put(END)
+                row.put(END)
                 finished.append(i)
+        _flush(self._rows)
         keep = [i for i in range(B) if i not in set(finished)]
         tokens = tokens[keep]
         self._drop(finished)
@@ -242,8 +283,10 @@ class Scheduler:
             return
         for i in indices:
             if cancelled:
-                self._rows[i].out.put(END)
+                self._rows[i].put(END)
                 self.stats.cancelled += 1
+        if cancelled:
+            _flush([self._rows[i] for i in indices])
         keep = [i for i in range(len(self._rows)) if i not in set(indices)]
         self._rows = [self._rows[i] for i in keep]
         if not keep:
@@ -273,6 +316,12 @@ class Scheduler:
             mask = (cols[None, :] >= self._pads[:, None])[:, None, None, :]
         self._logits = self.model(tokens[:, None], cache=c, positions=positions[:, None],
                                   mask=mask)[:, -1]
+
+
+def _flush(rows: list[Row]) -> None:
+    """Each distinct `flush` of these rows, once (a server's rows share one)."""
+    for flush in dict.fromkeys(r.flush for r in rows if r.flush is not None):
+        flush()
 
 
 def map_concurrently(model: Transformer, work, items: list, concurrent: int,

@@ -56,6 +56,7 @@ from llmos.serve.openai_schema import (
     lone_surrogate,
     validation_error,
 )
+from llmos.serve.posting import posted_completions
 from llmos.serve.profile_pages import ProfileHost, mount_profiles
 from llmos.serve.responses import answer
 from llmos.serve.served import ServedModel, add_profiles, load_models, model_card, schedulers
@@ -312,12 +313,15 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
                                f"has a context of {served.context} tokens.", "prompt",
                                "context_length_exceeded")
             ids.append(x or [eot if eot is not None else 0])
-        workers = [lambda emit, cancel, k=k: run_completion(
-            Job(served, choice_params(params, k % req.n), stop, req.ignore_eos),
-            ids[k // req.n], emit, cancel) for k in range(len(ids) * req.n)]
+        jobs = [(Job(served, choice_params(params, k % req.n), stop, req.ignore_eos),
+                 ids[k // req.n]) for k in range(len(ids) * req.n)]
+        if hasattr(served.scheduler, "submit"):  # the engine: no thread per request
+            choices = posted_completions(jobs, req.n)
+        else:
+            choices = Choices([lambda emit, cancel, job=job, x=x: run_completion(
+                job, x, emit, cancel) for job, x in jobs], req.n)
         echo = [served.tok.decode(x) if req.echo else "" for x in ids for _ in range(req.n)]
-        return await answer(request, req, served, Choices(workers, req.n), chat_api=False,
-                            echo=echo)
+        return await answer(request, req, served, choices, chat_api=False, echo=echo)
 
     mount_memory(app, memory_store(models, database), auth)
     mount_tool_calls(app, find, builtin_tools, auth)

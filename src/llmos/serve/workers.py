@@ -223,10 +223,21 @@ class Choices:
         for i, work in enumerate(workers):
             threading.Thread(target=self._run, args=(i, work), daemon=True).start()
 
+    @classmethod
+    def posted(cls, count: int, n: int = 1) -> Choices:
+        """`count` choices with no worker threads: their items come through `put`, on the
+        event loop's thread (serve/posting.py)."""
+        choices = cls([], n)
+        choices.count = choices.live = count
+        return choices
+
+    def put(self, index: int, item: tuple) -> None:
+        self.queue.put_nowait((index, item))
+
     def _run(self, index: int, work) -> None:
         def emit(item):
             try:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, item))
+                self.loop.call_soon_threadsafe(self.put, index, item)
             except RuntimeError:  # the event loop is gone (shutdown)
                 self.cancel.set()
 
