@@ -236,12 +236,32 @@ def test_the_api_answers_alike_on_both_backends(servers):
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Hello! How can I help you today?" and streamed.rstrip().endswith("[DONE]")
 
+    import httpx
+
+    # completions: decoded on each backend's own thread (serve/posting.py), stop sequences too
+    def complete(url, **body):
+        r = httpx.post(f"{url}/v1/completions", json={"model": "memo", "temperature": 0,
+                                                       "prompt": "Hello", **body},
+                       headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+        assert r.status_code == 200, r.text
+        return r
+
+    for body in ({"max_tokens": 30}, {"max_tokens": 30, "stop": ["?"]},
+                 {"max_tokens": 30, "stream": True}):
+        a, b = (complete(servers[k], **body) for k in ("native", "llamacpp"))
+        if body.get("stream"):
+            a, b = ([e["choices"][0]["text"] for e in map(json.loads, (
+                x[6:] for x in r.text.splitlines() if x.startswith("data: {")))] for r in (a, b))
+            assert a == b and len(a) > 3
+        else:
+            assert strip(a.json()) == strip(b.json()), body
+    stopped = complete(servers["llamacpp"], max_tokens=30, stop=["?"]).json()["choices"][0]
+    assert stopped["finish_reason"] == "stop" and "?" not in stopped["text"]
+
     # a System-2 vote runs its samples through llama.cpp too
     r = chat(servers["llamacpp"], messages=asks[0]["messages"], max_tokens=40, temperature=0.7,
              seed=5, think={"strategy": "vote", "n": 4, "answer_kind": "text"}).json()
     assert r["think"]["samples"] == 4 and r["choices"][0]["message"]["content"]
-
-    import httpx
 
     health = httpx.get(f"{servers['llamacpp']}/health", timeout=10).json()["models"]["memo"]
     assert health["backend"] == "llamacpp" and health["requests"] >= 8

@@ -670,42 +670,19 @@ def test_submit_hands_a_row_its_tokens_on_the_schedulers_thread():
         sched.close()
 
 
-def test_completions_without_threads_match_the_threaded_worker(server, memorised):
-    """The engine's completions come through posting.py (no thread per request); the same
-    request through workers.run_completion, the path llama.cpp takes, gives the same text."""
-    import asyncio
-
-    from llmos.serve.served import load_models
-    from llmos.serve.workers import Choices, Job, run_completion
-
+def test_a_completions_stop_sequence_ends_the_text_and_the_row(server):
+    """Completions come through serve/posting.py (no thread per request): a stop sequence cuts
+    the text before it, says "stop", and drops the row, which stops counting tokens."""
     kw = dict(model="memo", prompt="The quick brown", max_tokens=24, temperature=0)
-    body = post(server, "/v1/completions", {**kw, "stop": [" "]}).json()
-    full = post(server, "/v1/completions", kw).json()["choices"][0]["text"]
-    text = body["choices"][0]["text"]
-    assert body["choices"][0]["finish_reason"] == "stop" and " " not in text
-    assert full.startswith(text) and len(full) > len(text)
-
-    served = load_models([f"memo={memorised}"], "cpu", 4)["memo"]
-    try:
-        from llmos.infer.engine import SamplingParams
-
-        eot = served.tok.token_to_id("<|endoftext|>")
-        params = SamplingParams(24, 0.0, stop_tokens=[eot] if eot is not None else [])
-
-        async def threaded():
-            prompt = served.tok.encode("The quick brown", add_special_tokens=False).ids
-            job = Job(served, params, [" "], False)
-            choices = Choices([lambda emit, cancel: run_completion(job, prompt, emit, cancel)])
-            await choices.start()
-            out = ""
-            while (got := await choices.next(5)) is not None:
-                if got[1][0] == "delta":
-                    out += got[1][1]["text"]
-            return out
-
-        assert asyncio.run(threaded()) == text
-    finally:
-        served.scheduler.close()
+    full = post(server, "/v1/completions", kw).json()["choices"][0]
+    stop = full["text"][len(full["text"]) // 2:][:2]
+    cut = full["text"].index(stop)
+    assert cut > 0
+    body = post(server, "/v1/completions", {**kw, "stop": [stop]}).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == full["text"][:cut]
+    assert body["usage"]["completion_tokens"] < post(
+        server, "/v1/completions", kw).json()["usage"]["completion_tokens"]
 
 
 def test_per_row_sampling_and_min_tokens():

@@ -22,7 +22,7 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +127,20 @@ def write_stamp(path: Path, stamp: dict) -> None:
 # ---- decoding ---------------------------------------------------------------------------------
 
 
+class _ToSink:
+    """A queue's `put` for `submit`: each item to the sink, then its flush."""
+
+    def __init__(self, sink, flush, closed: threading.Event):
+        self.sink, self.flush, self.closed = sink, flush, closed
+
+    def put(self, item) -> None:
+        if self.sink(item):
+            self.closed.set()
+        self.flush()
+
+
 class LlamaCppDecoder:
-    """The scheduler interface of infer/batching.py (`stream`, `load`, `close`,
+    """The scheduler interface of infer/batching.py (`stream`, `submit`, `load`, `close`,
     `mean_logprobs`) over one llama.cpp context.
 
     Every llama.cpp call runs on one thread of the decoder's own, whichever thread asks: a
@@ -193,10 +205,12 @@ class LlamaCppDecoder:
             if job is not None:
                 job[1].put(RuntimeError("the llama.cpp decoder is shut down"))
 
-    def _submit(self, work) -> queue.SimpleQueue:
+    def _submit(self, work, out=None) -> queue.SimpleQueue:
+        """Queue work(out) for the decoding thread; `out` (a queue unless given) gets what it
+        puts, or its exception."""
         if self._closed:
             raise RuntimeError("the llama.cpp decoder is shut down")
-        out: queue.SimpleQueue = queue.SimpleQueue()
+        out = queue.SimpleQueue() if out is None else out
         with self._count:
             self._waiting += 1
         self._jobs.put((work, out))
@@ -224,6 +238,22 @@ class LlamaCppDecoder:
         out = self._submit(lambda o: self._decode(o, list(prompt), params, budget,
                                                   closed, cancel))
         yield from relay(out, closed)
+
+    def submit(self, prompt: list[int], params: SamplingParams,
+               sink: Callable[[object], bool | None], flush: Callable[[], None],
+               cancel: threading.Event | None = None) -> None:
+        """Scheduler.submit: the answer's items to `sink` on the decoding thread, `flush()`
+        after each; a sink that returns True ends the answer at the next token."""
+        if not prompt:
+            raise ValueError("every prompt needs at least one token")
+        budget = min(params.max_new_tokens, self.context - len(prompt))
+        if budget <= 0:
+            sink(END)
+            flush()
+            return
+        closed = threading.Event()
+        self._submit(lambda o: self._decode(o, list(prompt), params, budget, closed, cancel),
+                     _ToSink(sink, flush, closed))
 
     def _decode(self, out, prompt, params, budget, closed, cancel) -> None:
         """Runs on the decoding thread: tokens onto `out`, then STOP or END. An error goes

@@ -62,7 +62,7 @@ from llmos.serve.responses import answer
 from llmos.serve.served import ServedModel, add_profiles, load_models, model_card, schedulers
 from llmos.serve.thinking import run_think, think_config
 from llmos.serve.tool_calls import held_tools, mount_tool_calls
-from llmos.serve.workers import Choices, Job, guarded, run_chat, run_completion
+from llmos.serve.workers import Choices, Job, guarded, run_chat
 
 STATIC = Path(__file__).parent / "static"
 
@@ -315,11 +315,7 @@ def create_app(models: dict[str, ServedModel], api_keys: list[str] | None = None
             ids.append(x or [eot if eot is not None else 0])
         jobs = [(Job(served, choice_params(params, k % req.n), stop, req.ignore_eos),
                  ids[k // req.n]) for k in range(len(ids) * req.n)]
-        if hasattr(served.scheduler, "submit"):  # the engine: no thread per request
-            choices = posted_completions(jobs, req.n)
-        else:
-            choices = Choices([lambda emit, cancel, job=job, x=x: run_completion(
-                job, x, emit, cancel) for job, x in jobs], req.n)
+        choices = posted_completions(jobs, req.n)  # no thread per request (serve/posting.py)
         echo = [served.tok.decode(x) if req.echo else "" for x in ids for _ in range(req.n)]
         return await answer(request, req, served, choices, chat_api=False, echo=echo)
 

@@ -5,7 +5,8 @@ all) and posts what it says to a `Mailbox`, which wakes the event loop once a st
 With a worker thread per request (workers.py), each token of each row woke that thread, which
 woke the event loop: with 8 clients, 16 thread switches a step, all under one interpreter lock
 that the decoding step itself needs between its PyTorch operations. Chat answers keep their
-worker threads (the agent loop runs tools there); plain completions need none.
+worker threads (the agent loop runs tools there); plain completions need none, on either
+backend (infer/llamacpp.py has the same `submit`).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def mailbox() -> Mailbox:
 
 
 class CompletionSink:
-    """One choice of a completion, on the scheduler's thread: what workers.run_completion does
-    in a thread of its own. Its items reach `choices` as the worker's would."""
+    """One choice of a completion, on the decoding thread (the engine's scheduler or llama.cpp's
+    decoder): its tokens become text, a stop sequence ends it, and what it says reaches
+    `choices` as a worker's items would (workers.py)."""
 
     def __init__(self, job: Job, prompt_tokens: int, index: int, choices: Choices,
                  box: Mailbox):

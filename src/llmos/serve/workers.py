@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from llmos import chat_format
 from llmos.agent.loop import STOP, respond
 from llmos.chat_format import StopText, TurnText
-from llmos.infer.engine import SamplingParams, TextStream
+from llmos.infer.engine import SamplingParams
 from llmos.serve.openai_schema import APIError
 from llmos.serve.served import ServedModel
 
@@ -186,29 +186,6 @@ def guarded(emit: Emit, guard) -> Emit:
         emit(item)
 
     return wrapped
-
-
-def run_completion(job: Job, prompt: list[int], emit: Emit, cancel: threading.Event) -> None:
-    counted = Counted(job, emit, cancel)
-    tokens = counted(prompt, job.params)
-    text, stops, reason = TextStream(job.served.tok), StopText(job.stop), "length"
-    try:
-        for t in tokens:
-            if t == STOP:
-                reason = "stop"
-                break
-            visible, hit = stops.push(text.push(t))
-            if visible:
-                emit(("delta", {"text": visible}))
-            if hit:
-                reason = "stop"
-                break
-        else:
-            if held := stops.flush():
-                emit(("delta", {"text": held}))
-        emit(("finish", reason, counted.usage()))
-    finally:
-        tokens.close()
 
 
 class Choices:
