@@ -168,8 +168,11 @@ def serve_llamacpp_runner(ckpt: Path, n: int, outtype: str, threads: int):
     from serve_throughput import free_port, start_server
 
     port = free_port()
+    # The server's own threads (one core fewer than llama.cpp called directly, left to its
+    # event loop) unless the run asks for fewer than every core.
+    chosen = () if threads >= (os.cpu_count() or 1) else ("--threads", str(threads))
     server = start_server(str(ckpt), port, "cpu", 1, ("--backend", "llamacpp", "--gguf-type",
-                                                       outtype, "--threads", str(threads)))
+                                                       outtype, *chosen))
     body = {"model": "bench", "prompt": [1], "max_tokens": n, "min_tokens": n,
             "ignore_eos": True, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}

@@ -130,9 +130,10 @@ def start_peer(peer: str, ckpt: Path, port: int, args) -> tuple[subprocess.Popen
     if peer == "llmos":
         return start_server(str(ckpt), port, args.device, args.max_batch), {
             "ignore_eos": True, "min_tokens": args.max_tokens}
-    if peer == "llmos-llamacpp":
+    if peer == "llmos-llamacpp":  # its own threads (a core left to the server) unless fewer
+        chosen = ("--threads", threads) if args.threads < (os.cpu_count() or 1) else ()
         return start_server(str(ckpt), port, "cpu", 1, (
-            "--backend", "llamacpp", "--gguf-type", "f32", "--threads", threads)), {
+            "--backend", "llamacpp", "--gguf-type", "f32", *chosen)), {
             "ignore_eos": True, "min_tokens": args.max_tokens}
     from llmos import tokenizer as tk
     from llmos.infer.llamacpp import gguf_for, installed

@@ -116,10 +116,46 @@ def test_a_failed_decode_is_an_error_and_a_closed_decoder_says_so(ckpts):
     cancel = threading.Event()
     cancel.set()  # given up before its turn: nothing decoded
     assert list(decoder.stream([1, 2, 3], greedy(5), cancel)) == []
+    # submit: the same tokens to a sink on the decoding thread, a flush after each, and a
+    # failure handed to the sink as the exception
+    items, flushes, done = [], [], threading.Event()
+
+    def sink(item):
+        items.append((item, threading.get_ident()))
+        if item is llamacpp.END or isinstance(item, BaseException):
+            done.set()
+
+    decoder.submit([1, 2, 3], greedy(5), sink, lambda: flushes.append(1))
+    assert done.wait(30)
+    assert [i for i, _ in items[:-1]] == list(decoder.stream([1, 2, 3], greedy(5)))
+    assert {t for _, t in items} == {decoder._thread.ident} and len(flushes) == len(items)
+    decoder.llm, items[:] = Failing(), []
+    done.clear()
+    decoder.submit([1, 2, 3], greedy(), sink, lambda: None)
+    assert done.wait(30) and isinstance(items[-1][0], RuntimeError) and len(items) == 2
+    decoder.llm = real
     decoder.close()
     with pytest.raises(RuntimeError, match="shut down"):
         list(decoder.stream([1, 2, 3], greedy(5)))
     decoder.close()  # twice is fine
+
+
+@needs_llama_cpp
+def test_a_server_leaves_a_core_to_its_own_python(ckpts):
+    import argparse
+
+    import torch
+
+    from llmos.cli.flags import llamacpp_options
+
+    args = argparse.Namespace(backend="llamacpp", gguf_type="f32", threads=None, device="cpu")
+    decoder = LlamaCppDecoder(ckpts["tied"], llamacpp_options(args, spare=1), log=lambda *a: None)
+    try:
+        assert decoder.threads == max(1, torch.get_num_threads() - 1)
+    finally:
+        decoder.close()
+    args.threads = 3  # a user's own number wins
+    assert llamacpp_options(args, spare=1).threads == 3
 
 
 def test_the_gguf_is_made_once_and_again_when_the_checkpoint_changes(ckpts, tmp_path):

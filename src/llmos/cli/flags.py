@@ -108,11 +108,12 @@ def add_backend_flags(p: argparse.ArgumentParser) -> None:
                    "decodes the engine's greedy tokens exactly)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="--backend llamacpp: llama.cpp's threads (default: as many as torch "
-                   "uses)")
+                   "uses; llmos serve: one fewer, left to the server)")
 
 
-def llamacpp_options(args):
-    """The llama.cpp options the flags ask for, or None for the native engine."""
+def llamacpp_options(args, spare: int = 0):
+    """The llama.cpp options the flags ask for, or None for the native engine; `spare` cores
+    are left to the caller's own Python unless --threads says otherwise."""
     if args.backend != "llamacpp":
         for flag, value, default in (("--gguf-type", args.gguf_type, "f16"),
                                      ("--threads", args.threads, None)):
@@ -125,7 +126,7 @@ def llamacpp_options(args):
     from llmos.infer.llamacpp import LlamaCppOptions, llama_cpp_module
 
     llama_cpp_module()  # a missing extra is said before anything loads
-    return LlamaCppOptions(args.gguf_type, args.threads)
+    return LlamaCppOptions(args.gguf_type, args.threads, spare)
 
 
 def prefer_spinning() -> None:

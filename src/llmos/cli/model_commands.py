@@ -218,7 +218,7 @@ def cmd_serve(args):
     serve(args.model, host=args.host, port=args.port, api_keys=args.api_key,
           max_tokens=args.max_tokens_limit, max_batch=args.max_batch, device=args.device,
           tools=not args.no_tools, database=args.db, arena_contestants=args.arena_contestant,
-          profiles=args.profile, guard=args.guard, llamacpp=llamacpp_options(args))
+          profiles=args.profile, guard=args.guard, llamacpp=llamacpp_options(args, spare=1))
 
 
 def add_import(sub) -> None:

@@ -59,7 +59,10 @@ def llama_cpp_module():
 @dataclass(frozen=True)
 class LlamaCppOptions:
     gguf_type: str = "f16"
-    threads: int | None = None  # None: as many as torch uses (the native engine's)
+    threads: int | None = None  # None: as many as torch uses (the native engine's), less spare
+    # Cores left to the server's own Python when threads is None: `llmos serve` leaves one,
+    # or its event loop and llama.cpp's threads take turns on the same cores (docs/serving.md).
+    spare: int = 0
 
     def __post_init__(self):
         if self.gguf_type not in GGUF_TYPES:
@@ -161,7 +164,8 @@ class LlamaCppDecoder:
         self.context = json.loads((self.path / "config.json").read_text())[
             "max_position_embeddings"]
         self.gguf = gguf_for(self.path, self.options.gguf_type, log)
-        self.threads = self.options.threads or torch.get_num_threads()
+        self.threads = self.options.threads or max(1, torch.get_num_threads()
+                                                   - self.options.spare)
         self._settings = dict(model_path=str(self.gguf), n_ctx=self.context,
                               n_threads=self.threads, n_threads_batch=self.threads,
                               verbose=False)
