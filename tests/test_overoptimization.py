@@ -258,7 +258,9 @@ def test_tiny_run_end_to_end_and_reused(base, reward_models, tmp_path, capsys):
     rows = results["rows"]
     assert [r["beta"] for r in rows] == ["SFT", 0.5, 0.05]
     assert rows[0]["kl"] == 0.0 and rows[0]["sqrt_kl"] == 0.0
-    assert rows[2]["kl"] > 0  # a few steps at lr 3e-3 move the policy
+    # A few steps at lr 3e-3 move the policy: an unmoved one has log-ratios of exactly 0. The
+    # estimate over 18 samples may fall just below zero (-0.002 on an AVX2 EPYC).
+    assert rows[2]["kl"] != 0
     for r in rows:
         assert r["n"] == 9 * 2 and r["prompts"] == 9
         for label in ("proxy", "gold1"):
