@@ -666,6 +666,19 @@ def test_submit_hands_a_row_its_tokens_on_the_schedulers_thread():
         while (not stopped or stopped[-1] not in (STOP, END)) and time.time() < deadline:
             time.sleep(0.01)
         assert stopped == want[0][:3] + [STOP]
+        # a sink that raises loses its own row; the scheduler goes on serving
+        calls = []
+
+        def broken(item):
+            calls.append(item)
+            raise ValueError("a bug in a sink")
+
+        sched.submit([5, 17, 42], SamplingParams(50, 0), broken, lambda: None)
+        assert list(sched.stream([3, 4], greedy)) == want[1]
+        deadline = time.time() + 5
+        while sched.load()["active"] and time.time() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 1 and sched.load()["active"] == 0
     finally:
         sched.close()
 

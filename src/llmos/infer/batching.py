@@ -21,6 +21,7 @@ thread per request to wake for each token.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 import time
@@ -52,7 +53,13 @@ class Row:
         """A token id, STOP, END or an exception, to the reader."""
         if self.sink is None:
             self.out.put(item)
-        elif self.sink(item):  # it wants no more: dropped at the next step
+            return
+        try:
+            done = self.sink(item)
+        except Exception:  # a broken callback costs its own row, not the batch's thread
+            logging.getLogger(__name__).exception("a row's sink failed; the row is dropped")
+            self.sink, done = lambda _item: True, True
+        if done:  # it wants no more: dropped at the next step
             self.closed.set()
 
     def cancelled(self) -> bool:

@@ -83,6 +83,14 @@ class CompletionSink:
         """Takes one of the row's items; True once the answer is over (a stop sequence)."""
         if self.done:
             return True  # a row dropped after its stop sequence still gets its END
+        try:
+            self.take(item)
+        except Exception as e:  # e.g. a token the tokenizer cannot decode: the client hears
+            self.say(("error", e))
+            self.end()
+        return self.done
+
+    def take(self, item) -> None:
         if isinstance(item, BaseException):
             self.say(("error", item))
             self.end()
@@ -99,7 +107,6 @@ class CompletionSink:
                 self.say(("delta", {"text": visible}))
             if hit:
                 self.finish("stop")
-        return self.done
 
     def finish(self, reason: str) -> None:
         self.say(("finish", reason, {
