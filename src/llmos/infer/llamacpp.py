@@ -133,8 +133,9 @@ def write_stamp(path: Path, stamp: dict) -> None:
 class _ToSink:
     """A queue's `put` for `submit`: each item to the sink, then its flush."""
 
-    def __init__(self, sink, flush, closed: threading.Event):
-        self.sink, self.flush, self.closed = sink, flush, closed
+    def __init__(self, sink, flush):
+        self.sink, self.flush = sink, flush
+        self.closed = threading.Event()  # set to end the answer at the next token
 
     def put(self, item) -> None:
         if self.sink(item):
@@ -233,31 +234,32 @@ class LlamaCppDecoder:
                cancel: threading.Event | None = None) -> Iterator[int]:
         """Generated ids, STOP last when a stop token ended the answer (Scheduler.stream).
         Closing the iterator, or setting `cancel`, ends the decoding at the next token."""
-        if not prompt:
-            raise ValueError("every prompt needs at least one token")
-        budget = min(params.max_new_tokens, self.context - len(prompt))
-        if budget <= 0:
-            return
-        closed = threading.Event()
-        out = self._submit(lambda o: self._decode(o, list(prompt), params, budget,
-                                                  closed, cancel))
-        yield from relay(out, closed)
+        started = self._start(prompt, params, cancel)
+        if started is not None:
+            yield from relay(*started)
 
     def submit(self, prompt: list[int], params: SamplingParams,
                sink: Callable[[object], bool | None], flush: Callable[[], None],
                cancel: threading.Event | None = None) -> None:
         """Scheduler.submit: the answer's items to `sink` on the decoding thread, `flush()`
         after each; a sink that returns True ends the answer at the next token."""
+        if self._start(prompt, params, cancel, _ToSink(sink, flush)) is None:
+            sink(END)
+            flush()
+
+    def _start(self, prompt: list[int], params: SamplingParams,
+               cancel: threading.Event | None, out=None):
+        """Queue an answer for the decoding thread: (where its items go, its `closed` event),
+        or None when the prompt leaves no room in the context."""
         if not prompt:
             raise ValueError("every prompt needs at least one token")
         budget = min(params.max_new_tokens, self.context - len(prompt))
         if budget <= 0:
-            sink(END)
-            flush()
-            return
-        closed = threading.Event()
-        self._submit(lambda o: self._decode(o, list(prompt), params, budget, closed, cancel),
-                     _ToSink(sink, flush, closed))
+            return None
+        closed = out.closed if out is not None else threading.Event()
+        out = self._submit(lambda o: self._decode(o, list(prompt), params, budget, closed,
+                                                  cancel), out)
+        return out, closed
 
     def _decode(self, out, prompt, params, budget, closed, cancel) -> None:
         """Runs on the decoding thread: tokens onto `out`, then STOP or END. An error goes
