@@ -131,6 +131,24 @@ def database_url(request, tmp_path):
         c.execute(text(f'CREATE DATABASE "{name}"'))
     yield server.rsplit("/", 1)[0] + "/" + name
 
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop_database(admin, name)
     admin.dispose()
+
+
+def _drop_database(admin, name, tries=20):
+    """Drop a test database, its lingering connections too. FORCE must also end an autovacuum
+    worker that may be visiting the new database, which a role without pg_signal_backend may
+    not do (CI failed on this once); such a worker is gone within moments, so try again."""
+    import time
+
+    from sqlalchemy import exc, text
+
+    for attempt in range(tries):
+        try:
+            with admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except exc.DBAPIError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.25)
