@@ -116,14 +116,23 @@ def test_rounds_write_checkpoints_and_rows_and_pick_up_where_they_stopped(tiny, 
                                    "sft.train.eval_tokens=256"])
     cfg.runs_dir = str(tmp_path / "preset-runs")  # where the preset's run would be
     opts = improve.ImproveOptions(rounds=1, samples=2, problems=3, steps=2, heldout=3,
-                                  assistant_items=8)
+                                  greedy_heldout=5, assistant_items=8)
     out = tmp_path / "improve"
     rows = improve.run(cfg, tiny, out, opts, log=lambda m: None)
     assert [r["round"] for r in rows] == [0, 1]
     assert rows[1]["problems"] == 3 and rows[1]["checkpoint"] == str(out / "round-1")
     for key in ("env_greedy", "env_pass@1", "env_pass@2", "env_n", "tasks"):
         assert key in rows[1]
-    assert rows[1]["env_n"] == 3 and 0 <= rows[1]["env_greedy_ci"][0] <= rows[1]["env_greedy"]
+    assert rows[1]["env_n"] == 5 and rows[1]["env_pass_n"] == 3
+    assert 0 <= rows[1]["env_greedy_ci"][0] <= rows[1]["env_greedy"]
+    # the environment's change from round 0, paired on the same 5 problems
+    before, after = (json.loads((out / f"round-{r}-env.json").read_text()) for r in (0, 1))
+    assert [g["question"] for g in before] == [g["question"] for g in after]
+    assert rows[1]["env_change_n"] == 5 and "env_change" not in rows[0]
+    assert rows[1]["env_change"] == pytest.approx(
+        sum(a["right"] - b["right"] for a, b in zip(after, before)) / 5)
+    lo, hi = rows[1]["env_change_ci"]
+    assert lo <= rows[1]["env_change"] <= hi
     assert checkpoint.read_info(out / "round-1")["final"]
     # the rounds' finetuning logs into OUT, never into the preset's run directory
     assert [json.loads(x)["stage"] for x in (out / "metrics.jsonl").read_text().splitlines()][
@@ -167,6 +176,8 @@ def test_bad_options_are_refused():
         improve.run(cfg, "x", "y", improve.ImproveOptions(env="chess"))
     with pytest.raises(ValueError, match=">= 1"):
         improve.run(cfg, "x", "y", improve.ImproveOptions(rounds=0))
+    with pytest.raises(ValueError, match="--epochs must be >= 0"):
+        improve.run(cfg, "x", "y", improve.ImproveOptions(epochs=-1))
 
 
 def test_every_round_mixes_in_the_starting_models_pretraining_text(tmp_path_factory,
@@ -205,3 +216,24 @@ def test_demonstrations_start_a_model_that_solves_nothing(tiny, tmp_path, monkey
     shown = [x for x in lines if x.get("task") == "demonstration"]
     assert len(shown) == 3 and len(lines) == 6  # and as many replayed conversations
     assert all(x["messages"][-1]["content"].count(" = ") == 2 for x in shown)  # 3 numbers: 2 steps
+
+
+def test_steps_follow_the_rounds_data_when_epochs_are_asked(tiny, tmp_path):
+    cfg = load_config("cpu-tiny", ["sft.train.batch_size=2"])
+
+    def data(n: int):
+        path = tmp_path / f"{n}.jsonl"
+        path.write_text("".join(json.dumps({"messages": [
+            {"role": "user", "content": f"What is {i % 90 + 10} + 7?"},
+            {"role": "assistant", "content": f"{i % 90 + 10} + 7 = {i % 90 + 17}."}]}) + "\n"
+            for i in range(n)))
+        return path
+
+    def steps(n: int, epochs: float) -> int:
+        opts = improve.ImproveOptions(steps=7, epochs=epochs)
+        return improve.round_steps(cfg, tiny, data(n), opts)
+
+    assert steps(200, 0) == 7  # off: --steps as given
+    one, three, four_times_data = steps(200, 1), steps(200, 3), steps(800, 1)
+    assert one >= 2 and 3 * one - 2 <= three <= 3 * one
+    assert 3 * one <= four_times_data <= 4 * one + 1

@@ -249,12 +249,19 @@ def add_improve(sub) -> None:
     s.add_argument("--problems", type=int, default=400, help="problems per round (default 400)")
     s.add_argument("--steps", type=int, default=60,
                    help="finetuning steps per round (default 60)")
+    s.add_argument("--epochs", type=float, default=0.0,
+                   help="instead of --steps: this many passes over each round's data, so the "
+                   "steps follow what the round kept (default 0: off)")
     s.add_argument("--lr", type=float, default=3e-4,
                    help="finetuning learning rate per round (default 3e-4, a tenth of SFT's)")
     s.add_argument("--replay", type=float, default=4.0,
                    help="SFT conversations replayed per kept answer (default 4; 0 = none)")
     s.add_argument("--heldout", type=int, default=200,
-                   help="held-out problems evaluated per round (default 200)")
+                   help="held-out problems sampled --samples times per round, for pass@1 and "
+                   "pass@k (default 200)")
+    s.add_argument("--greedy-heldout", type=int, default=0,
+                   help="held-out problems answered greedily per round, the change from round "
+                   "0 paired on them (default 0: every one, 1,195 for arithmetic)")
     s.add_argument("--demos", type=int, default=0,
                    help="add N solver-written answers to round 1, for a model that has never "
                    "seen the environment's format (default 0)")
@@ -267,9 +274,11 @@ def cmd_improve(args):
     from llmos.train import improve
 
     opts = improve.ImproveOptions(env=args.env, rounds=args.rounds, samples=args.samples,
-                                  problems=args.problems, steps=args.steps, lr=args.lr,
+                                  problems=args.problems, steps=args.steps,
+                                  epochs=args.epochs, lr=args.lr,
                                   replay=args.replay, demos=args.demos,
-                                  heldout=args.heldout, seed=args.seed)
+                                  heldout=args.heldout, greedy_heldout=args.greedy_heldout,
+                                  seed=args.seed)
     improve.run(resolve_config(args), args.model, args.out, opts)
 
 

@@ -24,6 +24,7 @@ next one; one stopped inside a round's finetuning resumes it.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from llmos import checkpoint
 from llmos import tokenizer as tokenizers_
 from llmos.config import RunConfig
 from llmos.data.builtin.assistant import assistant_dataset
+from llmos.data.conversations import split_sources
 from llmos.envs.environments import ENVIRONMENTS, Environment
 from llmos.envs.prompts import Prompt, verify
 from llmos.evals import assistant_tasks, paired
@@ -56,8 +58,14 @@ class ImproveOptions:
     replay: float = 4.0
     demos: int = 0  # solver-written answers added to round 1 (a format the model never saw)
     steps: int = 60
+    # > 0: each round's steps follow its data instead, this many passes over its packed rows
+    # (a countdown round keeps ~70 answers where an arithmetic one keeps ~700)
+    epochs: float = 0.0
     lr: float = 3e-4  # a tenth of SFT's: each round nudges a finished assistant
-    heldout: int = 200  # held-out problems evaluated per round
+    heldout: int = 200  # held-out problems sampled k times per round (pass@1, pass@k)
+    # held-out problems answered greedily per round, 0 = every one (arithmetic 1,195: the
+    # change from round 0, paired on them, is +-2 points where 200 alone give +-6)
+    greedy_heldout: int = 0
     assistant_items: int = 3600  # held-out assistant questions asked per round (all: 2,502)
     temperature: float = 0.8
     seed: int = 0
@@ -117,35 +125,58 @@ def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> lis
 
 def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
              assistant_heldout: list, answers: Path) -> dict:
-    """The environment's held-out accuracy (its held-out check) and every held-out assistant
-    task, whose answers go to `answers`; each task's change from round 0's answers to the same
-    questions, paired."""
+    """The environment's held-out accuracy (its held-out check: greedy on `opts.greedy_heldout`
+    problems, pass@1 and pass@k on `opts.heldout`) and every held-out assistant task. The
+    answers go to `answers` (the assistant's) and beside it (the environment's greedy ones);
+    each change from round 0 is paired on the same questions."""
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
     lm = LocalModel(model, tok)
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
     right = ENVIRONMENTS[opts.env].heldout_right
-    prompts = [prompt_ids(tok, p.messages) for p in heldout]
-    firsts = complete_all(lm, prompts, sampling(tok, cfg, greedy=True))
-    samples = complete_all(lm, [q for q in prompts for _ in range(opts.samples)],
-                           sampling(tok, cfg, greedy=False))
-    greedy_ok = sampled_ok = any_ok = 0
-    for i, p in enumerate(heldout):
-        greedy_ok += right(p, content(firsts[i].text))
+    greedy_set = [heldout[i] for i in spread(len(heldout), opts.greedy_heldout or len(heldout))]
+    firsts = complete_all(lm, [prompt_ids(tok, p.messages) for p in greedy_set],
+                          sampling(tok, cfg, greedy=True))
+    graded = [{"question": p.messages[-1]["content"], "right": right(p, content(c.text))}
+              for p, c in zip(greedy_set, firsts)]
+    sampled = [heldout[i] for i in spread(len(heldout), opts.heldout)]
+    samples = complete_all(lm, [prompt_ids(tok, p.messages) for p in sampled
+                                for _ in range(opts.samples)], sampling(tok, cfg, greedy=False))
+    sampled_ok = any_ok = 0
+    for i, p in enumerate(sampled):
         hits = [right(p, content(c.text))
                 for c in samples[i * opts.samples:(i + 1) * opts.samples]]
         sampled_ok += sum(hits)
         any_ok += any(hits)
-    n = len(heldout)
+    n, greedy_ok, m = len(graded), sum(g["right"] for g in graded), len(sampled)
+    env_answers = answers.with_name(answers.name.replace("-assistant", "-env"))
+    env_answers.write_text(json.dumps(graded))
     asked = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
     answers.write_text(json.dumps(asked["items"]))
     start = answers.with_name("round-0-assistant.json")  # absent in a run begun before it was kept
     tasks, changes = asked["summary"], paired.task_changes(
         json.loads(start.read_text()), asked["items"]) if start.exists() else {}
     return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
-            "env_pass@1": sampled_ok / (n * opts.samples),
-            f"env_pass@{opts.samples}": any_ok / n, "env_n": n,
+            "env_n": n, **env_change(env_answers, graded),
+            "env_pass@1": sampled_ok / (m * opts.samples),
+            f"env_pass@{opts.samples}": any_ok / m, "env_pass_n": m,
             "tasks": {k: v for k, v in tasks.items() if k.endswith(("_acc", "_n"))},
             "changes": changes}
+
+
+def env_change(answers: Path, graded: list[dict]) -> dict:
+    """The environment's greedy accuracy (`graded`, kept in `answers`) now minus round 0's,
+    paired on the problems both answered (none for round 0 itself, or a run begun before
+    answers were kept)."""
+    start = answers.with_name("round-0-env.json")
+    before = {g["question"]: g["right"] for g in json.loads(start.read_text())} \
+        if start.exists() and start != answers else {}
+    pairs = [(float(before[g["question"]]), float(g["right"])) for g in graded
+             if g["question"] in before]
+    if not pairs:
+        return {}
+    change = sum(a - b for b, a in pairs) / len(pairs)
+    return {"env_change": change, "env_change_ci": list(paired.paired_change(pairs)),
+            "env_change_n": len(pairs)}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -176,10 +207,9 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     if min(opts.rounds, opts.samples, opts.problems, opts.steps, opts.heldout, opts.keep) < 1:
         raise ValueError("--rounds, --samples, --problems, --steps, --heldout and --keep must "
                          "be >= 1")
-    if opts.demos < 0 or opts.replay < 0:
-        raise ValueError("--demos and --replay must be >= 0")
+    if min(opts.demos, opts.replay, opts.greedy_heldout, opts.epochs) < 0:
+        raise ValueError("--demos, --replay, --greedy-heldout and --epochs must be >= 0")
     train, heldout_all = ENVIRONMENTS[opts.env].problems()
-    heldout = [heldout_all[i] for i in spread(len(heldout_all), opts.heldout)]
     replay_pool, assistant_heldout = assistant_dataset()  # built once, read every round
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +219,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     text_data = pretraining_text(cfg, parent)
     if not rows:
         log(f"improve: round 0 (the starting model {parent}): evaluating")
-        row = evaluate(parent, opts, heldout, assistant_heldout,
+        row = evaluate(parent, opts, heldout_all, assistant_heldout,
                        out / "round-0-assistant.json")
         rows.append({"round": 0, "checkpoint": str(parent), **row})
         append_row(rows_path, rows[-1])
@@ -226,8 +256,11 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
             log(f"improve: round {r}: {counts}, +{len(replay)} replayed -> {data}")
         else:
             counts = json.loads((out / f"round-{r}-counts.json").read_text())
-        train_cfg = replace(cfg.sft.train, max_steps=opts.steps, lr=opts.lr, eval_every=0,
-                            warmup_steps=min(cfg.sft.train.warmup_steps, opts.steps // 5))
+        steps = round_steps(cfg, parent, data, opts)
+        if opts.epochs:
+            log(f"improve: round {r}: {steps} steps ({opts.epochs:g} passes over its data)")
+        train_cfg = replace(cfg.sft.train, max_steps=steps, lr=opts.lr, eval_every=0,
+                            warmup_steps=min(cfg.sft.train.warmup_steps, steps // 5))
         # OUT is the rounds' run directory: their loss curves go to OUT/metrics.jsonl, not
         # into the preset's run (where a round's SFT would replace the speedrun's SFT curve).
         round_cfg = replace(cfg, runs_dir=str(out.parent), name=out.name,
@@ -237,7 +270,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))
         row = {"round": r, "checkpoint": str(ckpt), **counts,
-               **evaluate(ckpt, opts, heldout, assistant_heldout,
+               **evaluate(ckpt, opts, heldout_all, assistant_heldout,
                           out / f"round-{r}-assistant.json")}
         rows.append(row)
         append_row(rows_path, row)
@@ -246,14 +279,29 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     return rows
 
 
+def round_steps(cfg: RunConfig, parent: Path, data: Path, opts: ImproveOptions) -> int:
+    """A round's finetuning steps: `opts.steps`, or with `opts.epochs` that many passes over
+    the rows its data packs into (as SFT packs them, conversations of the round's file)."""
+    if not opts.epochs:
+        return opts.steps
+    t = cfg.sft.train
+    convs, _, _ = split_sources([str(data)], cfg.sft.val_fraction)
+    rows = len(sft.pack(tokenizers_.load(parent), convs, t.seq_len, t.seed).x)
+    return max(1, math.ceil(opts.epochs * rows / (t.batch_size * t.grad_accum)))
+
+
 def describe(row: dict) -> str:
     lo, hi = row["env_greedy_ci"]
     tasks = ", ".join(f"{k.removesuffix('_acc')} {v:.3f}" for k, v in row["tasks"].items()
                       if k.endswith("_acc"))
     passk = next(k for k in row if k.startswith("env_pass@") and k != "env_pass@1")
-    said = (f"held-out greedy {row['env_greedy']:.3f} [{lo:.3f}, {hi:.3f}], pass@1 "
-            f"{row['env_pass@1']:.3f}, {passk.removeprefix('env_')} {row[passk]:.3f} "
-            f"(n={row['env_n']}); tasks: {tasks}")
+    said = f"held-out greedy {row['env_greedy']:.3f} [{lo:.3f}, {hi:.3f}] (n={row['env_n']})"
+    if "env_change" in row:
+        clo, chi = row["env_change_ci"]
+        said += (f", {100 * row['env_change']:+.1f} points [{100 * clo:+.1f}, {100 * chi:+.1f}]"
+                 " from round 0, paired")
+    said += (f"; pass@1 {row['env_pass@1']:.3f}, {passk.removeprefix('env_')} {row[passk]:.3f} "
+             f"(n={row.get('env_pass_n', row['env_n'])}); tasks: {tasks}")
     if row["round"] and row.get("changes"):
         said += "\n  against round 0, paired: " + paired.describe(row["changes"])
     return said
