@@ -246,9 +246,9 @@ def add_improve(sub) -> None:
     s.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     s.add_argument("--out", required=True, help="output directory (e.g. runs/improve)")
     s.add_argument("--samples", type=int, default=8, help="answers per problem (default 8)")
-    s.add_argument("--problems", type=int, default=400, help="problems per round (default 400)")
-    s.add_argument("--steps", type=int, default=60,
-                   help="finetuning steps per round (default 60)")
+    s.add_argument("--problems", type=int, default=800, help="problems per round (default 800)")
+    s.add_argument("--steps", type=int, default=120,
+                   help="finetuning steps per round (default 120)")
     s.add_argument("--epochs", type=float, default=0.0,
                    help="instead of --steps: this many passes over each round's data, so the "
                    "steps follow what the round kept (default 0: off)")
