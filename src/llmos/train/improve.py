@@ -125,11 +125,11 @@ def complete_all(lm: LocalModel, prompts: list, params, chunk: int = 512) -> lis
 
 
 def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
-             assistant_heldout: list, answers: Path) -> dict:
-    """The environment's held-out accuracy (its held-out check: greedy on `opts.greedy_heldout`
-    problems, pass@1 and pass@k on `opts.heldout`) and every held-out assistant task. The
-    answers go to `answers` (the assistant's) and beside it (the environment's greedy ones);
-    each change from round 0 is paired on the same questions."""
+             assistant_heldout: list, out: Path, r: int) -> dict:
+    """Round r's environment held-out accuracy (its held-out check: greedy on
+    `opts.greedy_heldout` problems, pass@1 and pass@k on `opts.heldout`) and every held-out
+    assistant task. The answers go to OUT/round-R-env.json (the environment's greedy ones) and
+    OUT/round-R-assistant.json; each change from round 0 is paired on the same questions."""
     model, tok = checkpoint.load_model(model_dir).eval(), tokenizers_.load(model_dir)
     lm = LocalModel(model, tok)
     cfg = Think(temperature=opts.temperature, seed=opts.seed, max_new_tokens=64)
@@ -149,28 +149,25 @@ def evaluate(model_dir: Path, opts: ImproveOptions, heldout: list[Prompt],
         sampled_ok += sum(hits)
         any_ok += any(hits)
     n, greedy_ok, m = len(graded), sum(g["right"] for g in graded), len(sampled)
-    env_answers = answers.with_name(answers.name.replace("-assistant", "-env"))
-    env_answers.write_text(json.dumps(graded))
+    (out / f"round-{r}-env.json").write_text(json.dumps(graded))
     asked = assistant_tasks.evaluate(model, tok, assistant_heldout, opts.assistant_items)
-    answers.write_text(json.dumps(asked["items"]))
-    start = answers.with_name("round-0-assistant.json")  # absent in a run begun before it was kept
+    (out / f"round-{r}-assistant.json").write_text(json.dumps(asked["items"]))
+    start = out / "round-0-assistant.json"  # absent in a run begun before it was kept
     tasks, changes = asked["summary"], paired.task_changes(
         json.loads(start.read_text()), asked["items"]) if start.exists() else {}
     return {"env_greedy": greedy_ok / n, "env_greedy_ci": list(wilson(greedy_ok, n)),
-            "env_n": n, **env_change(env_answers, graded),
+            "env_n": n, **(env_change(out / "round-0-env.json", graded) if r else {}),
             "env_pass@1": sampled_ok / (m * opts.samples),
             f"env_pass@{opts.samples}": any_ok / m, "env_pass_n": m,
             "tasks": {k: v for k, v in tasks.items() if k.endswith(("_acc", "_n"))},
             "changes": changes}
 
 
-def env_change(answers: Path, graded: list[dict]) -> dict:
-    """The environment's greedy accuracy (`graded`, kept in `answers`) now minus round 0's,
-    paired on the problems both answered (none for round 0 itself, or a run begun before
-    answers were kept)."""
-    start = answers.with_name("round-0-env.json")
+def env_change(start: Path, graded: list[dict]) -> dict:
+    """The environment's greedy accuracy (`graded`) now minus round 0's (kept in `start`),
+    paired on the problems both answered (none in a run begun before answers were kept)."""
     before = {g["question"]: g["right"] for g in json.loads(start.read_text())} \
-        if start.exists() and start != answers else {}
+        if start.exists() else {}
     pairs = [(float(before[g["question"]]), float(g["right"])) for g in graded
              if g["question"] in before]
     if not pairs:
@@ -220,8 +217,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
     text_data = pretraining_text(cfg, parent)
     if not rows:
         log(f"improve: round 0 (the starting model {parent}): evaluating")
-        row = evaluate(parent, opts, heldout_all, assistant_heldout,
-                       out / "round-0-assistant.json")
+        row = evaluate(parent, opts, heldout_all, assistant_heldout, out, 0)
         rows.append({"round": 0, "checkpoint": str(parent), **row})
         append_row(rows_path, rows[-1])
         log(f"improve: round 0: {describe(rows[-1])}")
@@ -271,8 +267,7 @@ def run(cfg: RunConfig, model_dir: str | Path, out: str | Path, opts: ImproveOpt
         if not info.get("final"):  # a round stopped while it was evaluated is not trained again
             sft.run(round_cfg, parent, ckpt, resume=bool(info))
         row = {"round": r, "checkpoint": str(ckpt), **counts,
-               **evaluate(ckpt, opts, heldout_all, assistant_heldout,
-                          out / f"round-{r}-assistant.json")}
+               **evaluate(ckpt, opts, heldout_all, assistant_heldout, out, r)}
         rows.append(row)
         append_row(rows_path, row)
         log(f"improve: round {r}: {describe(row)}")
